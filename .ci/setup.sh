@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the packages and the virtualenv the test suite needs. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+APT_PACKAGES=(iproute2 iputils-ping nftables iptables conntrack tcpdump busybox-static
+              containernetworking-plugins python3-venv)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+PY=${PYBRIDGE_PYTHON:-}
+if [ -z "$PY" ]; then
+  # a real interpreter, not a pyenv shim (a shim costs ~100 ms per exec)
+  PY=$(python3 -c 'import sys; print(sys.executable)')
+  PY=$(readlink -f "$PY")
+  for cand in /root/.pyenv/versions/3.11*/bin/python3 /usr/bin/python3.11 /usr/bin/python3; do
+    [ -x "$cand" ] && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { PY=$(readlink -f "$cand"); break; }
+  done
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+echo "setup: python $(.venv/bin/python -V), pyroute2 $(.venv/bin/python -c 'import pyroute2; print(pyroute2.__version__)' 2>/dev/null || echo '?')"

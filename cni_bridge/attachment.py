@@ -1,0 +1,100 @@
+"""The values that flow between front ends, IPAM and modes: addresses, routes, one attachment.
+
+Results are kept in one canonical shape (CNI 1.1.0); the CNI front end converts to older result
+versions on output, the Docker front end picks the fields it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from cni_bridge.errors import config_error
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class IpConfig:
+    address: IPInterface
+    gateway: IPAddress | None = None
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    dst: IPNetwork
+    gw: IPAddress | None = None
+
+
+@dataclass
+class Addressing:
+    """What IPAM handed out for one attachment (or what a prevResult says was configured)."""
+    ips: list[IpConfig] = field(default_factory=list)
+    routes: list[RouteConfig] = field(default_factory=list)
+    dns: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_result(cls, result: Mapping[str, Any]) -> "Addressing":
+        """Parse an IPAM result or a prevResult of any CNI version; bad input is error 7."""
+        try:
+            ips = [IpConfig(ipaddress.ip_interface(ip["address"]),
+                            ipaddress.ip_address(ip["gateway"]) if ip.get("gateway") else None)
+                   for ip in result.get("ips") or []]
+            routes = [RouteConfig(ipaddress.ip_network(r["dst"], strict=False),
+                                  ipaddress.ip_address(r["gw"]) if r.get("gw") else None)
+                      for r in result.get("routes") or []]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise config_error("malformed IPAM result or prevResult", str(exc)) from None
+        dns = result.get("dns") or {}
+        return cls(ips, routes, dict(dns) if isinstance(dns, Mapping) else {})
+
+    def addresses(self) -> list[IPAddress]:
+        return [ip.address.ip for ip in self.ips]
+
+    def subnets(self) -> tuple[IPNetwork, ...]:
+        return tuple(dict.fromkeys(ip.address.network for ip in self.ips))
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One container interface: who (container id, ifname) and where (netns path, may be empty)."""
+    container_id: str
+    ifname: str
+    netns: str | None
+    mac: str | None = None
+
+    @property
+    def host_ifname(self) -> str:
+        """Host-side veth name derived from container id + ifname, so DEL finds it without the netns."""
+        digest = hashlib.sha256(f"{self.container_id}\0{self.ifname}".encode()).hexdigest()
+        return "veth" + digest[:11]
+
+
+def interface_entry(name: str, mac: str, sandbox: str | None = None, mtu: int | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, "mac": mac}
+    if mtu:
+        entry["mtu"] = mtu
+    if sandbox:
+        entry["sandbox"] = sandbox
+    return entry
+
+
+def build_result(interfaces: list[dict[str, Any]], container_index: int, addressing: Addressing) -> dict[str, Any]:
+    """Canonical (1.1.0-shaped) result; `interface` of each ip points at the container interface."""
+    result: dict[str, Any] = {"interfaces": interfaces, "ips": [], "routes": []}
+    for ip in addressing.ips:
+        entry: dict[str, Any] = {"interface": container_index, "address": str(ip.address)}
+        if ip.gateway is not None:
+            entry["gateway"] = str(ip.gateway)
+        result["ips"].append(entry)
+    for route in addressing.routes:
+        r: dict[str, Any] = {"dst": str(route.dst)}
+        if route.gw is not None:
+            r["gw"] = str(route.gw)
+        result["routes"].append(r)
+    result["dns"] = addressing.dns or {}
+    return result

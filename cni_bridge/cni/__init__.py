@@ -1,0 +1,1 @@
+"""CNI front end: environment + stdin -> request; result/error JSON per spec version."""

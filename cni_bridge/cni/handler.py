@@ -1,0 +1,223 @@
+"""Executes one CNI request for `pybridge` or `pybridge-ipam` and renders stdout + exit code.
+
+Pure with respect to the process: no sys.exit, no printing. The exec'd client calls it in-process
+when the daemon is absent and the daemon calls it for forwarded requests, so both paths produce
+byte-identical output.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from cni_bridge.cni import ipam_client
+from cni_bridge.cni.protocol import CniRequest, dumps, error_object, parse_request, version_object
+from cni_bridge.errors import PluginError, INTERNAL, INVALID_CONFIG
+
+PLUGIN = "pybridge"
+IPAM_PLUGIN = "pybridge-ipam"
+
+
+@dataclass
+class Response:
+    stdout: bytes
+    exit_code: int
+    log: str  # one line for stderr
+
+
+def handle(plugin: str, env: Mapping[str, str], stdin: bytes) -> Response:
+    started = time.monotonic()
+    req: CniRequest | None = None
+    version = "1.1.0"
+    try:
+        req = parse_request(env, stdin)
+        version = req.version
+        if req.command == "VERSION":
+            out: dict[str, Any] | None = version_object(req.config)
+        else:
+            commands = MAIN_COMMANDS if plugin == PLUGIN else IPAM_COMMANDS
+            out = commands[req.command](req)
+        response = Response(dumps(out) if out is not None else b"", 0, "ok")
+    except PluginError as exc:
+        response = Response(dumps(error_object(exc, version)), 1, f"error {exc.code}: {exc}")
+    except Exception as exc:  # a bug: still a spec-shaped error, the traceback goes to the log
+        wrapped = PluginError(INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}")
+        response = Response(dumps(error_object(wrapped, version)), 1,
+                            "internal error\n" + traceback.format_exc())
+    elapsed = (time.monotonic() - started) * 1000
+    who = ""
+    if req is not None and req.command not in ("VERSION",):
+        who = f" net={req.config.get('name')}"
+        if req.container_id:
+            who += f" id={req.container_id[:12]} if={req.ifname}"
+    command = req.command if req else env.get("CNI_COMMAND", "?")
+    response.log = f"{plugin} {command}{who} {elapsed:.1f}ms {response.log}"
+    return response
+
+
+# --- pybridge ----------------------------------------------------------------------------------
+def _spec(req: CniRequest):
+    from cni_bridge.config import parse_network
+    return parse_network(req.config)
+
+
+def _attachment(req: CniRequest):
+    from cni_bridge.attachment import Attachment
+    from cni_bridge import validate
+    mac = req.runtime_config().get("mac") or req.args.get("MAC") or None
+    if mac is not None:
+        validate_mac(mac)
+    return Attachment(req.container_id, req.ifname, req.netns or None, mac)
+
+
+def validate_mac(mac: object) -> str:
+    import re
+    if not isinstance(mac, str) or not re.fullmatch(r"(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}", mac):
+        raise PluginError(INVALID_CONFIG, f"invalid MAC address {str(mac)[:40]!r}")
+    if int(mac[:2], 16) & 1:
+        raise PluginError(INVALID_CONFIG, f"MAC address {mac} is a multicast address")
+    return mac
+
+
+def _prev(req: CniRequest) -> dict[str, Any] | None:
+    prev = req.config.get("prevResult")
+    if prev is None:
+        return None
+    if not isinstance(prev, dict):
+        raise PluginError(INVALID_CONFIG, "prevResult must be a JSON object")
+    return prev
+
+
+def cmd_add(req: CniRequest) -> dict[str, Any]:
+    from cni_bridge import modes
+    from cni_bridge.attachment import Addressing
+    from cni_bridge.cni.versions import convert, merge_prev
+    spec = _spec(req)
+    att = _attachment(req)
+    prev = _prev(req)
+    driver = modes.driver(spec.mode)
+    ipam_result = ipam_client.add(req)
+    try:
+        addressing = Addressing.from_result(ipam_result)
+        if not addressing.dns and spec.dns:
+            addressing.dns = dict(spec.dns)
+        result = driver.add(spec, att, addressing, prev) if getattr(driver, "USES_PREV_RESULT", False) \
+            else driver.add(spec, att, addressing)
+    except BaseException:
+        try:
+            ipam_client.delete(req)
+        except Exception as exc:  # keep the original error; say what could not be undone
+            print(f"pybridge: releasing the address after a failed ADD failed: {exc}", file=sys.stderr)
+        raise
+    return convert(merge_prev(prev, result), req.version)
+
+
+def _addresses_to_release(req: CniRequest) -> list:
+    from cni_bridge.attachment import Addressing
+    found = list(ipam_client.leased_addresses(req))
+    prev = _prev(req)
+    if prev:
+        try:
+            found += [a for a in Addressing.from_result(prev).addresses() if a not in found]
+        except PluginError:
+            pass
+    return found
+
+
+def cmd_del(req: CniRequest) -> None:
+    from cni_bridge import modes
+    spec = _spec(req)
+    att = _attachment(req)
+    modes.driver(spec.mode).delete(spec, att, _addresses_to_release(req))
+    ipam_client.delete(req)
+    return None
+
+
+def cmd_check(req: CniRequest) -> None:
+    from cni_bridge import modes
+    spec = _spec(req)
+    prev = _prev(req)
+    if prev is None:
+        raise PluginError(INVALID_CONFIG, "CHECK needs prevResult (the result of ADD)")
+    modes.driver(spec.mode).check(spec, _attachment(req), prev)
+    ipam_client.check(req)
+    return None
+
+
+def _valid_attachments(config: Mapping[str, Any]) -> set[tuple[str, str]] | None:
+    raw = config.get("cni.dev/valid-attachments")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
+        raise PluginError(INVALID_CONFIG, "cni.dev/valid-attachments must be a list of objects")
+    return {(str(a.get("containerID", "")), str(a.get("ifname", ""))) for a in raw}
+
+
+def cmd_gc(req: CniRequest) -> None:
+    """Spec 1.1 GC: release leases, host veths and masquerade entries of attachments that are not
+    in cni.dev/valid-attachments. An absent key means: release nothing."""
+    from cni_bridge import modes
+    from cni_bridge.attachment import Attachment
+    spec = _spec(req)
+    valid = _valid_attachments(req.config)
+    if valid is None:
+        return None
+    driver = modes.driver(spec.mode)
+    released = ipam_client.gc(req)
+    for lease in released:
+        driver.delete(spec, Attachment(lease.container_id, lease.ifname, None), [lease.address])
+    if hasattr(driver, "gc"):
+        driver.gc(spec, valid)
+    return None
+
+
+def cmd_status(req: CniRequest) -> None:
+    spec = _spec(req)
+    ipam_client.status(req)
+    if spec.mode == "bridge" and spec.ip_masq:
+        from cni_bridge import firewall
+        if not firewall.nft.available():
+            raise PluginError(50, "masquerade is configured but nftables is not available")
+    return None
+
+
+MAIN_COMMANDS: dict[str, Callable[[CniRequest], Any]] = {
+    "ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}
+
+
+# --- pybridge-ipam -----------------------------------------------------------------------------
+def ipam_add(req: CniRequest) -> dict[str, Any]:
+    from cni_bridge.cni.versions import convert
+    from cni_bridge.ipam import plugin
+    result = plugin.ipam_add(req.config["name"], req.container_id, req.ifname, req.config, req.args)
+    return convert(result, req.version)
+
+
+def ipam_del(req: CniRequest) -> None:
+    from cni_bridge.ipam import plugin
+    plugin.ipam_del(req.config["name"], req.container_id, req.ifname, req.config)
+
+
+def ipam_check(req: CniRequest) -> None:
+    from cni_bridge.ipam import plugin
+    plugin.ipam_check(req.config["name"], req.container_id, req.ifname, req.config)
+
+
+def ipam_gc(req: CniRequest) -> None:
+    from cni_bridge.ipam import plugin
+    plugin.ipam_gc(req.config["name"], req.config)
+
+
+def ipam_status(req: CniRequest) -> None:
+    from cni_bridge.ipam import plugin
+    plugin.ipam_status(req.config["name"], req.config)
+
+
+IPAM_COMMANDS: dict[str, Callable[[CniRequest], Any]] = {
+    "ADD": ipam_add, "DEL": ipam_del, "CHECK": ipam_check, "GC": ipam_gc, "STATUS": ipam_status}
+
+_ = ipaddress  # re-exported type users rely on in annotations

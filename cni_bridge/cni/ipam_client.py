@@ -1,0 +1,113 @@
+"""Delegated IPAM per the CNI spec: `pybridge-ipam` is served in-process (no exec); any other
+`ipam.type` is executed from CNI_PATH with the same environment and the network config on stdin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+from cni_bridge.cni.protocol import CniRequest
+from cni_bridge.errors import PluginError, INVALID_CONFIG, INTERNAL
+
+IN_PROCESS_TYPE = "pybridge-ipam"
+
+
+def ipam_type(config: dict[str, Any]) -> str | None:
+    ipam = config.get("ipam")
+    if not ipam:
+        return None
+    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
+        raise PluginError(INVALID_CONFIG, "ipam.type is required when ipam is given")
+    kind = ipam["type"]
+    if "/" in kind or kind in (".", ".."):
+        raise PluginError(INVALID_CONFIG, f"invalid ipam.type {kind!r}")
+    return kind
+
+
+def in_process(config: dict[str, Any]) -> bool:
+    return ipam_type(config) == IN_PROCESS_TYPE
+
+
+def _exec(req: CniRequest, command: str, extra_env: dict[str, str] | None = None) -> dict[str, Any] | None:
+    kind = ipam_type(req.config)
+    assert kind is not None
+    binary = next((os.path.join(d, kind) for d in req.path if os.access(os.path.join(d, kind), os.X_OK)), None)
+    if binary is None:
+        raise PluginError(INVALID_CONFIG, f"IPAM plugin {kind!r} not found in CNI_PATH",
+                          ":".join(req.path) or "(CNI_PATH is empty)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env.update({"CNI_COMMAND": command, "CNI_CONTAINERID": req.container_id, "CNI_NETNS": req.netns,
+                "CNI_IFNAME": req.ifname, "CNI_PATH": ":".join(req.path),
+                "CNI_ARGS": ";".join(f"{k}={v}" for k, v in req.args.items())})
+    env.update(extra_env or {})
+    proc = subprocess.run([binary], input=json.dumps(req.config).encode(), env=env, capture_output=True)
+    out = proc.stdout.decode(errors="replace").strip()
+    if proc.returncode != 0:
+        try:
+            err = json.loads(out)
+            raise PluginError(int(err.get("code", INTERNAL)), f"IPAM plugin {kind}: {err.get('msg', '')}",
+                              str(err.get("details", "")))
+        except (ValueError, AttributeError):
+            raise PluginError(INTERNAL, f"IPAM plugin {kind} failed (exit {proc.returncode})",
+                              (out or proc.stderr.decode(errors="replace")).strip()[:2000]) from None
+    if not out:
+        return None
+    try:
+        return json.loads(out)
+    except ValueError:
+        raise PluginError(INTERNAL, f"IPAM plugin {kind} printed invalid JSON", out[:2000]) from None
+
+
+def add(req: CniRequest) -> dict[str, Any]:
+    if in_process(req.config):
+        from cni_bridge.ipam import plugin
+        return plugin.ipam_add(req.config["name"], req.container_id, req.ifname, req.config, req.args)
+    if ipam_type(req.config) is None:
+        return {"ips": [], "routes": []}
+    return _exec(req, "ADD") or {}
+
+
+def delete(req: CniRequest) -> None:
+    if in_process(req.config):
+        from cni_bridge.ipam import plugin
+        plugin.ipam_del(req.config["name"], req.container_id, req.ifname, req.config)
+    elif ipam_type(req.config) is not None:
+        _exec(req, "DEL")
+
+
+def check(req: CniRequest) -> None:
+    if in_process(req.config):
+        from cni_bridge.ipam import plugin
+        plugin.ipam_check(req.config["name"], req.container_id, req.ifname, req.config)
+    elif ipam_type(req.config) is not None:
+        _exec(req, "CHECK")
+
+
+def leased_addresses(req: CniRequest) -> list:
+    """Addresses the store holds for this attachment (in-process IPAM only), before release."""
+    if not in_process(req.config):
+        return []
+    from cni_bridge.ipam import plugin
+    from cni_bridge.ipam.store import LeaseStore
+    store = LeaseStore(plugin.data_dir(req.config), req.config["name"])
+    return [lease.address for lease in store.leases_of(req.container_id, req.ifname)]
+
+
+def gc(req: CniRequest) -> list:
+    """Returns the released leases (in-process) so that the caller can clean their host state."""
+    if in_process(req.config):
+        from cni_bridge.ipam import plugin
+        return plugin.ipam_gc(req.config["name"], req.config)
+    if ipam_type(req.config) is not None:
+        _exec(req, "GC")
+    return []
+
+
+def status(req: CniRequest) -> None:
+    if in_process(req.config):
+        from cni_bridge.ipam import plugin
+        plugin.ipam_status(req.config["name"], req.config)
+    elif ipam_type(req.config) is not None:
+        _exec(req, "STATUS")

@@ -1,0 +1,120 @@
+"""Typed, validated network specs shared by the CNI and Docker front ends.
+
+A front end turns its wire format into a plain dict using the CNI key names (Docker `-o` options
+use the same names), and `parse_network` turns that into a `NetworkSpec`. Modes receive only
+`NetworkSpec`s, never raw JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from cni_bridge import validate
+from cni_bridge.errors import config_error
+
+MODES = ("bridge", "macvlan", "ipvlan", "vlan")
+MACVLAN_MODES = ("bridge", "vepa", "private", "passthru")
+IPVLAN_MODES = ("l2", "l3", "l3s")
+DEFAULT_BRIDGE = "cni0"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Everything a mode needs to know about a network (not about one container)."""
+    name: str
+    mode: str = "bridge"
+    # bridge mode
+    bridge: str = DEFAULT_BRIDGE
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    ip_masq: bool = False
+    hairpin_mode: bool = False
+    promisc_mode: bool = False
+    uplink: str | None = None
+    # macvlan / ipvlan / vlan
+    master: str | None = None
+    macvlan_mode: str = "bridge"
+    ipvlan_mode: str = "l2"
+    vlan_id: int | None = None
+    # all modes
+    mtu: int | None = None
+    ipam: Mapping[str, Any] = field(default_factory=dict)
+    dns: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _bool(cfg: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    value = cfg.get(key, default)
+    if isinstance(value, str) and value.lower() in ("true", "false"):  # Docker -o values are strings
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise config_error(f"{key} must be a boolean, got {value!r}")
+    return value
+
+
+def _int(cfg: Mapping[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = cfg.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise config_error(f"{key} must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _choice(cfg: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = cfg.get(key, default)
+    if value not in choices:
+        raise config_error(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _optional_ifname(cfg: Mapping[str, Any], key: str) -> str | None:
+    value = cfg.get(key)
+    if value is None or value == "":
+        return None
+    return validate.ifname(value, key)
+
+
+def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
+    """Validate a network configuration (CNI key names). Raises PluginError code 7."""
+    if not isinstance(cfg, Mapping):
+        raise config_error("network configuration must be a JSON object")
+    name = validate.network_name(cfg.get("name"))
+    mode = _choice(cfg, "mode", MODES, "bridge")
+    ipam = cfg.get("ipam") or {}
+    if not isinstance(ipam, Mapping):
+        raise config_error("ipam must be a JSON object")
+    dns = cfg.get("dns") or {}
+    if not isinstance(dns, Mapping):
+        raise config_error("dns must be a JSON object")
+    is_default_gateway = _bool(cfg, "isDefaultGateway")
+    vlan_id = _int(cfg, "vlanId", 1, 4094) if cfg.get("vlanId") not in (None, "") else None
+    if cfg.get("vlanId") not in (None, "") and vlan_id is None:
+        raise config_error("vlanId must be an integer from 1 to 4094")
+    spec = NetworkSpec(
+        name=name,
+        mode=mode,
+        bridge=validate.ifname(cfg.get("bridge", DEFAULT_BRIDGE), "bridge"),
+        is_gateway=_bool(cfg, "isGateway") or is_default_gateway,
+        is_default_gateway=is_default_gateway,
+        force_address=_bool(cfg, "forceAddress"),
+        ip_masq=_bool(cfg, "ipMasq"),
+        hairpin_mode=_bool(cfg, "hairpinMode"),
+        promisc_mode=_bool(cfg, "promiscMode"),
+        uplink=_optional_ifname(cfg, "uplink"),
+        master=_optional_ifname(cfg, "master"),
+        macvlan_mode=_choice(cfg, "macvlanMode", MACVLAN_MODES, "bridge"),
+        ipvlan_mode=_choice(cfg, "ipvlanMode", IPVLAN_MODES, "l2"),
+        vlan_id=vlan_id,
+        mtu=_int(cfg, "mtu", 68, 65535),
+        ipam=ipam,
+        dns=dns,
+    )
+    if spec.mode == "vlan" and spec.vlan_id is None:
+        raise config_error("mode vlan needs vlanId (1-4094)")
+    if spec.mode == "bridge" and spec.vlan_id is not None and spec.uplink is None:
+        raise config_error("vlanId on a bridge network needs an uplink NIC (uplink)")
+    return spec

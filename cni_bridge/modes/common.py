@@ -1,0 +1,111 @@
+"""Steps every mode shares: configuring the container side, checking it, undo bookkeeping."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Callable
+
+from cni_bridge import netlink
+from cni_bridge.attachment import Addressing, Attachment, IPAddress, RouteConfig
+from cni_bridge.errors import PluginError, INTERNAL, INVALID_ENV, config_error
+from cni_bridge.netlink import Netlink, NetnsGone
+
+DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
+DEFAULT_V6 = ipaddress.ip_network("::/0")
+
+
+class Undo:
+    """A stack of compensating actions, run in reverse when an ADD fails half-way."""
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], object]] = []
+
+    def push(self, step: Callable[[], object]) -> None:
+        self._steps.append(step)
+
+    def run(self) -> None:
+        while self._steps:
+            step = self._steps.pop()
+            try:
+                step()
+            except Exception:  # best effort: keep undoing the rest
+                pass
+
+
+def open_netns(att: Attachment):
+    """Context manager for the container namespace; a missing one is an environment error."""
+    if not att.netns:
+        raise PluginError(INVALID_ENV, "CNI_NETNS is required for this command")
+    try:
+        return netlink.netns(att.netns)
+    except NetnsGone as exc:
+        raise PluginError(INVALID_ENV, str(exc)) from None
+
+
+def with_default_routes(addressing: Addressing, enabled: bool) -> Addressing:
+    """Add a default route per family via that family's gateway (isDefaultGateway)."""
+    if not enabled:
+        return addressing
+    routes = list(addressing.routes)
+    for ip in addressing.ips:
+        default = DEFAULT_V4 if ip.address.version == 4 else DEFAULT_V6
+        if ip.gateway is not None and not any(r.dst == default for r in routes):
+            routes.append(RouteConfig(default, ip.gateway))
+    return Addressing(addressing.ips, routes, addressing.dns)
+
+
+def configure_container(ns: Netlink, index: int, addressing: Addressing) -> None:
+    """Addresses, link up, routes. Routes whose gateway is not on-link are reported clearly."""
+    for ip in addressing.ips:
+        ns.add_address(index, ip.address)
+    ns.set_up(index)
+    for route in addressing.routes:
+        gw = route.gw
+        if gw is None:
+            gw = next((ip.gateway for ip in addressing.ips
+                       if ip.gateway is not None and ip.address.version == route.dst.version), None)
+        try:
+            ns.add_route(route.dst, gw, index)
+        except netlink.NetlinkError as exc:
+            raise PluginError(INTERNAL, f"cannot add route {route.dst} via {gw}",
+                              netlink.netlink_error_text(exc)) from None
+
+
+def check_container(ns: Netlink, ifname: str, mac: str | None, addressing: Addressing) -> int:
+    """Verify the container interface, its addresses and routes; returns its index."""
+    link = ns.link(ifname)
+    if link is None:
+        raise PluginError(INTERNAL, f"interface {ifname} not found in the container")
+    if mac and link.mac.lower() != mac.lower():
+        raise PluginError(INTERNAL, f"interface {ifname} has MAC {link.mac}, expected {mac}")
+    present = set(ns.addresses(link.index))
+    for ip in addressing.ips:
+        if ip.address not in present:
+            raise PluginError(INTERNAL, f"address {ip.address} missing on {ifname} in the container")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        have = {(dst, gw) for dst, gw, _ in ns.routes(family)}
+        for route in addressing.routes:
+            if route.dst.version != (4 if family == socket.AF_INET else 6):
+                continue
+            if not any(dst == route.dst and (route.gw is None or gw == route.gw) for dst, gw in have):
+                raise PluginError(INTERNAL, f"route {route.dst}" + (f" via {route.gw}" if route.gw else "")
+                                  + " missing in the container")
+    return link.index
+
+
+def container_interface(prev: dict, ifname: str, netns: str | None) -> dict:
+    """The container-side interface entry of a prevResult (matching name and sandbox)."""
+    for entry in prev.get("interfaces") or []:
+        if entry.get("name") == ifname and entry.get("sandbox"):
+            return entry
+    raise config_error(f"prevResult has no interface {ifname} in a sandbox")
+
+
+def require_mtu_within(mtu: int | None, limit: int, what: str) -> None:
+    if mtu is not None and mtu > limit:
+        raise config_error(f"mtu {mtu} is larger than the {what}'s mtu {limit}")
+
+
+__all__ = ["Undo", "open_netns", "configure_container", "check_container", "with_default_routes",
+           "container_interface", "IPAddress"]
