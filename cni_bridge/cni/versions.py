@@ -42,5 +42,12 @@ def merge_prev(prev: dict[str, Any] | None, ours: dict[str, Any]) -> dict[str, A
         ip = dict(ip)
         if "interface" in ip:
             ip["interface"] += base
-        merged["ips"].append(ip)
+        # An address prevResult already reported that we configured on our interface (chained
+        # ipvlan without ipam) moves to our interface instead of being listed twice.
+        same = [i for i, old in enumerate(merged["ips"]) if old.get("address") == ip.get("address")]
+        if same:
+            merged["ips"][same[0]] = ip
+        else:
+            merged["ips"].append(ip)
+    merged["routes"] = [r for i, r in enumerate(merged["routes"]) if r not in merged["routes"][:i]]
     return merged

@@ -19,8 +19,12 @@ from cni_bridge.modes.common import (Undo, check_container, configure_container,
 from cni_bridge.netlink import Link, Netlink
 
 
-def masquerade(spec: NetworkSpec, addressing: Addressing | None = None) -> firewall.Masquerade:
-    return firewall.Masquerade(spec.name, spec.bridge, addressing.subnets() if addressing else ())
+def masquerade(spec: NetworkSpec, addressing: Addressing | None = None, *,
+               forward: bool = True) -> firewall.Masquerade:
+    """`forward=False`: the FORWARD accept rules are not tied to the masquerade table's life
+    (the Docker driver keeps them for the network's whole life, containers or not)."""
+    return firewall.Masquerade(spec.name, spec.bridge if forward else None,
+                               addressing.subnets() if addressing else ())
 
 
 def ensure_gateway(host: Netlink, spec: NetworkSpec, bridge: Link, addressing: Addressing) -> None:
@@ -60,14 +64,32 @@ def ensure_bridge(host: Netlink, spec: NetworkSpec) -> Link:
     return bridge
 
 
+def setup_network(host: Netlink, spec: NetworkSpec, addressing: Addressing) -> Link:
+    """The per-network part of an attachment: bridge (+ uplink), gateway addresses, forwarding.
+    Idempotent and cheap when already done: CNI runs it on every ADD, Docker at CreateNetwork
+    and again at CreateEndpoint (a reboot or an operator may have removed the bridge)."""
+    bridge = ensure_bridge(host, spec)
+    if spec.is_gateway:
+        ensure_gateway(host, spec, bridge, addressing)
+        enable_forwarding(addressing)
+    return bridge
+
+
+def add_masquerade(spec: NetworkSpec, att: Attachment, addressing: Addressing, undo: Undo, *,
+                   forward: bool = True) -> None:
+    """Put the attachment's addresses in the network's masquerade sets (owner: host veth name)."""
+    if spec.ip_masq and addressing.ips:
+        with network_lock(spec.name):
+            firewall.add_members(masquerade(spec, addressing, forward=forward), addressing.addresses(),
+                                 att.host_ifname)
+        undo.push(lambda: remove_masquerade(spec, att, forward=forward))
+
+
 def add(spec: NetworkSpec, att: Attachment, addressing: Addressing) -> dict[str, Any]:
     undo = Undo()
     with netlink.root() as host, open_netns(att) as ns:
         try:
-            bridge = ensure_bridge(host, spec)
-            if spec.is_gateway:
-                ensure_gateway(host, spec, bridge, addressing)
-                enable_forwarding(addressing)
+            bridge = setup_network(host, spec, addressing)
             if ns.link(att.ifname) is not None:
                 raise PluginError(INTERNAL, f"container already has an interface named {att.ifname}")
             host.delete_link(att.host_ifname)  # stale end of an earlier, crashed ADD
@@ -80,10 +102,7 @@ def add(spec: NetworkSpec, att: Attachment, addressing: Addressing) -> dict[str,
             assert inner is not None
             addressing = with_default_routes(addressing, spec.is_default_gateway)
             configure_container(ns, inner.index, addressing)
-            if spec.ip_masq and addressing.ips:
-                with network_lock(spec.name):
-                    firewall.add_members(masquerade(spec, addressing), addressing.addresses(), att.host_ifname)
-                undo.push(lambda: remove_masquerade(spec, att))
+            add_masquerade(spec, att, addressing, undo)
             interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
                           interface_entry(veth.name, veth.mac),
                           interface_entry(att.ifname, inner.mac, att.netns)]
@@ -96,9 +115,10 @@ def add(spec: NetworkSpec, att: Attachment, addressing: Addressing) -> dict[str,
             raise
 
 
-def remove_masquerade(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress] = ()) -> None:
+def remove_masquerade(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress] = (), *,
+                      forward: bool = True) -> None:
     with network_lock(spec.name):
-        firewall.remove_members(masquerade(spec), owners=[att.host_ifname], addrs=addresses)
+        firewall.remove_members(masquerade(spec, forward=forward), owners=[att.host_ifname], addrs=addresses)
 
 
 def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> None:
@@ -136,3 +156,97 @@ def gc(spec: NetworkSpec, valid: set[tuple[str, str]]) -> None:
         stale = {owner for owner in firewall.members(spec.name).values() if owner not in keep}
         if stale:
             firewall.remove_members(masquerade(spec), owners=stale)
+
+
+# --- Docker (libnetwork remote driver) ---------------------------------------------------------
+# Docker splits the life cycle differently from CNI: the network exists before and after its
+# containers, and Docker moves the container end into the sandbox itself (Join returns its name).
+# Same building blocks as add(); the FORWARD accept rules live as long as the network.
+
+def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
+    """CreateNetwork: bridge (+ uplink), gateway addresses, forwarding, FORWARD accept. Returns
+    what was created, for delete_network; on failure nothing is left behind."""
+    undo = Undo()
+    with netlink.root() as host:
+        try:
+            bridge_created = host.link(spec.bridge) is None
+            bridge = host.ensure_bridge(spec.bridge, spec.mtu, spec.promisc_mode)
+            if bridge_created:
+                undo.push(lambda: host.delete_link(spec.bridge))
+            if spec.uplink:
+                from cni_bridge.modes import uplink
+                undo.push(lambda: uplink.detach(host, spec))
+                uplink.attach(host, spec, bridge)
+            before = set(host.addresses(bridge.index))
+            if spec.is_gateway:
+                ensure_gateway(host, spec, bridge, addressing)
+                enable_forwarding(addressing)
+            added = [a for a in host.addresses(bridge.index) if a not in before]
+            undo.push(lambda: [host.delete_address(bridge.index, a) for a in added])
+            undo.push(lambda: firewall.forward_accept(spec.name, spec.bridge, False))
+            firewall.forward_accept(spec.name, spec.bridge, True)
+        except netlink.NetlinkError as exc:
+            undo.run()
+            raise PluginError(INTERNAL, "netlink request failed", netlink.netlink_error_text(exc)) from None
+        except BaseException:
+            undo.run()
+            raise
+    return {"bridge_created": bridge_created, "addresses": [str(a) for a in added]}
+
+
+def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
+    """DeleteNetwork: undo create_network (idempotent). A bridge that existed before keeps
+    everything it had; only the addresses we added are removed from it."""
+    with network_lock(spec.name):
+        firewall.delete_table(spec.name, spec.bridge)
+    with netlink.root() as host:
+        if spec.uplink:
+            from cni_bridge.modes import uplink
+            uplink.detach(host, spec)
+        if created.get("bridge_created"):
+            host.delete_link(spec.bridge)
+            return
+        bridge = host.link(spec.bridge)
+        if bridge is not None:
+            for address in created.get("addresses", []):
+                host.delete_address(bridge.index, ipaddress.ip_interface(address))
+
+
+def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, src_name: str) -> str:
+    """CreateEndpoint: a veth pair with both ends on the host, `att.host_ifname` enslaved to the
+    bridge, `src_name` for Docker to move into the container; masquerade membership. Returns
+    the MAC of `src_name` (att.mac when given)."""
+    undo = Undo()
+    with netlink.root() as host:
+        try:
+            bridge_missing = host.link(spec.bridge) is None
+            bridge = setup_network(host, spec, addressing)
+            if bridge_missing:  # re-created after a reboot or by hand: its FORWARD rules too
+                firewall.forward_accept(spec.name, spec.bridge, True)
+            host.delete_link(att.host_ifname)  # stale pair of a crashed CreateEndpoint
+            host.delete_link(src_name)
+            veth = host.create_veth_pair(att.host_ifname, src_name, mtu=spec.mtu, master=bridge.index,
+                                         peer_mac=att.mac)
+            undo.push(lambda: host.delete_link(att.host_ifname))
+            if spec.hairpin_mode:
+                host.set_hairpin(veth.index, True)
+            peer = host.link(src_name)
+            if peer is None:
+                raise PluginError(INTERNAL, f"veth peer {src_name} vanished right after creation")
+            add_masquerade(spec, att, addressing, undo, forward=False)
+            return peer.mac
+        except netlink.NetlinkError as exc:
+            undo.run()
+            raise PluginError(INTERNAL, "netlink request failed", netlink.netlink_error_text(exc)) from None
+        except BaseException:
+            undo.run()
+            raise
+
+
+def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress], src_name: str) -> None:
+    """DeleteEndpoint: idempotent; the pair may already be gone with the container's netns."""
+    with netlink.root() as host:
+        if not host.delete_link(att.host_ifname):
+            host.delete_link(src_name)  # Docker moved it back under its SrcName after Leave
+    if spec.ip_masq:
+        remove_masquerade(spec, att, addresses, forward=False)
