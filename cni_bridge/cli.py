@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage pybridge: run the Docker driver / CNI fast-path daemon, inspect networks, "
                     "reclaim leaked resources, inspect and edit IPAM leases.")
     parser.add_argument("--debug", action="store_true", help="log netlink and firewall details")
+    parser.add_argument("--log-file", dest="global_log_file", metavar="PATH", default=None,
+                        help="also append log lines here (default: $PYBRIDGE_LOG_FILE, else stderr only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     if not getattr(args, "func", None):
         parser.print_help()
         sys.exit(2)
+    from cni_bridge.logsetup import configure
+    configure(debug=args.debug or None, path=args.global_log_file)
     try:
         code = args.func(args)
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import ipaddress
+import os
 import re
 import shutil
 import subprocess
@@ -44,7 +45,10 @@ class _Nft:
 
     def __init__(self) -> None:
         self._lib = None
-        self._local = threading.local()
+        # A pool, not thread-locals: the daemon runs each request in a new thread, and a context
+        # per thread would leak one libnftables context (and its ruleset cache) per request.
+        self._pool: list[int] = []
+        self._pool_lock = threading.Lock()
         try:
             lib = ctypes.CDLL("libnftables.so.1")
             lib.nft_ctx_new.restype = ctypes.c_void_p
@@ -56,6 +60,9 @@ class _Nft:
             lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
             lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
             lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
+            lib.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
             self._lib = lib
         except OSError:
             self._lib = None
@@ -64,32 +71,43 @@ class _Nft:
         return self._lib is not None or shutil.which("nft") is not None
 
     def _ctx(self) -> int:
-        ctx = getattr(self._local, "ctx", None)
-        if ctx is None:
-            ctx = self._lib.nft_ctx_new(0)
-            self._lib.nft_ctx_buffer_output(ctx)
-            self._lib.nft_ctx_buffer_error(ctx)
-            self._local.ctx = ctx
+        with self._pool_lock:
+            if self._pool:
+                return self._pool.pop()
+        ctx = self._lib.nft_ctx_new(0)
+        self._lib.nft_ctx_buffer_output(ctx)
+        self._lib.nft_ctx_buffer_error(ctx)
         return ctx
 
-    def run(self, script: str) -> str:
+    def _release(self, ctx: int) -> None:
+        with self._pool_lock:
+            self._pool.append(ctx)
+
+    def run(self, script: str, *, handles: bool = False) -> str:
+        """`handles`: print rule handles (`nft -a`)."""
         if self._lib is not None:
             ctx = self._ctx()
-            rc = self._lib.nft_run_cmd_from_buffer(ctx, script.encode())
-            out = (self._lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
-            err = (self._lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
+            try:
+                flags = self._lib.nft_ctx_output_get_flags(ctx)
+                self._lib.nft_ctx_output_set_flags(ctx, flags | _OUTPUT_HANDLE if handles else flags & ~_OUTPUT_HANDLE)
+                rc = self._lib.nft_run_cmd_from_buffer(ctx, script.encode())
+                out = (self._lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
+                err = (self._lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
+            finally:
+                self._release(ctx)
             if rc != 0:
                 raise NftError(err.strip() or f"nft failed (rc {rc})")
             return out
         nft = shutil.which("nft")
         if nft is None:
             raise PluginError(NOT_AVAILABLE, "nftables is not available (no libnftables and no nft executable)")
-        proc = subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True)
+        proc = subprocess.run([nft, *(["-a"] if handles else []), "-f", "-"], input=script, capture_output=True, text=True)
         if proc.returncode != 0:
             raise NftError(proc.stderr.strip() or f"nft failed (rc {proc.returncode})")
         return proc.stdout
 
 
+_OUTPUT_HANDLE = 1 << 3  # NFT_CTX_OUTPUT_HANDLE
 nft = _Nft()
 
 
@@ -139,26 +157,53 @@ def table_exists(network: str) -> bool:
         return False
 
 
+def _rules_signature(m: Masquerade) -> str:
+    """Name of an (empty-ish) set created together with the rules for exactly these subnets."""
+    subnets = ",".join(sorted(str(s) for s in m.subnets))
+    return "r_" + hashlib.sha1(subnets.encode()).hexdigest()[:12]
+
+
 def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
     """Ensure the network's table, sets and rules exist and that `addrs` are in the sets, each
     element tagged with its owner (the attachment's host-side name) so that DEL and GC can
-    remove it without knowing the address. One atomic batch; idempotent (the chain is
-    rewritten in the same transaction)."""
+    remove it without knowing the address. One atomic batch; idempotent.
+
+    Fast path (every ADD but a network's first): one transaction that adds the elements plus a
+    marker element to the set `r_<hash of the subnets>`, which exists only if the rules were
+    written for exactly these subnets. ~0.1 ms whatever the set size, because plain `add
+    element` needs no ruleset cache, whereas listing the table or rewriting the chain makes
+    libnftables fetch every element (~5 ms with 1,000 containers). If the marker set is missing
+    (first container, subnets changed, table removed), the transaction fails as a whole and the
+    full script below rebuilds the table and the chain."""
     t = f"inet {m.table}"
-    created = not table_exists(m.network)
-    script = [
-        f"add table {t}",
-        f"add set {t} masq4 {{ type ipv4_addr; }}",
-        f"add set {t} masq6 {{ type ipv6_addr; }}",
-        f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
-        f"flush chain {t} postrouting",
-        *_rule_lines(m),
-    ]
+    signature = _rules_signature(m)
+    elements = []
     for version, set_name in ((4, "masq4"), (6, "masq6")):
         elems = _elements(addrs, version)
         if elems:
             tagged = ", ".join(f'{e} comment "{owner}"' for e in elems)
-            script.append(f"add element {t} {set_name} {{ {tagged} }}")
+            elements.append(f"add element {t} {set_name} {{ {tagged} }}")
+    if elements:
+        try:
+            nft.run("\n".join([f"add element {t} {signature} {{ 127.0.0.1 }}", *elements]) + "\n")
+            return
+        except NftError:
+            pass
+    existing = _table_text(m.network)
+    created = existing is None
+    stale = set(re.findall(r"\bset (r_[0-9a-f]+)\b", existing or "")) - {signature}
+    script = [
+        f"add table {t}",
+        f"add set {t} masq4 {{ type ipv4_addr; }}",
+        f"add set {t} masq6 {{ type ipv6_addr; }}",
+        *(f"delete set {t} {name}" for name in sorted(stale)),
+        f"add set {t} {signature} {{ type ipv4_addr; }}",
+        f"add element {t} {signature} {{ 127.0.0.1 }}",
+        f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
+        f"flush chain {t} postrouting",
+        *_rule_lines(m),
+        *elements,
+    ]
     try:
         nft.run("\n".join(script) + "\n")
     except NftError as exc:
@@ -167,24 +212,33 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
         forward_accept(m.network, m.bridge, True)
 
 
+def _table_text(network: str) -> str | None:
+    try:
+        return nft.run(f"list table inet {table_name(network)}")
+    except NftError:
+        return None
+
+
 _ELEMENT_RE = re.compile(r'([0-9A-Fa-f:.]+)(?:\s+comment\s+"([^"]*)")?')
 
 
 def members(network: str) -> dict[IPAddress, str]:
     """Addresses in the network's masquerade sets with their owner tags (empty when no table)."""
-    t = f"inet {table_name(network)}"
+    return _members_in(_table_text(network) or "")
+
+
+_SET_RE = re.compile(r"set masq[46]\s*\{[^}]*?elements\s*=\s*\{([^}]*)\}", re.S)
+
+
+def _members_in(table_text: str) -> dict[IPAddress, str]:
+    """Parse both sets out of one `list table` (each listing fetches the whole ruleset cache,
+    ~5 ms with 1,000 elements: one listing instead of three)."""
     out: dict[IPAddress, str] = {}
-    for set_name in ("masq4", "masq6"):
-        try:
-            text = nft.run(f"list set {t} {set_name}")
-        except NftError:
-            continue
-        block = re.search(r"elements\s*=\s*\{([^}]*)\}", text, re.S)
-        if block:
-            for item in block.group(1).replace("\n", " ").split(","):
-                match = _ELEMENT_RE.search(item.strip())
-                if match:
-                    out[ipaddress.ip_address(match.group(1))] = match.group(2) or ""
+    for block in _SET_RE.findall(table_text):
+        for item in block.replace("\n", " ").split(","):
+            match = _ELEMENT_RE.search(item.strip())
+            if match:
+                out[ipaddress.ip_address(match.group(1))] = match.group(2) or ""
     return out
 
 
@@ -192,9 +246,12 @@ def remove_members(m: Masquerade, owners: Iterable[str] = (), addrs: Iterable[IP
     """Remove the elements of the given owners (and/or addresses); delete the whole table when
     no element is left. Idempotent. Returns True when the table was removed. Callers hold the
     network lock."""
-    if not table_exists(m.network):
+    text = _table_text(m.network)
+    if text is None:  # gone already (last DEL repeated, or removed by hand): its FORWARD rules too
+        if m.bridge:
+            forward_accept(m.network, m.bridge, False)
         return False
-    current = members(m.network)
+    current = _members_in(text)
     owners, addrs = set(owners), set(addrs)
     doomed = [a for a, owner in current.items() if owner in owners or (a in addrs and not owner)]
     remaining = set(current) - set(doomed)
@@ -241,23 +298,62 @@ def _iptables(binary: str, args: list[str]) -> subprocess.CompletedProcess:
 
 def forward_accept(network: str, bridge: str, enable: bool) -> None:
     """Insert (or remove) `-i br -j ACCEPT` and `-o br -j ACCEPT` in filter/FORWARD, only when
-    that chain exists. Rules carry our comment so that only ours are ever removed."""
+    that chain exists. Rules carry our comment so that only ours are ever removed.
+
+    Done in-process through libnftables: iptables-nft shows a native nft rule `iifname "br"
+    counter accept comment "pybridge:net"` as `-A FORWARD -i br -m comment --comment
+    "pybridge:net" -j ACCEPT` and matches it with -C/-D, so the rules are the same ones the
+    iptables binary would write, without its ~3 ms exec per call (this runs on ADD and DEL at an
+    empty network). Rules an iptables binary wrote (comment invisible to nft) are removed with it."""
     comment = f"{RULE_COMMENT_PREFIX}{network}"[:255]
-    for binary in ("iptables", "ip6tables"):
-        path = shutil.which(binary)
-        if path is None:
-            continue
-        family = "ip" if binary == "iptables" else "ip6"
+    for family in ("ip", "ip6"):
+        chain = f"{family} filter FORWARD"
         try:  # no filter table means nobody can have set a DROP policy: add nothing
-            nft.run(f"list chain {family} filter FORWARD")
+            text = nft.run(f"list chain {chain}", handles=True)
         except (NftError, PluginError):
             continue
-        for direction in ("-i", "-o"):
-            rule = ["FORWARD", direction, bridge, "-m", "comment", "--comment", comment, "-j", "ACCEPT"]
-            present = _iptables(path, ["-t", "filter", "-C", *rule]).returncode == 0
-            if enable and not present:
-                _iptables(path, ["-t", "filter", "-I", *rule])
-            elif not enable:
-                while present:
-                    _iptables(path, ["-t", "filter", "-D", *rule])
-                    present = _iptables(path, ["-t", "filter", "-C", *rule]).returncode == 0
+        ours: dict[str, list[str]] = {"iifname": [], "oifname": []}
+        foreign_candidates = set()
+        for key in ours:
+            pattern = rf'^\s*{key} "{re.escape(bridge)}"\s+(?:counter[^\n]*?)?accept(?P<rest>[^\n]*)# handle (?P<h>\d+)\s*$'
+            for m in re.finditer(pattern, text, re.M):
+                if f'comment "{comment}"' in m.group("rest"):
+                    ours[key].append(m.group("h"))
+                elif "comment" not in m.group("rest"):
+                    foreign_candidates.add(key)  # maybe ours, written by iptables (xt comment)
+        try:
+            if enable:
+                script = [f'insert rule {chain} {key} "{bridge}" counter accept comment "{comment}"'
+                          for key in ("iifname", "oifname") if not ours[key]]
+            else:
+                script = [f"delete rule {chain} handle {h}" for hs in ours.values() for h in hs]
+            if script:
+                nft.run("\n".join(script) + "\n")
+        except (NftError, PluginError):
+            _forward_accept_iptables(family, bridge, comment, enable)
+            continue
+        if not enable and foreign_candidates:
+            _forward_accept_iptables(family, bridge, comment, enable)
+
+
+def _forward_accept_iptables(family: str, bridge: str, comment: str, enable: bool) -> None:
+    """The iptables way, for rules nft cannot attribute (iptables-written comments)."""
+    path = shutil.which("iptables" if family == "ip" else "ip6tables")
+    if path is None:
+        return
+    for direction in ("-i", "-o"):
+        if enable:
+            if not _ours_present(path, direction, bridge, comment):
+                _iptables(path, ["-t", "filter", *_rule_args("-I", direction, bridge, comment)])
+            continue
+        while _ours_present(path, direction, bridge, comment):
+            if _iptables(path, ["-t", "filter", *_rule_args("-D", direction, bridge, comment)]).returncode:
+                break
+
+
+def _rule_args(op: str, direction: str, bridge: str, comment: str) -> list[str]:
+    return [op, "FORWARD", direction, bridge, "-m", "comment", "--comment", comment, "-j", "ACCEPT"]
+
+
+def _ours_present(path: str, direction: str, bridge: str, comment: str) -> bool:
+    return _iptables(path, ["-t", "filter", *_rule_args("-C", direction, bridge, comment)]).returncode == 0

@@ -42,7 +42,8 @@ def _run(plugin: str) -> None:
     sys.stdout.buffer.write(reply.stdout)
     sys.stdout.flush()
     if reply.log:
-        print(reply.log, file=sys.stderr)
+        from cni_bridge.logsetup import emit  # stdlib only; also appends to $PYBRIDGE_LOG_FILE
+        emit(reply.log)
     if os.environ.get(client.DEBUG_ENV) == "1":
         print(f"pybridge fastpath: served by {reply.served_by}", file=sys.stderr)
     sys.exit(reply.exit_code)

@@ -30,7 +30,11 @@ def masquerade(spec: NetworkSpec, addressing: Addressing | None = None, *,
 def ensure_gateway(host: Netlink, spec: NetworkSpec, bridge: Link, addressing: Addressing) -> None:
     """Put each family's gateway address on the bridge. An address of the same subnet that is
     not the gateway is a conflict: replaced with forceAddress, an error otherwise."""
-    existing = host.addresses(bridge.index)
+    families = {ip.address.version for ip in addressing.ips if ip.gateway is not None}
+    if not families:
+        return
+    # Only the families we need: an IPv6 dump lists every host veth's link-local address.
+    existing = host.addresses(bridge.index, 0 if len(families) == 2 else (2 if 4 in families else 10))
     for ip in addressing.ips:
         if ip.gateway is None:
             continue
@@ -56,8 +60,26 @@ def enable_forwarding(addressing: Addressing) -> None:
         netlink.ensure_sysctl("net.ipv6.conf.all.forwarding", "1")
 
 
+NET_ADDR_SET = "3"  # /sys/class/net/<dev>/addr_assign_type of a MAC set by someone
+
+
+def pin_mac(host: Netlink, bridge: Link) -> None:
+    """A bridge whose MAC was never set takes its lowest port's MAC, so the gateway's MAC changes
+    under every container's ARP cache when that container leaves. Setting the MAC to itself pins
+    it (as the Go bridge does); done once per bridge, checked with one sysfs read per ADD."""
+    try:
+        with open(f"/sys/class/net/{bridge.name}/addr_assign_type") as f:
+            if f.read().strip() == NET_ADDR_SET:
+                return
+    except OSError:
+        return
+    if bridge.mac:
+        host.set_link(bridge.index, address=bridge.mac)
+
+
 def ensure_bridge(host: Netlink, spec: NetworkSpec) -> Link:
     bridge = host.ensure_bridge(spec.bridge, spec.mtu, spec.promisc_mode)
+    pin_mac(host, bridge)
     if spec.uplink:
         from cni_bridge.modes import uplink  # flat / vlan uplinks: only loaded when used
         uplink.attach(host, spec, bridge)
@@ -173,6 +195,7 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
             bridge = host.ensure_bridge(spec.bridge, spec.mtu, spec.promisc_mode)
             if bridge_created:
                 undo.push(lambda: host.delete_link(spec.bridge))
+            pin_mac(host, bridge)
             if spec.uplink:
                 from cni_bridge.modes import uplink
                 undo.push(lambda: uplink.detach(host, spec))

@@ -1,0 +1,511 @@
+#!/usr/bin/env python3
+"""pybridge vs the Go reference plugins (`bridge` + `host-local`, ipMasq on), side by side.
+
+    sudo .venv/bin/python bench/run.py --out bench/results            # full run, < 20 min
+    sudo .venv/bin/python bench/run.py --out bench/results --quick    # < 3 min
+
+Writes <out>/results.md (medians and ratios pybridge / Go), <out>/results.json (every sample)
+and <out>/latency_vs_attached.png. Containers are network namespaces (`ip netns add`); every
+name starts with `pbb<run id>`, all traffic stays inside them, and everything is removed at the
+end, also on failure or Ctrl-C. pybridge runs as a user would install it: lean launchers
+(`python -m cni_bridge.fastpath.launcher`) in front of the fast-path daemon
+(`python -m cni_bridge.fastpath.server`), both started here on a private socket and run dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.cniexec import Call, Plugin  # noqa: E402
+
+GO_DIR = Path("/usr/lib/cni")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, check=check, input=input)
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+class Host:
+    """Everything this run creates on the host, so that `cleanup` can remove it all."""
+
+    def __init__(self, run_id: str, workdir: Path) -> None:
+        self.run_id = run_id
+        self.workdir = workdir
+        self.namespaces: list[str] = []
+        self.bridges: list[str] = []
+        self.networks: list[str] = []   # pybridge network names (nft tables, FORWARD rules)
+        self.go_networks: list[str] = []  # Go network names (iptables nat chains)
+        self.processes: list[subprocess.Popen] = []
+
+    def netns(self, names: list[str]) -> list[str]:
+        """Create namespaces in batches (one `ip -batch` exec per 500)."""
+        for i in range(0, len(names), 500):
+            chunk = names[i:i + 500]
+            self.namespaces += chunk
+            sh("ip", "-batch", "-", input="".join(f"netns add {n}\n" for n in chunk))
+        return [f"/run/netns/{n}" for n in names]
+
+    def cleanup(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        if self.namespaces:
+            mine = [n for n in self.namespaces if n.startswith(f"pbb{self.run_id}")]
+            for i in range(0, len(mine), 500):
+                sh("ip", "-batch", "-", check=False, input="".join(f"netns del {n}\n" for n in mine[i:i + 500]))
+        remove_go_iptables(self.go_networks)
+        remove_pybridge_firewall(self.networks)
+        for bridge in self.bridges:
+            sh("ip", "link", "del", bridge, check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def remove_go_iptables(networks: list[str]) -> None:
+    """The Go bridge plugin leaves one nat chain + POSTROUTING rule per container; remove ours
+    in one iptables-restore (a DEL per filler container would take minutes)."""
+    if not networks or shutil.which("iptables-save") is None:
+        return
+    text = sh("iptables", "-t", "nat", "-S", check=False).stdout
+    tags = [f'name: \\"{n}\\"' for n in networks]
+    lines, chains = [], set()
+    for rule in text.splitlines():
+        if rule.startswith("-A POSTROUTING") and any(t in rule for t in tags):
+            lines.append("-D" + rule[2:])
+            m = re.search(r"-j (CNI-[0-9a-f]+)", rule)
+            if m:
+                chains.add(m.group(1))
+    if not lines:
+        return
+    script = ["*nat", *lines, *(f"-F {c}" for c in sorted(chains)), *(f"-X {c}" for c in sorted(chains)), "COMMIT", ""]
+    sh("iptables-restore", "--noflush", check=False, input="\n".join(script))
+
+
+def remove_pybridge_firewall(networks: list[str]) -> None:
+    if not networks:
+        return
+    from cni_bridge import firewall
+    for name in networks:
+        firewall.delete_table(name, None)
+        for binary in ("iptables", "ip6tables"):
+            if shutil.which(binary) is None:
+                continue
+            text = sh(binary, "-t", "filter", "-S", "FORWARD", check=False).stdout
+            for rule in text.splitlines():
+                if f"pybridge:{name}" in rule and rule.startswith("-A FORWARD"):
+                    sh(binary, "-t", "filter", "-D", *split_rule(rule[3:]), check=False)
+
+
+def split_rule(rule: str) -> list[str]:
+    import shlex
+    return shlex.split(rule)
+
+
+def free_subnets(count: int) -> list[ipaddress.IPv4Network]:
+    """/16s in 10.32.0.0/11 that no route on the host touches (outside the test suite's 10.128.0.0/9)."""
+    routes = sh("ip", "-4", "route", "show", "table", "all", check=False).stdout
+    used = []
+    for word in re.findall(r"\b(\d+\.\d+\.\d+\.\d+(?:/\d+)?)\b", routes):
+        try:
+            used.append(ipaddress.ip_network(word, strict=False))
+        except ValueError:
+            pass
+    out = []
+    for net in ipaddress.ip_network("10.32.0.0/11").subnets(new_prefix=16):
+        if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
+            out.append(net)
+        if len(out) == count:
+            return out
+    raise SystemExit("no free 10.32.0.0/11 subnets for the benchmark networks")
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.run_id = secrets.token_hex(2)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"pbb{self.run_id}-"))
+        self.host = Host(self.run_id, self.workdir)
+        self.bin = self.workdir / "bin"
+        self.run_dir = self.workdir / "run"
+        self.socket = self.run_dir / "cni.sock"
+        self.results: dict[str, Any] = {"notes": []}
+        self.subnets = free_subnets(6)
+        self._subnet = 0
+        self.daemon: subprocess.Popen | None = None
+
+    # --- set-up ----------------------------------------------------------------------------
+    def install(self) -> None:
+        from cni_bridge.fastpath.launcher import write_launchers
+        self.bin.mkdir(parents=True)
+        self.run_dir.mkdir(parents=True)
+        write_launchers(str(self.bin), sys.executable)
+        for name in ("bridge", "host-local"):
+            os.symlink(GO_DIR / name, self.bin / name)
+
+    def start_daemon(self) -> None:
+        env = dict(os.environ, PYBRIDGE_RUN_DIR=str(self.run_dir))
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "cni_bridge.fastpath.server", "--socket", str(self.socket)],
+            env=env, stdout=subprocess.PIPE, stderr=open(self.workdir / "daemon.log", "w"), text=True)
+        self.host.processes.append(self.daemon)
+        assert self.daemon.stdout is not None
+        line = self.daemon.stdout.readline()
+        if not line.startswith("ready"):
+            raise RuntimeError("the fast-path daemon did not start: " + (self.workdir / "daemon.log").read_text())
+
+    def _network(self, tag: str, main: str, ipam: str, registry: list[str]) -> dict[str, Any]:
+        """Same config for both plugins (ipMasq on), on a fresh /16 and a fresh bridge."""
+        subnet = self.subnets[self._subnet]
+        self._subnet += 1
+        name = f"pbb{self.run_id}{tag}"
+        registry.append(name)
+        self.host.bridges.append(name[:15])
+        return {"cniVersion": "1.0.0", "name": name, "type": main, "bridge": name[:15],
+                "isGateway": True, "ipMasq": True,
+                "ipam": {"type": ipam, "ranges": [[{"subnet": str(subnet)}]], "dataDir": str(self.workdir / ipam)}}
+
+    def go_plugin(self, tag: str) -> Plugin:
+        config = self._network("g" + tag, "bridge", "host-local", self.host.go_networks)
+        return Plugin("Go bridge+host-local", str(self.bin / "bridge"), config, "eth0", str(self.bin))
+
+    def py_plugin(self, tag: str, fast_path: bool = True) -> Plugin:
+        config = self._network("p" + tag, "pybridge", "pybridge-ipam", self.host.networks)
+        env = {"PYBRIDGE_RUN_DIR": str(self.run_dir),
+               "PYBRIDGE_FASTPATH_SOCKET": str(self.socket) if fast_path else "off"}
+        label = "pybridge" if fast_path else "pybridge (no daemon)"
+        return Plugin(label, str(self.bin / "pybridge"), config, "eth1", str(self.bin), env,
+                      daemon_pid=self.daemon.pid if fast_path and self.daemon else None)
+
+    # --- measurements ----------------------------------------------------------------------
+    def cycles(self, plugins: list[Plugin], netns: dict[str, str], runs: int, tag: str,
+               warmup: int = 2) -> dict[str, dict[str, list[float]]]:
+        """ADD then DEL of a fresh container id, `runs` times per plugin, interleaved (the order
+        alternates every round so that neither plugin always runs on a warmer cache)."""
+        out = {p.label: {"ADD": [], "DEL": [], "ADD_cpu": [], "DEL_cpu": []} for p in plugins}
+        for i in range(warmup + runs):
+            order = plugins if i % 2 == 0 else list(reversed(plugins))
+            for p in order:
+                cid = f"pbb{self.run_id}-{tag}-{i}"
+                a = p.add(cid, netns[p.label]).check()
+                d = p.delete(cid, netns[p.label]).check()
+                if i >= warmup:
+                    out[p.label]["ADD"].append(a.ms)
+                    out[p.label]["DEL"].append(d.ms)
+                    out[p.label]["ADD_cpu"].append(a.cpu * 1000)
+                    out[p.label]["DEL_cpu"].append(d.cpu * 1000)
+        return out
+
+    def fill(self, plugin: Plugin, namespaces: list[str], start: int, stop: int) -> float:
+        """Attach containers start..stop-1 (4 at a time, like a busy node); returns seconds."""
+        t = time.perf_counter()
+
+        def one(i: int) -> Call:
+            return plugin.add(f"pbb{self.run_id}-fill-{i}", namespaces[i]).check()
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, range(start, stop)))
+        return time.perf_counter() - t
+
+    def parallel(self, plugin: Plugin, namespaces: list[str], tag: str) -> dict[str, Any]:
+        """N ADDs started at once on one network; then N DELs at once."""
+        n = len(namespaces)
+        cids = [f"pbb{self.run_id}-{tag}-{i}" for i in range(n)]
+        t = time.perf_counter()
+        procs = [plugin.start("ADD", cid, ns) for cid, ns in zip(cids, namespaces)]
+        adds = [plugin.finish(p) for p in procs]
+        add_wall = time.perf_counter() - t
+        failures = [c for c in adds if c.rc != 0]
+        addrs = [a.split("/")[0] for c in adds if c.rc == 0 for a in c.addresses()]
+        t = time.perf_counter()
+        procs = [plugin.start("DEL", cid, ns) for cid, ns in zip(cids, namespaces)]
+        dels = [plugin.finish(p) for p in procs]
+        del_wall = time.perf_counter() - t
+        return {"add_wall_ms": add_wall * 1000, "del_wall_ms": del_wall * 1000,
+                "failures": len(failures) + sum(1 for c in dels if c.rc != 0),
+                "failure_text": [c.stdout.decode(errors="replace")[:300] for c in failures[:3]],
+                "duplicates": len(addrs) - len(set(addrs)), "addresses": len(addrs)}
+
+    # --- the whole run ---------------------------------------------------------------------
+    def execute(self) -> None:
+        a = self.args
+        self.install()
+        self.start_daemon()
+        R = 8 if a.quick else 30
+        checkpoints = [0, 50, 100] if a.quick else [0, 250, 500, 1000]
+        checkpoints = [c for c in checkpoints if c <= a.attached] or [0]
+        if a.attached not in checkpoints:
+            checkpoints.append(a.attached)
+        scale_runs = 6 if a.quick else 15
+        settle = 3.0 if a.quick else 10.0
+        self.results["config"] = {"quick": a.quick, "runs": R, "checkpoints": checkpoints,
+                                  "scale_runs": scale_runs, "parallel": a.parallel,
+                                  "load_before": os.getloadavg(), "cpus": os.cpu_count(),
+                                  "kernel": platform.release(), "python": platform.python_version()}
+
+        # 1. ADD / DEL latency on an empty network, plus the in-process path for reference.
+        go, py = self.go_plugin("a"), self.py_plugin("a")
+        ns = self.host.netns([f"pbb{self.run_id}pr{i}" for i in range(3)])
+        probe = {go.label: ns[0], py.label: ns[1]}
+        log(f"latency: {R} ADD+DEL cycles each, interleaved")
+        self.results["latency"] = self.cycles([go, py], probe, R, "lat")
+        nodaemon = self.py_plugin("n", fast_path=False)
+        log(f"latency without the daemon (in-process fallback): {max(3, R // 3)} cycles")
+        self.results["latency_nodaemon"] = self.cycles([nodaemon], {nodaemon.label: ns[2]}, max(3, R // 3), "nod", 1)
+
+        # 2. N parallel ADDs on one (fresh) network, before the host fills up with containers.
+        par_runs = 2 if a.quick else 5
+        pgo, ppy = self.go_plugin("x"), self.py_plugin("x")
+        pns = self.host.netns([f"pbb{self.run_id}x{i}" for i in range(a.parallel)])
+        log(f"parallel: {a.parallel} ADDs at once, {par_runs} rounds each")
+        self.results["parallel"] = {pgo.label: [], ppy.label: []}
+        for i in range(par_runs):
+            for p in ([pgo, ppy] if i % 2 == 0 else [ppy, pgo]):
+                self.results["parallel"][p.label].append(self.parallel(p, pns, f"par{i}"))
+
+        # 3. Scaling: ADD latency while N containers are attached to the same network.
+        self.results["scaling"] = {go.label: {}, py.label: {}}
+        fillers = self.host.netns([f"pbb{self.run_id}f{i}" for i in range(checkpoints[-1])])
+        attached = {go.label: 0, py.label: 0}
+        go_capped = None
+        for cp in checkpoints:
+            active = [go, py] if go_capped is None else [py]
+            for p in active:
+                if attached[p.label] < cp:
+                    log(f"scaling: attaching {attached[p.label]}..{cp} to {p.label}")
+                    secs = self.fill(p, fillers, attached[p.label], cp)
+                    attached[p.label] = cp
+                    self.results.setdefault("fill_seconds", {}).setdefault(p.label, {})[cp] = secs
+            if cp:  # let the kernel finish the async work of the burst (IPv6 addrconf, RCU, udev):
+                time.sleep(settle)  # a node with N containers is not in the middle of attaching them
+            log(f"scaling: {scale_runs} cycles at {cp} attached")
+            res = self.cycles(active, probe, scale_runs, f"s{cp}", warmup=2)
+            for label, samples in res.items():
+                self.results["scaling"][label][cp] = samples
+            if go_capped is None:
+                spent = sum(self.results.get("fill_seconds", {}).get(go.label, {}).values())
+                if spent > a.go_fill_budget and cp != checkpoints[-1]:
+                    go_capped = cp
+                    self.results["notes"].append(
+                        f"Go was measured up to {cp} attached containers only: attaching them took "
+                        f"{spent:.0f} s (budget {a.go_fill_budget:.0f} s, --go-fill-budget).")
+        self.results["go_capped_at"] = go_capped
+        self.results["notes"].append(
+            f"Scaling points are measured {settle:.0f} s after the attach burst that reached them (the "
+            "kernel's asynchronous work for hundreds of new interfaces would otherwise be timed too).")
+
+        # 4. Docker (skips with a reason when it cannot run here).
+        if a.skip_docker:
+            self.results["docker"] = {"skipped": "--skip-docker"}
+        else:
+            from bench import docker_bench
+            log("docker: docker run -> first ping")
+            self.results["docker"] = docker_bench.measure(self.run_id, quick=a.quick)
+
+        # 5. The daemon: resident memory and idle CPU.
+        self.results["daemon"] = daemon_usage(self.daemon.pid, 2.0 if a.quick else 5.0)
+
+
+def daemon_usage(pid: int, seconds: float) -> dict[str, Any]:
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS:"))
+    before = cpu()
+    time.sleep(seconds)
+    return {"rss_mib": rss / 1024, "idle_cpu_percent": (cpu() - before) / seconds * 100, "idle_seconds": seconds}
+
+
+# --- report --------------------------------------------------------------------------------
+def fmt(x: float | None, unit: str = "ms") -> str:
+    return "—" if x is None else f"{x:.1f} {unit}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def verdict(value: float | None, limit: float) -> str:
+    return "—" if value is None else ("PASS" if value <= limit else "FAIL")
+
+
+def report(results: dict[str, Any], out: Path) -> str:
+    go, py = "Go bridge+host-local", "pybridge"
+    lat = results["latency"]
+    rows = []
+    g_add, p_add = median(lat[go]["ADD"]), median(lat[py]["ADD"])
+    g_del, p_del = median(lat[go]["DEL"]), median(lat[py]["DEL"])
+    r = ratio(p_add, g_add)
+    rows.append(("ADD, empty network", fmt(g_add), fmt(p_add), r, "≤ 0.8", verdict(r, 0.8)))
+    r = ratio(p_del, g_del)
+    rows.append(("DEL", fmt(g_del), fmt(p_del), r, "≤ 0.8", verdict(r, 0.8)))
+    def mean(xs: list[float]) -> float | None:
+        return statistics.fmean(xs) if xs else None
+    for cmd in ("ADD", "DEL"):
+        g, p = mean(lat[go].get(f"{cmd}_cpu", [])), mean(lat[py].get(f"{cmd}_cpu", []))
+        rows.append((f"{cmd}: CPU time per call (mean; plugin + children + daemon)", fmt(g), fmt(p),
+                     ratio(p, g), "(info: load-independent)", ""))
+    sc = results["scaling"]
+    cps = sorted(int(c) for c in sc[py])
+    top = cps[-1]
+    g_cps = sorted(int(c) for c in sc[go])
+    g_top = g_cps[-1]
+    p0, pt = median(_cp(sc[py], 0)["ADD"]), median(_cp(sc[py], top)["ADD"])
+    g0, gt = median(_cp(sc[go], 0)["ADD"]), median(_cp(sc[go], g_top)["ADD"])
+    growth_p, growth_g = ratio(pt, p0), ratio(gt, g0)
+    rows.append((f"ADD with {top} attached / with 0 (growth)", f"{fmt(gt)} / {fmt(g0)} = ×{growth_g:.2f}"
+                 + (f" (at {g_top})" if g_top != top else ""),
+                 f"{fmt(pt)} / {fmt(p0)} = ×{growth_p:.2f}", None, "pybridge ≤ ×1.1", verdict(growth_p, 1.1)))
+    par = results["parallel"]
+    g_wall = median([x["add_wall_ms"] for x in par[go]])
+    p_wall = median([x["add_wall_ms"] for x in par[py]])
+    p_fail = sum(x["failures"] for x in par[py])
+    p_dup = sum(x["duplicates"] for x in par[py])
+    g_fail = sum(x["failures"] for x in par[go])
+    n = results["config"]["parallel"]
+    r = ratio(p_wall, g_wall)
+    ok = "PASS" if (r is not None and r <= 1.0 and p_fail == 0 and p_dup == 0) else "FAIL"
+    rows.append((f"{n} parallel ADDs, wall time", f"{fmt(g_wall)} ({g_fail} failed)",
+                 f"{fmt(p_wall)} ({p_fail} failed, {p_dup} duplicate addresses)", r, "≤ 1.0, all ok", ok))
+    g_pdel = median([x["del_wall_ms"] for x in par[go]])
+    p_pdel = median([x["del_wall_ms"] for x in par[py]])
+    rows.append((f"{n} parallel DELs, wall time", fmt(g_pdel), fmt(p_pdel), ratio(p_pdel, g_pdel), "(info)", ""))
+    dk = results.get("docker", {})
+    if "skipped" in dk:
+        rows.append(("Docker: `docker run` to first ping", "—", "—", None, "≤ 1.2 × built-in bridge",
+                     "SKIPPED: " + dk["skipped"]))
+    else:
+        r = ratio(dk.get("pybridge_ms"), dk.get("builtin_ms"))
+        rows.append(("Docker: `docker run` to first ping", f"built-in bridge {fmt(dk.get('builtin_ms'))}",
+                     fmt(dk.get("pybridge_ms")), r, "≤ 1.2", verdict(r, 1.2)))
+    d = results["daemon"]
+    nd = results.get("latency_nodaemon", {}).get("pybridge (no daemon)", {})
+
+    lines = ["# pybridge benchmark", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {results['config']['kernel']}, "
+             f"{results['config']['cpus']} CPUs, Python {results['config']['python']}, load average before "
+             f"the run {results['config']['load_before'][0]:.2f}; "
+             f"{'quick' if results['config']['quick'] else 'full'} run, {results['config']['runs']} "
+             "interleaved ADD+DEL cycles per plugin for the latency rows. Medians; ratio = pybridge / Go.",
+             "", "| measurement | Go reference | pybridge | ratio | target | result |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, g, p, r, target, res in rows:
+        lines.append(f"| {name} | {g} | {p} | {'—' if r is None else f'{r:.2f}'} | {target} | {res} |")
+    lines += ["", "| pybridge daemon | value |", "| --- | --- |",
+              f"| resident memory (fast-path daemon) | {d['rss_mib']:.1f} MiB |",
+              f"| idle CPU over {d['idle_seconds']:.0f} s | {d['idle_cpu_percent']:.2f} % |",
+              f"| ADD / DEL without the daemon (in-process fallback) | {fmt(median(nd.get('ADD', [])))} / "
+              f"{fmt(median(nd.get('DEL', [])))} |"]
+    if "rss_mib" in dk:
+        lines.append(f"| Docker driver (`cni-bridge serve`) resident memory | {dk['rss_mib']:.1f} MiB |")
+    lines += ["", "ADD latency (median, ms) by containers attached:", "",
+              "| attached | " + " | ".join(str(c) for c in cps) + " |",
+              "| --- |" + " --- |" * len(cps)]
+    for label in (go, py):
+        lines.append(f"| {label} | " + " | ".join(
+            fmt(median(_cp(sc[label], c)["ADD"]), "") if _has(sc[label], c) else "—" for c in cps) + " |")
+    if results.get("notes"):
+        lines += ["", *("- " + n for n in results["notes"])]
+    lines += ["", "![latency vs attached](latency_vs_attached.png)", ""]
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text)
+    return text
+
+
+def _cp(d: dict, c: int) -> dict:
+    return d[c] if c in d else d[str(c)]
+
+
+def _has(d: dict, c: int) -> bool:
+    return c in d or str(c) in d
+
+
+def plot(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, style in (("Go bridge+host-local", "o-"), ("pybridge", "s-")):
+        data = results["scaling"][label]
+        xs = sorted(int(c) for c in data)
+        ax.plot(xs, [median(_cp(data, c)["ADD"]) for c in xs], style, label=f"{label} ADD")
+        ax.plot(xs, [median(_cp(data, c)["DEL"]) for c in xs], style.replace("-", "--"), alpha=0.6,
+                label=f"{label} DEL")
+    ax.set_xlabel("containers attached to the network")
+    ax.set_ylabel("median latency per call (ms)")
+    ax.set_title("CNI ADD / DEL latency vs. containers attached (ipMasq on)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_attached.png", dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
+    ap.add_argument("--quick", action="store_true", help="fewer runs and 100 attached: < 3 minutes")
+    ap.add_argument("--attached", type=int, default=None, help="containers attached at the last scaling "
+                    "point (default 1000, --quick 100)")
+    ap.add_argument("--parallel", type=int, default=32, help="parallel ADDs (default 32)")
+    ap.add_argument("--go-fill-budget", type=float, default=420.0,
+                    help="stop growing the Go network once attaching has taken this many seconds")
+    ap.add_argument("--skip-docker", action="store_true")
+    args = ap.parse_args(argv)
+    if args.attached is None:
+        args.attached = 100 if args.quick else 1000
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (namespaces, bridges, nftables)", file=sys.stderr)
+        return 2
+    for name in ("bridge", "host-local"):
+        if not (GO_DIR / name).exists():
+            print(f"{GO_DIR / name} missing: apt-get install containernetworking-plugins", file=sys.stderr)
+            return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run(args)
+    started = time.monotonic()
+    try:
+        run.execute()
+    finally:
+        log("cleaning up")
+        run.host.cleanup()
+    run.results["elapsed_seconds"] = time.monotonic() - started
+    (out / "results.json").write_text(json.dumps(run.results, indent=1, default=str))
+    plot(run.results, out)
+    print(report(run.results, out))
+    log(f"done in {run.results['elapsed_seconds']:.0f} s; wrote {out}/results.md, results.json, latency_vs_attached.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

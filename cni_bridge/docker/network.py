@@ -1,0 +1,330 @@
+"""libnetwork remote NetworkDriver handlers (`docker network create -d pybridge`).
+
+Translation only: Docker's requests become a `NetworkSpec` (options.py + config.py), an
+`Attachment` and an `Addressing`; the mode module does the kernel work through its Docker entry
+points (`create_network`, `delete_network`, `create_endpoint`, `delete_endpoint`, see
+modes/bridge.py). What must survive restarts is written to the state store before the kernel
+work starts ("creating") and confirmed after it ("ready"), so `recover()` can clean up after a
+driver that was killed half-way. Handlers never call the Docker API (dockerd waits for us).
+
+Network record: {"id", "config" (CNI-key dict), "ipv4"/"ipv6": [{"pool", "gateway"}],
+"internal", "status", "created" (what the mode made; handed back at teardown)}.
+Endpoint record: {"id", "network", "host_ifname", "src_name", "mac", "addresses", "status"}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+from types import ModuleType
+from typing import Any
+
+from cni_bridge import modes
+from cni_bridge.attachment import Addressing, Attachment, IpConfig
+from cni_bridge.config import NetworkSpec, parse_network
+from cni_bridge.docker import options as docker_options
+from cni_bridge.docker.body import Body
+from cni_bridge.docker.context import Driver
+from cni_bridge.errors import PluginError, INTERNAL, config_error
+
+log = logging.getLogger("cni_bridge.docker")
+
+ENDPOINT_IFNAME = "docker"  # the `ifname` half of an endpoint's Attachment identity
+SRC_PREFIX = "pbc"          # container-side end on the host until Docker moves it: pbc + 11 hex
+DST_PREFIX = "eth"
+NETWORKS_LOCK = "networks"
+_MAC_RE = re.compile(r"^(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+
+
+# --- plugin-level ------------------------------------------------------------------------------
+def get_capabilities(ctx: Driver, body: Body) -> dict[str, Any]:
+    return {"Scope": "local", "ConnectivityScope": "local"}
+
+
+def allocate_network(ctx: Driver, body: Body) -> dict[str, Any]:
+    """Swarm's manager-side allocation; a local-scope driver has nothing to allocate."""
+    return {"Options": {}}
+
+
+def nothing(ctx: Driver, body: Body) -> dict[str, Any]:
+    """FreeNetwork, DiscoverNew, DiscoverDelete: no cluster state, no node discovery."""
+    return {}
+
+
+# --- networks ----------------------------------------------------------------------------------
+def create_network(ctx: Driver, body: Body) -> dict[str, Any]:
+    nid = body.ident("NetworkID")
+    options = body.mapping("Options")
+    ip_data = {4: _ip_data(body, "IPv4Data"), 6: _ip_data(body, "IPv6Data")}
+    config = docker_options.network_config(nid, options)
+    spec = parse_network(config)
+    driver = _mode(spec)
+    addressing = Addressing([IpConfig(ipaddress.ip_interface(f"{d['gateway']}/{ipaddress.ip_network(d['pool']).prefixlen}"),
+                                      ipaddress.ip_address(d["gateway"]))
+                             for version in (4, 6) for d in ip_data[version] if d["gateway"]])
+    record = {"id": nid, "config": config, "ipv4": ip_data[4], "ipv6": ip_data[6],
+              "internal": docker_options.flag(options, docker_options.INTERNAL), "status": "creating"}
+    with ctx.state.lock(NETWORKS_LOCK):
+        existing = ctx.state.get("networks", nid)
+        if existing is not None:
+            if existing.get("status") == "ready" and existing["config"] == config:
+                return {}  # a retried request
+            raise config_error(f"network {nid[:12]} already exists in the driver's state")
+        _refuse_overlap(ctx, spec, record)
+        ctx.state.put("networks", nid, record)
+        try:
+            created = driver.create_network(spec, addressing)
+        except BaseException:
+            ctx.state.delete("networks", nid)
+            raise
+        record.update(status="ready", created=created)
+        ctx.state.put("networks", nid, record)
+    log.info("network %s created: mode %s%s", nid[:12], spec.mode,
+             f", bridge {spec.bridge}" if spec.mode == "bridge" else "")
+    return {}
+
+
+def delete_network(ctx: Driver, body: Body) -> dict[str, Any]:
+    nid = body.ident("NetworkID")
+    with ctx.state.lock(NETWORKS_LOCK):
+        record = ctx.state.get("networks", nid)
+        if record is None:
+            return {}  # idempotent: dockerd retries after errors
+        spec = parse_network(record["config"])
+        for endpoint in ctx.state.all("endpoints"):  # dockerd deletes them first; a crash may not
+            if endpoint.get("network") == nid:
+                _remove_endpoint(ctx, spec, endpoint)
+        _mode(spec).delete_network(spec, record.get("created") or {})
+        ctx.state.delete("networks", nid)
+    log.info("network %s deleted", nid[:12])
+    return {}
+
+
+def _ip_data(body: Body, key: str) -> list[dict[str, str | None]]:
+    out = []
+    for i, item in enumerate(body.items(key)):
+        entry = Body(f"{body.method} {key}[{i}]", item)
+        pool = entry.network("Pool")
+        if pool is None:
+            raise config_error(f"{entry.method}: Pool is required")
+        gateway = entry.address("Gateway")
+        if gateway is not None and gateway not in pool:
+            raise config_error(f"{entry.method}: gateway {gateway} is not in pool {pool}")
+        out.append({"pool": str(pool), "gateway": str(gateway) if gateway else None})
+    return out
+
+
+def _refuse_overlap(ctx: Driver, spec: NetworkSpec, record: dict[str, Any]) -> None:
+    """Two bridges routing one subnet would black-hole half the traffic: refuse it clearly."""
+    if spec.mode != "bridge":
+        return
+    mine = [ipaddress.ip_network(d["pool"]) for d in record["ipv4"] + record["ipv6"]]
+    for other in ctx.state.all("networks"):
+        if other["config"].get("mode", "bridge") != "bridge" or other["config"].get("bridge") == spec.bridge:
+            continue
+        for d in other["ipv4"] + other["ipv6"]:
+            theirs = ipaddress.ip_network(d["pool"])
+            if any(net.version == theirs.version and net.overlaps(theirs) for net in mine):
+                raise config_error(f"subnet {theirs} is already used by pybridge network {other['id'][:12]} "
+                                   f"on bridge {other['config'].get('bridge')}")
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+def create_endpoint(ctx: Driver, body: Body) -> dict[str, Any]:
+    nid, eid = body.ident("NetworkID"), body.ident("EndpointID")
+    iface = body.sub("Interface")
+    address4, address6 = iface.interface("Address"), iface.interface("AddressIPv6")
+    given_mac = iface.string("MacAddress")
+    if given_mac and (not _MAC_RE.match(given_mac) or int(given_mac[:2], 16) & 1):
+        raise config_error(f"CreateEndpoint: invalid MAC address {given_mac[:40]!r}")
+    network = _network(ctx, nid, body.method)
+    spec = parse_network(network["config"])
+    driver = _mode(spec)
+    mac = given_mac or (_mac_for(address4) if getattr(driver, "DOCKER_SETS_MAC", True) else None)
+    att = Attachment(eid, ENDPOINT_IFNAME, None, mac)
+    addressing = _endpoint_addressing(network, [a for a in (address4, address6) if a is not None])
+    record = {"id": eid, "network": nid, "host_ifname": att.host_ifname, "src_name": src_name(att),
+              "mac": mac, "addresses": [str(a.address) for a in addressing.ips], "status": "creating"}
+    if ctx.state.get("endpoints", eid) is not None:
+        raise config_error(f"endpoint {eid[:12]} already exists")
+    ctx.state.put("endpoints", eid, record)
+    try:
+        made_mac = driver.create_endpoint(spec, att, addressing, record["src_name"])
+    except BaseException:
+        ctx.state.delete("endpoints", eid)
+        raise
+    record.update(status="ready", mac=made_mac or mac)
+    ctx.state.put("endpoints", eid, record)
+    if given_mac or not record["mac"]:
+        return {"Interface": {}}
+    return {"Interface": {"MacAddress": record["mac"]}}
+
+
+def delete_endpoint(ctx: Driver, body: Body) -> dict[str, Any]:
+    nid, eid = body.ident("NetworkID"), body.ident("EndpointID")
+    record = ctx.state.get("endpoints", eid)
+    network = ctx.state.get("networks", nid)
+    if record is None:  # unknown (state lost?): the names are derived from the id, clean anyway
+        att = Attachment(eid, ENDPOINT_IFNAME, None)
+        record = {"id": eid, "network": nid, "host_ifname": att.host_ifname, "src_name": src_name(att),
+                  "addresses": []}
+    spec = parse_network(network["config"]) if network is not None else None
+    _remove_endpoint(ctx, spec, record)
+    return {}
+
+
+def _remove_endpoint(ctx: Driver, spec: NetworkSpec | None, record: dict[str, Any]) -> None:
+    att = Attachment(record["id"], ENDPOINT_IFNAME, None, record.get("mac"))
+    addresses = [ipaddress.ip_interface(a).ip for a in record.get("addresses", [])]
+    if spec is not None:
+        _mode(spec).delete_endpoint(spec, att, addresses, record["src_name"])
+    else:  # the network is gone from our state: its links are all that can be left
+        modes.driver("bridge").delete_endpoint(
+            parse_network({"name": record.get("network") or "unknown", "bridge": "unknown"}),
+            att, [], record["src_name"])
+    ctx.state.delete("endpoints", record["id"])
+
+
+def endpoint_oper_info(ctx: Driver, body: Body) -> dict[str, Any]:
+    body.ident("NetworkID")
+    record = _endpoint(ctx, body)
+    return {"Value": {"hostIfname": record["host_ifname"], "srcName": record["src_name"],
+                      "mac": record.get("mac") or "", "addresses": record.get("addresses", [])}}
+
+
+def join(ctx: Driver, body: Body) -> dict[str, Any]:
+    nid = body.ident("NetworkID")
+    record = _endpoint(ctx, body)
+    body.string("SandboxKey")  # Docker moves the interface there itself; nothing to remember
+    network = _network(ctx, nid, body.method)
+    spec = parse_network(network["config"])
+    response: dict[str, Any] = {"InterfaceName": {"SrcName": record["src_name"], "DstPrefix": DST_PREFIX},
+                                "DisableGatewayService": False}
+    if spec.is_default_gateway:
+        versions = {ipaddress.ip_interface(a).version for a in record.get("addresses", [])}
+        for version, key in ((4, "Gateway"), (6, "GatewayIPv6")):
+            data = network["ipv4" if version == 4 else "ipv6"]
+            if version in versions and data and data[0]["gateway"]:
+                response[key] = data[0]["gateway"]
+    return response
+
+
+def leave(ctx: Driver, body: Body) -> dict[str, Any]:
+    """Docker moves the interface back under its SrcName (or it dies with the sandbox); the
+    pair itself goes at DeleteEndpoint."""
+    body.ident("NetworkID")
+    _endpoint(ctx, body)
+    return {}
+
+
+def program_external_connectivity(ctx: Driver, body: Body) -> dict[str, Any]:
+    """Port publishing (-p) is not implemented: refuse it instead of silently not publishing."""
+    body.ident("NetworkID")
+    options = body.mapping("Options")
+    if options.get("com.docker.network.portmap"):
+        raise config_error("pybridge does not publish ports (-p/--publish); reach the container "
+                           "at its address, or use the built-in bridge driver for published ports")
+    return {}
+
+
+def revoke_external_connectivity(ctx: Driver, body: Body) -> dict[str, Any]:
+    body.ident("NetworkID")
+    return {}
+
+
+# --- recovery ----------------------------------------------------------------------------------
+def recover(ctx: Driver) -> list[str]:
+    """At start-up: undo what a driver killed in the middle of CreateNetwork / CreateEndpoint
+    left behind (records still "creating"; Docker saw those calls fail). Returns what was done."""
+    done = []
+    networks = {n["id"]: n for n in ctx.state.all("networks")}
+    for endpoint in ctx.state.all("endpoints"):
+        network = networks.get(endpoint.get("network"))
+        if endpoint.get("status") == "ready" and network is not None:
+            continue
+        spec = parse_network(network["config"]) if network is not None else None
+        try:
+            _remove_endpoint(ctx, spec, endpoint)
+            done.append(f"removed half-created endpoint {endpoint['id'][:12]}")
+        except PluginError as exc:
+            log.warning("recovery: endpoint %s: %s", endpoint["id"][:12], exc)
+    for network in networks.values():
+        if network.get("status") == "ready":
+            continue
+        spec = parse_network(network["config"])
+        ours = spec.mode == "bridge" and spec.bridge == docker_options.default_bridge(network["id"])
+        try:
+            _mode(spec).delete_network(spec, {"bridge_created": ours})
+            ctx.state.delete("networks", network["id"])
+            done.append(f"removed half-created network {network['id'][:12]}")
+        except PluginError as exc:
+            log.warning("recovery: network %s: %s", network["id"][:12], exc)
+    return done
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def src_name(att: Attachment) -> str:
+    """The container end's name on the host (Docker renames it to eth<N> in the sandbox)."""
+    return SRC_PREFIX + att.host_ifname[len("veth"):]
+
+
+def _mac_for(address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None) -> str:
+    """Docker's convention: 02:42 + the IPv4 address (stable, unique in the subnet); else random."""
+    if address is not None and address.version == 4:
+        raw = b"\x02\x42" + address.ip.packed
+    else:
+        raw = bytes([0x02, 0x42]) + os.urandom(4)
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _endpoint_addressing(network: dict[str, Any], addresses: list) -> Addressing:
+    ips = []
+    for address in addresses:
+        data = network["ipv4" if address.version == 4 else "ipv6"]
+        gateway = next((ipaddress.ip_address(d["gateway"]) for d in data
+                        if d["gateway"] and address.ip in ipaddress.ip_network(d["pool"])), None)
+        ips.append(IpConfig(address, gateway))
+    return Addressing(ips)
+
+
+def _mode(spec: NetworkSpec) -> ModuleType:
+    driver = modes.driver(spec.mode)
+    if not hasattr(driver, "create_endpoint"):
+        raise config_error(f"mode {spec.mode} is not available through the Docker driver yet")
+    return driver
+
+
+def _network(ctx: Driver, nid: str, method: str) -> dict[str, Any]:
+    record = ctx.state.get("networks", nid)
+    if record is None or record.get("status") != "ready":
+        raise PluginError(INTERNAL, f"{method}: network {nid[:12]} is not known to the pybridge driver "
+                          "(its state was lost or it is being created)")
+    return record
+
+
+def _endpoint(ctx: Driver, body: Body) -> dict[str, Any]:
+    eid = body.ident("EndpointID")
+    record = ctx.state.get("endpoints", eid)
+    if record is None or record.get("status") != "ready":
+        raise PluginError(INTERNAL, f"{body.method}: endpoint {eid[:12]} is not known to the pybridge driver")
+    return record
+
+
+HANDLERS = {
+    "NetworkDriver.GetCapabilities": get_capabilities,
+    "NetworkDriver.CreateNetwork": create_network,
+    "NetworkDriver.DeleteNetwork": delete_network,
+    "NetworkDriver.AllocateNetwork": allocate_network,
+    "NetworkDriver.FreeNetwork": nothing,
+    "NetworkDriver.CreateEndpoint": create_endpoint,
+    "NetworkDriver.DeleteEndpoint": delete_endpoint,
+    "NetworkDriver.EndpointOperInfo": endpoint_oper_info,
+    "NetworkDriver.Join": join,
+    "NetworkDriver.Leave": leave,
+    "NetworkDriver.DiscoverNew": nothing,
+    "NetworkDriver.DiscoverDelete": nothing,
+    "NetworkDriver.ProgramExternalConnectivity": program_external_connectivity,
+    "NetworkDriver.RevokeExternalConnectivity": revoke_external_connectivity,
+}

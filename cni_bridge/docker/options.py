@@ -1,0 +1,83 @@
+"""Docker's CreateNetwork request -> the CNI-key-named dict that `config.parse_network` validates.
+
+`docker network create -d pybridge -o KEY=VALUE` options arrive as strings in
+Options["com.docker.network.generic"]; `--internal` and `--ipv6` as booleans beside it. The
+option names are the CNI config keys (DESIGN.md), plus Docker's own spellings for the bridge name,
+the MTU and masquerade, and Docker's macvlan/ipvlan `parent`. Anything else is rejected, so a
+typo fails `docker network create` instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from cni_bridge.errors import config_error
+
+GENERIC = "com.docker.network.generic"
+ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+INTERNAL = "com.docker.network.internal"
+
+# -o name -> CNI config key
+OPTION_KEYS: dict[str, str] = {
+    "mode": "mode",
+    "bridge": "bridge",
+    "com.docker.network.bridge.name": "bridge",
+    "mtu": "mtu",
+    "com.docker.network.driver.mtu": "mtu",
+    "ipMasq": "ipMasq",
+    "com.docker.network.bridge.enable_ip_masquerade": "ipMasq",
+    "hairpinMode": "hairpinMode",
+    "promiscMode": "promiscMode",
+    "forceAddress": "forceAddress",
+    "uplink": "uplink",
+    "master": "master",
+    "parent": "master",
+    "macvlanMode": "macvlanMode",
+    "ipvlanMode": "ipvlanMode",
+    "vlanId": "vlanId",
+}
+BRIDGE_PREFIX = "pbr-"
+
+
+def default_bridge(network_id: str) -> str:
+    """Like Docker's br-<id>: unique per network and recognisable as ours (15 bytes)."""
+    return BRIDGE_PREFIX + network_id[:11]
+
+
+def flag(options: Mapping[str, Any], key: str) -> bool:
+    """Docker sends booleans, but accept "true"/"false" strings as the -o values are."""
+    value = options.get(key, False)
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return bool(value)
+
+
+def network_config(network_id: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated-later config dict of one Docker network (name = the NetworkID)."""
+    generic = options.get(GENERIC) or {}
+    if not isinstance(generic, Mapping):
+        raise config_error(f"Options[{GENERIC}] must be an object of -o KEY=VALUE options")
+    internal = flag(options, INTERNAL)
+    config: dict[str, Any] = {"name": network_id}
+    for key, value in generic.items():
+        cni_key = OPTION_KEYS.get(key)
+        if cni_key is None:
+            raise config_error(f"unknown option -o {key}",
+                               "supported: " + ", ".join(sorted(OPTION_KEYS)))
+        if not isinstance(value, (str, int, bool)):
+            raise config_error(f"option -o {key} must be a string, got {value!r}")
+        if cni_key in config and config[cni_key] != value:
+            raise config_error(f"option -o {key}={value} contradicts another spelling of "
+                               f"{cni_key}={config[cni_key]}")
+        config[cni_key] = value
+    config.setdefault("mode", "bridge")
+    if config["mode"] == "bridge":
+        config.setdefault("bridge", default_bridge(network_id))
+        config["isGateway"] = True  # a Docker bridge network always has its gateway on the bridge
+        config.setdefault("ipMasq", not internal)
+    if internal:
+        if str(config.get("ipMasq", False)).lower() == "true":
+            raise config_error("--internal networks cannot masquerade (ipMasq=true)")
+        config["ipMasq"] = False
+    config["isDefaultGateway"] = not internal  # Join hands Docker the gateway -> default route
+    return config

@@ -1,0 +1,179 @@
+"""The exec'd side of the fast path: hand one CNI request to the warm daemon, or say "do it here".
+
+Imports nothing beyond `os`, `sys` (loaded at interpreter start) and the C module `_socket`:
+`import socket` costs ~11 ms (enum, selectors) and `import json` ~6 ms on these machines, more
+than everything else the client does. Hence a small binary wire format instead of JSON.
+
+Wire format (version 1, all integers big-endian), one request per connection:
+
+    client -> daemon   b"PBF1" u32 header_len u32 stdin_len  header  stdin
+                       header = NUL-joined byte strings: plugin, key1, value1, key2, value2, ...
+                       (the CNI_* and SETTINGS variables of the caller's environment, and
+                       PYBRIDGE_CALLER_NS: the caller's network and mount namespace ids)
+    daemon -> client   b"R"                              ready: request read and looks well-formed
+                  or   b"D" u16 len reason                declined: nothing was or will be done
+    client -> daemon   b"G"                              go: from here on the request is committed
+    daemon -> client   b"PBF1" i32 exit_code u32 stdout_len u32 log_len  stdout  log
+
+Exactly-once rule: the daemon runs a request only after it has read `G`, and the client sends
+`G` only when it will not fall back. So any failure *before* `G` was sent (no socket, refused,
+timeout, decline, garbage) -> the caller does the work in-process; any failure *after* it ->
+CNI error 11 "try again" (the daemon may or may not have carried the request out; the runtime
+retries or cleans up with DEL, both of which are idempotent). A request is never run twice.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import _socket
+
+MAGIC = b"PBF1"
+READY = b"R"
+DECLINE = b"D"
+GO = b"G"
+PLUGINS = ("pybridge", "pybridge-ipam")
+# Environment variables that change what the handler does besides the CNI_* parameters. The
+# daemon serves a request only if the caller's values equal its own (else it declines and the
+# caller works in-process), so both paths always act on the same locks and state.
+SETTINGS = {b"PYBRIDGE_RUN_DIR": b"/run/cni-bridge"}
+DEFAULT_RUN_DIR = "/run/cni-bridge"
+IDENTITY_KEY = b"PYBRIDGE_CALLER_NS"  # not an environment variable: set by the client itself
+SOCKET_ENV = "PYBRIDGE_FASTPATH_SOCKET"  # a path; "" or "off" disables the fast path
+DEBUG_ENV = "PYBRIDGE_FASTPATH_DEBUG"    # "1": say on stderr which path served the request
+SOCKET_NAME = "cni.sock"
+MAX_HEADER = 64 * 1024
+MAX_STDIN = 8 * 1024 * 1024
+MAX_STDOUT = 16 * 1024 * 1024
+MAX_LOG = 1024 * 1024
+READY_TIMEOUT = 5.0      # connect + daemon reads the request; then we fall back
+RESULT_TIMEOUT = 600.0   # after `G`: a daemon that hangs this long gets error 11
+TRY_AGAIN = 11
+
+
+class Reply:
+    """What the plugin prints: stdout bytes, one stderr log line, exit code."""
+    __slots__ = ("stdout", "log", "exit_code", "served_by")
+
+    def __init__(self, stdout: bytes, log: str, exit_code: int, served_by: str) -> None:
+        self.stdout = stdout
+        self.log = log
+        self.exit_code = exit_code
+        self.served_by = served_by
+
+
+def socket_path(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> str | None:
+    """Where the daemon listens, or None when the fast path is switched off."""
+    explicit = environ.get(SOCKET_ENV)
+    if explicit is not None:
+        return None if explicit in ("", "off") else explicit
+    return os.path.join(environ.get("PYBRIDGE_RUN_DIR", DEFAULT_RUN_DIR), SOCKET_NAME)
+
+
+def namespace_identity() -> bytes:
+    """Which network and mount namespace this process is in (device:inode of each). The daemon
+    serves only callers in its own namespaces: CNI_NETNS paths and the host-side links must
+    mean the same to both (a driver started inside a test namespace must not serve the host)."""
+    net = os.stat("/proc/self/ns/net")
+    mnt = os.stat("/proc/self/ns/mnt")
+    return f"{net.st_dev}:{net.st_ino}/{mnt.st_dev}:{mnt.st_ino}".encode()
+
+
+def forwarded_env(environb: "os._Environ[bytes] | dict[bytes, bytes]") -> dict[bytes, bytes]:
+    """The part of the environment the handler may read: CNI_* and the SETTINGS variables,
+    plus the caller's namespace identity."""
+    env = {k: v for k, v in environb.items() if k.startswith(b"CNI_") or k in SETTINGS}
+    env[IDENTITY_KEY] = namespace_identity()
+    return env
+
+
+def encode_request(plugin: str, env: dict[bytes, bytes], stdin: bytes) -> bytes:
+    fields = [plugin.encode()]
+    for key, value in env.items():
+        fields += (key, value)
+    header = b"\0".join(fields)
+    return MAGIC + len(header).to_bytes(4, "big") + len(stdin).to_bytes(4, "big") + header + stdin
+
+
+def _recv_exact(sock, n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            raise ConnectionError("connection closed by the daemon")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def forward(plugin: str, environb: "os._Environ[bytes] | dict[bytes, bytes]", stdin: bytes,
+            path: str | None = None) -> Reply | None:
+    """Run the request in the daemon. None: it was not accepted, run it in-process instead."""
+    if path is None:
+        return None
+    env = forwarded_env(environb)
+    frame = encode_request(plugin, env, stdin)
+    if len(stdin) > MAX_STDIN or len(frame) - len(stdin) - 12 > MAX_HEADER:
+        return None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(READY_TIMEOUT)
+        try:
+            sock.connect(path)
+            sock.sendall(frame)
+            answer = sock.recv(1)
+            if answer != READY:
+                _debug(f"daemon at {path} declined: {_decline_reason(sock, answer)}")
+                return None
+            sock.sendall(GO)  # the commit point: raised -> not sent -> the daemon never runs it
+        except OSError as exc:  # includes timeouts, ENOENT, ECONNREFUSED, EACCES, EPIPE
+            _debug(f"no daemon at {path}: {exc.__class__.__name__}: {exc}")
+            return None
+        try:
+            sock.settimeout(RESULT_TIMEOUT)
+            head = _recv_exact(sock, 16)
+            exit_code = int.from_bytes(head[4:8], "big", signed=True)
+            out_len = int.from_bytes(head[8:12], "big")
+            log_len = int.from_bytes(head[12:16], "big")
+            if head[:4] != MAGIC or out_len > MAX_STDOUT or log_len > MAX_LOG:
+                raise ConnectionError("malformed response from the daemon")
+            body = _recv_exact(sock, out_len + log_len)
+        except OSError as exc:
+            return lost_reply(plugin, stdin, path, exc)
+        return Reply(body[:out_len], body[out_len:].decode("utf-8", "replace"), exit_code, "daemon")
+    finally:
+        sock.close()
+
+
+def _decline_reason(sock, answer: bytes) -> str:
+    if answer != DECLINE:
+        return f"unexpected answer {answer[:1]!r}"
+    try:
+        n = int.from_bytes(_recv_exact(sock, 2), "big")
+        return _recv_exact(sock, n).decode("utf-8", "replace")
+    except OSError:
+        return "(no reason given)"
+
+
+def lost_reply(plugin: str, stdin: bytes, path: str, exc: BaseException) -> Reply:
+    """The daemon took the request and then went away: error 11, never a second run."""
+    from cni_bridge.cni.protocol import LATEST, SUPPORTED_VERSIONS, dumps  # stdlib only
+    version = LATEST
+    try:
+        import json
+        config = json.loads(stdin)
+        if isinstance(config, dict) and config.get("cniVersion") in SUPPORTED_VERSIONS:
+            version = config["cniVersion"]
+    except ValueError:
+        pass
+    msg = "the pybridge daemon accepted the request but did not answer; try again"
+    details = (f"{path}: {exc.__class__.__name__}: {exc}. The request may or may not have been "
+               "carried out; it was not retried, so that it never runs twice.")
+    out = dumps({"cniVersion": version, "code": TRY_AGAIN, "msg": msg, "details": details})
+    return Reply(out, f"{plugin}: {msg} ({details})", 1, "lost")
+
+
+def _debug(text: str) -> None:
+    if os.environ.get(DEBUG_ENV) == "1":
+        print(f"pybridge fastpath: {text}", file=sys.stderr)

@@ -1,0 +1,216 @@
+"""The IPAM section of a network config, parsed and checked once.
+
+Key names follow the reference `host-local` plugin (`ranges`, `routes`, `dataDir`, legacy top-level
+`subnet`/`rangeStart`/`rangeEnd`/`gateway`) so existing configs work unchanged. Every check that can
+be made without the store is made here, so the store never sees an impossible range: a bad config
+is error 7 with a message that names the offending value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Union
+
+from cni_bridge.errors import config_error
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+DEFAULT_DATA_DIR = Path("/var/lib/cni/pybridge")
+
+# host-local refuses subnets that leave fewer than two host addresses; so do we, which also means
+# every range has a distinct network (and, for IPv4, broadcast) address to keep out of the pool.
+_MAX_PREFIX = {4: 30, 6: 126}
+
+
+@dataclass(frozen=True)
+class AddressRange:
+    """One contiguous pool `range_start..range_end` inside `subnet` (both ends included)."""
+    subnet: IPNetwork
+    range_start: IPAddress
+    range_end: IPAddress
+    gateway: IPAddress | None
+
+    @property
+    def first(self) -> int:
+        return int(self.range_start)
+
+    @property
+    def last(self) -> int:
+        return int(self.range_end)
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+    def contains(self, address: IPAddress) -> bool:
+        return address.version == self.subnet.version and self.first <= int(address) <= self.last
+
+    def never_leased(self, address: IPAddress) -> bool:
+        """The network address, the IPv4 broadcast address and the gateway are never handed out."""
+        if address == self.subnet.network_address or address == self.gateway:
+            return True
+        return self.subnet.version == 4 and address == self.subnet.broadcast_address
+
+    def describe(self) -> str:
+        return f"{self.subnet} ({self.range_start}-{self.range_end})"
+
+
+RangeSet = tuple[AddressRange, ...]
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """Same shape as attachment.RouteConfig, kept separate on purpose: importing attachment (and
+    hashlib with it) would add ~5 ms to every exec of the standalone `pybridge-ipam`."""
+    dst: IPNetwork
+    gw: IPAddress | None = None
+
+
+@dataclass(frozen=True)
+class IpamConfig:
+    """`ranges[i]` is one range set: each ADD gets exactly one address from every set."""
+    ranges: tuple[RangeSet, ...]
+    routes: tuple[RouteSpec, ...] = ()
+    data_dir: Path = DEFAULT_DATA_DIR
+    dns: dict = field(default_factory=dict)
+
+    def set_of(self, address: IPAddress) -> int | None:
+        """Index of the range set that contains `address`, or None."""
+        for index, range_set in enumerate(self.ranges):
+            if any(r.contains(address) for r in range_set):
+                return index
+        return None
+
+    def range_of(self, address: IPAddress) -> AddressRange | None:
+        return next((r for rs in self.ranges for r in rs if r.contains(address)), None)
+
+    def gateways(self) -> frozenset[IPAddress]:
+        return frozenset(r.gateway for rs in self.ranges for r in rs if r.gateway is not None)
+
+
+def _address(value: Any, what: str) -> IPAddress:
+    if not isinstance(value, str):
+        raise config_error(f"ipam: {what} must be an IP address string, got {value!r}")
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise config_error(f"ipam: {what} {value!r} is not an IP address") from None
+    if getattr(address, "scope_id", None):
+        raise config_error(f"ipam: {what} {value!r} must not carry a zone index")
+    return address
+
+
+def _network(value: Any, what: str) -> IPNetwork:
+    if not isinstance(value, str) or "/" not in value:
+        raise config_error(f"ipam: {what} must be a CIDR string like 10.1.0.0/24, got {value!r}")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)  # host-local accepts host bits
+    except ValueError:
+        raise config_error(f"ipam: {what} {value!r} is not a valid CIDR") from None
+
+
+def parse_range(raw: Any, where: str) -> AddressRange:
+    """One range dict (`subnet`, optional `rangeStart`, `rangeEnd`, `gateway`) with host-local defaults."""
+    if not isinstance(raw, Mapping):
+        raise config_error(f"ipam: {where} must be an object with a 'subnet'")
+    if "subnet" not in raw:
+        raise config_error(f"ipam: {where} has no 'subnet'")
+    subnet = _network(raw["subnet"], f"{where}.subnet")
+    if subnet.prefixlen > _MAX_PREFIX[subnet.version]:
+        raise config_error(f"ipam: {where}.subnet {subnet} is too small to allocate from")
+    default_end = subnet.broadcast_address - 1 if subnet.version == 4 else subnet.broadcast_address
+    bounds = {}
+    for key, default in (("rangeStart", subnet.network_address + 1), ("rangeEnd", default_end),
+                         ("gateway", subnet.network_address + 1)):
+        value = raw.get(key)
+        bounds[key] = default if value in (None, "") else _address(value, f"{where}.{key}")
+        if bounds[key] not in subnet:
+            raise config_error(f"ipam: {where}.{key} {bounds[key]} is outside subnet {subnet}")
+        if bounds[key] == subnet.network_address or (
+                subnet.version == 4 and bounds[key] == subnet.broadcast_address):
+            raise config_error(f"ipam: {where}.{key} {bounds[key]} is the network or broadcast "
+                               f"address of {subnet}")
+    start, end = bounds["rangeStart"], bounds["rangeEnd"]
+    if start > end:
+        raise config_error(f"ipam: {where}.rangeStart {start} is after rangeEnd {end}")
+    return AddressRange(subnet, start, end, bounds["gateway"])
+
+
+def _check_overlaps(ranges: list[tuple[str, AddressRange]]) -> None:
+    """Two ranges sharing an address would let one address be leased twice through two sets."""
+    ordered = sorted(ranges, key=lambda item: (item[1].subnet.version, item[1].first))
+    for (where_a, a), (where_b, b) in zip(ordered, ordered[1:]):
+        if a.subnet.version == b.subnet.version and b.first <= a.last:
+            raise config_error(f"ipam: {where_a} ({a.range_start}-{a.range_end}) overlaps "
+                               f"{where_b} ({b.range_start}-{b.range_end})")
+
+
+def _range_sets(ipam: Mapping[str, Any]) -> Iterator[tuple[str, list[Any]]]:
+    """Legacy top-level range first (host-local prepends it), then `ranges`."""
+    if ipam.get("subnet") not in (None, ""):
+        yield "ipam", [{k: ipam.get(k) for k in ("subnet", "rangeStart", "rangeEnd", "gateway")}]
+    raw_sets = ipam.get("ranges")
+    if raw_sets is None:
+        return
+    if not isinstance(raw_sets, list):
+        raise config_error("ipam.ranges must be a list of range sets (lists of ranges)")
+    for i, raw_set in enumerate(raw_sets):
+        if not isinstance(raw_set, list) or not raw_set:
+            raise config_error(f"ipam.ranges[{i}] must be a non-empty list of ranges")
+        yield f"ipam.ranges[{i}]", raw_set
+
+
+def _routes(raw: Any) -> tuple[RouteSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise config_error("ipam.routes must be a list of {dst, gw} objects")
+    routes = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or "dst" not in item:
+            raise config_error(f"ipam.routes[{i}] must be an object with a 'dst'")
+        dst = _network(item["dst"], f"ipam.routes[{i}].dst")
+        gw = None if item.get("gw") in (None, "") else _address(item["gw"], f"ipam.routes[{i}].gw")
+        if gw is not None and gw.version != dst.version:
+            raise config_error(f"ipam.routes[{i}]: gw {gw} and dst {dst} are different IP versions")
+        routes.append(RouteSpec(dst, gw))
+    return tuple(routes)
+
+
+def _data_dir(raw: Any) -> Path:
+    if raw in (None, ""):
+        return DEFAULT_DATA_DIR
+    if not isinstance(raw, str) or not raw.startswith("/") or "\x00" in raw:
+        raise config_error(f"ipam.dataDir must be an absolute path, got {raw!r}")
+    return Path(raw)
+
+
+def data_dir_of(ipam: Any) -> Path:
+    """Only the store location: DEL, GC and STATUS must work even if the ranges no longer parse."""
+    return _data_dir(ipam.get("dataDir") if isinstance(ipam, Mapping) else None)
+
+
+def parse_ipam_config(ipam: Mapping[str, Any]) -> IpamConfig:
+    """Parse the `ipam` object of a network config; error 7 on anything inconsistent."""
+    if not isinstance(ipam, Mapping):
+        raise config_error("ipam must be an object")
+    sets: list[RangeSet] = []
+    everything: list[tuple[str, AddressRange]] = []
+    for where, raw_set in _range_sets(ipam):
+        parsed = [parse_range(raw, f"{where}[{j}]" if where != "ipam" else where)
+                  for j, raw in enumerate(raw_set)]
+        if len({r.subnet.version for r in parsed}) > 1:
+            raise config_error(f"ipam: {where} mixes IPv4 and IPv6 ranges; put each family in its "
+                               "own range set ([[v4 ranges], [v6 ranges]])")
+        sets.append(tuple(parsed))
+        everything += [(f"{where}[{j}]", r) for j, r in enumerate(parsed)]
+    if not sets:
+        raise config_error("ipam: no address ranges: set 'ranges' (or 'subnet')")
+    _check_overlaps(everything)
+    dns = ipam.get("dns") or {}
+    if not isinstance(dns, Mapping):
+        raise config_error("ipam.dns must be an object (nameservers, domain, search, options)")
+    return IpamConfig(tuple(sets), _routes(ipam.get("routes")), _data_dir(ipam.get("dataDir")), dict(dns))

@@ -1,0 +1,214 @@
+"""Fixtures and hooks every pybridge test can use.
+
+Fixtures: `netns` (factory of namespaces), `uplink` / `uplink_factory` (the NIC stand-in),
+`cni` (a CniTool with a private cache dir and IPAM dataDir), `test_prefix`.
+Hooks: markers (docker, podman, containerd, vm, slow, requires_root); a per-test watch that
+attributes leftovers to the test that made them; a session-end leak check that removes what the
+session left behind and fails the run when there was anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # so `tests.support` imports without pythonpath settings
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support import netns as support_netns  # noqa: E402
+from tests.support.cnitool import CniTool  # noqa: E402
+from tests.support.netns import (  # noqa: E402
+    Leak,
+    Netns,
+    Uplink,
+    create_netns,
+    create_uplink,
+    find_leaks,
+    is_root,
+    quick_inventory,
+    register_data_dir,
+    remove_leaks,
+    settle,
+    sweep_stale_sessions,
+)
+
+MARKERS = {
+    "requires_root": "needs root (namespaces, links, nftables); skipped otherwise",
+    "docker": "drives a real dockerd (Docker remote driver tests)",
+    "podman": "drives podman with the CNI backend",
+    "containerd": "drives a private containerd with `ctr run --cni`",
+    "vm": "needs the full-kernel guest (ipvlan, 802.1q vlan, dummy): run via run-in-vm.sh",
+    "slow": "takes more than a few seconds (benchmarks, scale, soak)",
+}
+
+LEAKS_KEY = pytest.StashKey[list[Leak]]()
+LEAK_ERRORS_KEY = pytest.StashKey[list[str]]()
+STALE_KEY = pytest.StashKey[list[Leak]]()
+
+
+class LeakWarning(UserWarning):
+    """A test left namespaces, links or tables behind (removed at session end)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Claim a prefix, remember which nft tables pre-exist, sweep crashed sessions' leftovers."""
+    if not is_root():
+        return
+    s = support_netns.session()
+    s.baseline_nft = set(support_netns._nft_tables())
+    session.config.stash[STALE_KEY] = sweep_stale_sessions()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("requires_root") and not is_root():
+        pytest.skip("needs root")
+    if support_netns._session is not None:
+        support_netns._session.current_test = item.nodeid
+
+
+@pytest.fixture(autouse=True)
+def pybridge_leak_watch(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Attribute prefixed namespaces/links/tables that outlive a test to that test.
+
+    Function-scoped fixtures are torn down before this one, wider-scoped ones after the check,
+    so what shows up here was made by the test (or its own fixtures) and not removed.
+    """
+    if not is_root() or support_netns._session is None:
+        yield
+        return
+    before = quick_inventory()
+    yield
+    new = settle(baseline=before) if quick_inventory() - before else set()
+    if new:
+        s = support_netns._session
+        for item in new:
+            s.names.setdefault(item.split()[-1], request.node.nodeid)
+        warnings.warn(LeakWarning(f"{request.node.nodeid} left behind: {', '.join(sorted(new))}"))
+
+
+@pytest.hookimpl(trylast=True)  # after session-scoped fixtures are torn down
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    s = support_netns._session
+    if s is None or not is_root():
+        return
+    try:
+        settle()  # let namespace teardown finish before judging
+        leaks = find_leaks()
+        session.config.stash[LEAKS_KEY] = leaks
+        session.config.stash[LEAK_ERRORS_KEY] = remove_leaks(leaks)
+        if any(leak.fatal for leak in leaks) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    finally:
+        s.unregister()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    stale = config.stash.get(STALE_KEY, [])
+    if stale:
+        terminalreporter.section("pybridge: swept leftovers of crashed test sessions", yellow=True)
+        for leak in stale:
+            terminalreporter.line(f"  {leak}")
+    leaks = config.stash.get(LEAKS_KEY, [])
+    fatal = [leak for leak in leaks if leak.fatal]
+    if fatal:
+        terminalreporter.section("pybridge: TEST RESOURCES LEAKED (removed now; run FAILED)", red=True, bold=True)
+        for leak in fatal:
+            terminalreporter.line(f"  {leak}", red=True)
+        for err in config.stash.get(LEAK_ERRORS_KEY, []):
+            terminalreporter.line(f"  could not remove: {err}", red=True)
+    ambiguous = [leak for leak in leaks if not leak.fatal]
+    if ambiguous:
+        terminalreporter.section("pybridge: possible leaks (another session was running)", yellow=True)
+        for leak in ambiguous:
+            terminalreporter.line(f"  {leak}")
+
+
+# ----- fixtures ----------------------------------------------------------------------------
+def _need_root() -> None:
+    if not is_root():
+        pytest.skip("needs root")
+
+
+@pytest.fixture(scope="session")
+def test_prefix() -> str:
+    """This session's name prefix (`pbt` + 4 hex); every created name should contain it."""
+    return support_netns.session().prefix
+
+
+@pytest.fixture
+def netns() -> Iterator[Callable[..., Netns]]:
+    """Factory: `netns()` / `netns(name)` -> a fresh namespace with lo up; all are deleted
+    (processes in them killed first) when the test ends, pass or fail."""
+    _need_root()
+    made: list[Netns] = []
+
+    def make(name: str | None = None) -> Netns:
+        ns = create_netns(name)
+        made.append(ns)
+        return ns
+
+    yield make
+    errors = []
+    for ns in reversed(made):
+        try:
+            ns.delete()
+        except Exception as exc:  # noqa: BLE001 - delete the others too
+            errors.append(str(exc))
+    if errors:
+        raise RuntimeError("netns cleanup failed: " + "; ".join(errors))
+
+
+@pytest.fixture
+def uplink_factory() -> Iterator[Callable[..., Uplink]]:
+    """Factory over `create_uplink(outside_cidr=None, *, host_addr=True, ipv6=True,
+    outside_gateway=None)`; every uplink is removed at test end."""
+    _need_root()
+    made: list[Uplink] = []
+
+    def make(*args: Any, **kwargs: Any) -> Uplink:
+        up = create_uplink(*args, **kwargs)
+        made.append(up)
+        return up
+
+    yield make
+    for up in reversed(made):
+        up.delete()
+
+
+@pytest.fixture
+def uplink(uplink_factory: Callable[..., Uplink]) -> Uplink:
+    """The default NIC stand-in: root-side `host_if` with .1, `outside` namespace with .2 of a
+    fresh 198.18.x.0/24 (and a ULA /64)."""
+    return uplink_factory()
+
+
+@pytest.fixture
+def cni(tmp_path: Path) -> Iterator[CniTool]:
+    """A CniTool with a private libcni cache (`tmp/cni-cache`) and an IPAM dataDir
+    (`cni.data_dir`, watched by the leak check). Attachments still cached at test end are
+    DELeted (keep-going) and reported as a warning."""
+    data_dir = tmp_path / "cni-data"
+    data_dir.mkdir()
+    if is_root():
+        register_data_dir(data_dir)
+    tool = CniTool(tmp_path / "cni-cache", data_dir=data_dir)
+    yield tool
+    leftovers = tool.cleanup()
+    if leftovers:
+        desc = ", ".join(
+            f"{r.network}/{r.container_id}/{r.ifname}" + ("" if r.ok else f" (DEL failed: {r.error})")
+            for r in leftovers
+        )
+        warnings.warn(LeakWarning(f"attachments not DELeted by the test, cleaned up: {desc}"))

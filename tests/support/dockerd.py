@@ -1,0 +1,349 @@
+"""A Docker Engine and a pybridge driver for the remote-driver tests.
+
+Why a private dockerd in its own network namespace: dockerd rewrites the host's packet filter
+(FORWARD policy DROP, DOCKER chains, NAT) and creates docker0. Other engineers' test sessions
+share this host at the same moment, and their bridges forward through that FORWARD chain
+(br_netfilter is on). Started with `nsenter --net`, dockerd, its containers and our driver see
+only the namespace; the root namespace is left alone. A dockerd that is already running (or
+PYBRIDGE_TEST_DOCKER_HOST) is used as it is instead, in the host namespace; the tests that must
+restart dockerd are skipped then.
+
+The driver always listens on /run/docker/plugins/pybridge.sock (dockerd discovers plugins only
+there), runs from the repository's venv, and keeps its state and leases under the test's
+directory. Everything started here is stopped at session end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tests.support.netns import REGISTRY_DIR, Netns, create_netns, run, unique_name, unique_subnet
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+DOCKERD = Path("/usr/sbin/dockerd")
+DOCKER_CLI = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else (shutil.which("docker") or "docker")
+PLUGIN_SOCKET = Path("/run/docker/plugins/pybridge.sock")
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+IMAGE = "localbusybox:1"
+BUSYBOX_APPLETS = ("sh", "ip", "ping", "ping6", "ifconfig", "route", "cat", "ls", "sleep", "nc", "wget",
+                   "udhcpc", "hostname", "echo", "true")
+
+
+# --- talking to a plugin socket (what dockerd does) -----------------------------------------------
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def plugin_call(path: str | Path, method: str, body: Any = None, *, timeout: float = 30.0) -> tuple[int, Any]:
+    """POST /<method> like libnetwork's plugin client; returns (HTTP status, decoded JSON)."""
+    conn = _UnixHTTPConnection(str(path), timeout)
+    try:
+        data = b"" if body is None else json.dumps(body).encode()
+        conn.request("POST", f"/{method}", body=data,
+                     headers={"Content-Type": "application/vnd.docker.plugins.v1.2+json",
+                              "Accept": "application/vnd.docker.plugins.v1.2+json"})
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def socket_answers(path: Path) -> bool:
+    try:
+        return plugin_call(path, "Plugin.Activate", timeout=2.0)[0] == 200
+    except OSError:
+        return False
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- the engine -----------------------------------------------------------------------------------
+@dataclass
+class DockerEngine:
+    """A reachable dockerd; `netns` is the namespace it (and its containers' host side) lives in."""
+    host: str                       # DOCKER_HOST
+    root: Path                      # our scratch directory
+    netns: Netns | None = None      # None: the host namespace (an engine we did not start)
+    proc: subprocess.Popen | None = None
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def ours(self) -> bool:
+        return self.proc is not None
+
+    def nsenter(self) -> list[str]:
+        return ["nsenter", f"--net={self.netns.path}", "--"] if self.netns else []
+
+    def host_run(self, *argv: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """A command on dockerd's host side (its namespace)."""
+        return run([*self.nsenter(), *argv], check=check, timeout=timeout)
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DOCKER_HOST": self.host}
+        proc = subprocess.run([DOCKER_CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def alive(self) -> bool:
+        return self.docker("info", "--format", "{{.ID}}", check=False, timeout=20).returncode == 0
+
+    def start(self) -> None:
+        assert self.args, "only an engine we started can be (re)started"
+        log = open(self.root / "dockerd.log", "ab")
+        self.proc = subprocess.Popen([*self.nsenter(), *self.args], stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        try:
+            _wait(lambda: self.proc.poll() is None and self.alive(), 60, "dockerd to answer `docker info`", 0.3)
+        except TimeoutError:
+            raise RuntimeError("dockerd did not start; log tail:\n" + self.log_tail()) from None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, *, crash: bool = False) -> None:
+        """Stop (or SIGKILL dockerd alone: its containers and containerd live on) and start again."""
+        if crash and self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self._forget_dead_containerd()
+        self.stop()
+        self.start()
+
+    def _forget_dead_containerd(self) -> None:
+        """dockerd's own containerd dies with it (parent-death signal). PID 1 on these VMs does not
+        reap orphans, so it stays a zombie that the next dockerd takes for a live containerd and
+        waits for forever. A real init reaps it; removing its pidfile has the same effect."""
+        pidfile = self.root / "exec" / "containerd" / "containerd.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                state = "gone"
+            if state in ("Z", "X", "gone"):
+                pidfile.unlink(missing_ok=True)
+                return
+            time.sleep(0.1)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join((self.root / "dockerd.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _unmount_below(path: Path) -> None:
+    """Overlay and netns mounts a killed dockerd leaves under its directories."""
+    with open("/proc/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in sorted((p for p in points if p.startswith(str(path) + "/")), key=len, reverse=True):
+        run(["umount", "-l", point], check=False)
+
+
+@contextlib.contextmanager
+def docker_engine(scratch: Path) -> Iterator[DockerEngine]:
+    """An engine to test against: the running one if any, else a private one in a namespace."""
+    forced = os.environ.get("PYBRIDGE_TEST_DOCKER_HOST")
+    existing = DockerEngine(forced or f"unix://{DEFAULT_DOCKER_SOCKET}", scratch)
+    if forced or (os.path.exists(DEFAULT_DOCKER_SOCKET) and existing.alive()):
+        yield existing
+        return
+    if not DOCKERD.exists():
+        raise FileNotFoundError(f"{DOCKERD} not installed (apt-get install docker.io)")
+    ns = create_netns(unique_name("dk"))
+    root = scratch
+    sock = root / "docker.sock"
+    engine = DockerEngine(f"unix://{sock}", root, ns)
+    engine.args = [str(DOCKERD), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+                   "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"),
+                   "--bridge", "none", "--shutdown-timeout", "3", "--userland-proxy=false"]
+    try:
+        engine.start()
+        # Docker hosts usually end up with FORWARD policy DROP; make sure we test under it.
+        engine.host_run("iptables", "-w", "-P", "FORWARD", "DROP", check=False)
+        engine.host_run("ip6tables", "-w", "-P", "FORWARD", "DROP", check=False)
+        yield engine
+    finally:
+        with contextlib.suppress(Exception):
+            ids = engine.docker("ps", "-aq", check=False, timeout=30).stdout.split()
+            if ids:
+                engine.docker("rm", "-f", *ids, check=False, timeout=60)
+        engine.stop()
+        _unmount_below(root)
+        ns.delete()
+        shutil.rmtree(root / "data", ignore_errors=True)
+        shutil.rmtree(root / "exec", ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_engine(tag: str = "docker") -> Iterator[DockerEngine]:
+    """docker_engine() in a fresh /var/tmp/<session prefix>-<tag>-* directory (removed after),
+    with the busybox image imported: the body of a test module's `engine` fixture."""
+    from tests.support.netns import session
+    scratch = Path(tempfile.mkdtemp(prefix=f"{session().prefix}-{tag}-", dir="/var/tmp"))
+    try:
+        with docker_engine(scratch) as engine:
+            ensure_image(engine)
+            yield engine
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def ensure_image(engine: DockerEngine) -> str:
+    """localbusybox:1 from the host's static busybox (there is no registry here)."""
+    if engine.docker("image", "inspect", IMAGE, check=False).returncode == 0:
+        return IMAGE
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    rootfs = engine.root / "rootfs"
+    (rootfs / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(busybox, rootfs / "bin" / "busybox")
+    for applet in BUSYBOX_APPLETS:
+        link = rootfs / "bin" / applet
+        if not link.exists():
+            link.symlink_to("busybox")
+    tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+    env = {**os.environ, "DOCKER_HOST": engine.host}
+    subprocess.run([DOCKER_CLI, "import", "-", IMAGE], input=tar, capture_output=True, check=True, env=env)
+    return IMAGE
+
+
+# --- the driver -----------------------------------------------------------------------------------
+@dataclass
+class DriverProcess:
+    """`cni-bridge serve` from the venv, in dockerd's namespace, on the well-known socket."""
+    engine: DockerEngine
+    root: Path
+    default_pool: str
+    workers: int = 2
+    proc: subprocess.Popen | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def ipam_dir(self) -> Path:
+        return self.root / "leases"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "driver.log"
+
+    def start(self) -> None:
+        argv = [*self.engine.nsenter(), str(VENV_BIN / "cni-bridge"), "serve", "--socket", str(PLUGIN_SOCKET),
+                "--state-dir", str(self.state_dir), "--ipam-data-dir", str(self.ipam_dir),
+                "--default-pool", self.default_pool, "--workers", str(self.workers),
+                "--log-file", str(self.log_file), "--pidfile", str(self.root / "driver.pid"),
+                # never the host's CNI fast path: this driver may live in dockerd's private namespace
+                "--cni-fastpath", "off"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.root / "driver.stderr", "ab"),
+                                     start_new_session=True)
+        try:
+            _wait(lambda: self.proc.poll() is None and socket_answers(PLUGIN_SOCKET), 30, "the driver's socket")
+        except TimeoutError:
+            raise RuntimeError("driver did not start:\n" + self.log_tail()) from None
+
+    def kill(self) -> None:
+        """SIGKILL the master and every worker at once (a crash, not a shutdown)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        out = []
+        for name in ("driver.stderr", "driver.log"):
+            with contextlib.suppress(OSError):
+                out += (self.root / name).read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(out)
+
+    def log_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_file.read_text(errors="replace")
+        return ""
+
+
+class DriverBusy(RuntimeError):
+    """Another test session (or a real driver) owns the well-known plugin socket."""
+
+
+@contextlib.contextmanager
+def _socket_claim() -> Iterator[None]:
+    """The plugin socket path is one per host: a session holds this flock while its driver owns
+    the socket, so a concurrent session cannot take the path while ours is being restarted."""
+    REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(REGISTRY_DIR / "docker-plugin-socket.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DriverBusy(f"another test session is using {PLUGIN_SOCKET}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def pybridge_driver(engine: DockerEngine, scratch: Path) -> Iterator[DriverProcess]:
+    with _socket_claim():
+        if socket_answers(PLUGIN_SOCKET):
+            raise DriverBusy(f"another pybridge driver already serves {PLUGIN_SOCKET}")
+        scratch.mkdir(parents=True, exist_ok=True)
+        driver = DriverProcess(engine, scratch, str(unique_subnet(4, 20)))
+        driver.start()
+        try:
+            yield driver
+        finally:
+            driver.stop()

@@ -1,0 +1,156 @@
+"""A private podman 4.3 (CNI backend) for integration tests.
+
+Why: podman is the runtime most users will put pybridge under, and it drives plugins through
+libcni exactly as in production (VERSION, ADD with K8S-style CNI_ARGS, DEL with prevResult). A test
+must not touch the host's podman state, so everything lives under one directory: containers.conf
+(pointed at by CONTAINERS_CONF), storage root/runroot (vfs driver: no overlay mounts to leak),
+and `network_config_dir` holding only the test's conflists. Plugins are found in the venv's bin
+(the checked-out `pybridge` / `pybridge-ipam`) and then /usr/lib/cni (the Go plugins).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sysconfig
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Podman", "PodmanError", "podman_missing", "umount_below"]
+
+IMAGE = "localhost/pbtbusybox:1"
+
+
+class PodmanError(RuntimeError):
+    """A podman command failed; carries the command and its output."""
+
+
+def podman_missing() -> str | None:
+    """None when podman + runc are installed, else a skip reason."""
+    missing = [t for t in ("podman", "runc", "conmon") if shutil.which(t) is None
+               and not Path(f"/usr/bin/{t}").exists() and not Path(f"/usr/sbin/{t}").exists()]
+    if missing:
+        return "not installed: " + ", ".join(missing) + " (apt-get install podman runc)"
+    return None
+
+
+def _runc() -> str:
+    return shutil.which("runc") or "/usr/sbin/runc"
+
+
+CONF_TEMPLATE = """\
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+netns = "private"
+
+[network]
+network_backend = "cni"
+cni_plugin_dirs = {plugin_dirs}
+network_config_dir = "{net_dir}"
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+[engine.runtimes]
+runc = ["{runc}"]
+"""
+
+
+class Podman:
+    """podman with private storage, config and network dir under `base`."""
+
+    def __init__(self, base: str | os.PathLike, *, plugin_dirs: Sequence[str] | None = None,
+                 timeout: float = 90.0) -> None:
+        self.base = Path(base)
+        self.net_dir = self.base / "net.d"
+        self.root = self.base / "root"
+        self.runroot = self.base / "run"
+        self.tmpdir = self.base / "tmp"
+        self.conf = self.base / "containers.conf"
+        self.timeout = timeout
+        scripts = sysconfig.get_path("scripts")
+        self.plugin_dirs = list(plugin_dirs) if plugin_dirs else [scripts, "/usr/lib/cni"]
+        for d in (self.net_dir, self.root, self.runroot, self.tmpdir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(CONF_TEMPLATE.format(
+            plugin_dirs=json.dumps(self.plugin_dirs), net_dir=self.net_dir, runc=_runc()))
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+        env["CONTAINERS_CONF"] = str(self.conf)
+        env["TMPDIR"] = str(self.tmpdir)
+        return env
+
+    def argv(self, *args: str) -> list[str]:
+        return ["podman", "--root", str(self.root), "--runroot", str(self.runroot),
+                "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--runtime", _runc(),
+                "--tmpdir", str(self.tmpdir), *args]
+
+    def run(self, *args: str, check: bool = True, timeout: float | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run one podman command (argument list, no shell); raises PodmanError on failure."""
+        argv = self.argv(*args)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, env=self.env, input=input,
+                                  timeout=timeout or self.timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise PodmanError(f"timed out after {exc.timeout}s: {' '.join(args)}\n"
+                              f"stdout: {exc.stdout!r}\nstderr: {exc.stderr!r}") from None
+        if check and proc.returncode != 0:
+            raise PodmanError(f"podman {' '.join(args)} failed (exit {proc.returncode})\n"
+                              f"stdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args).stdout or "null")
+
+    # ----- images and networks ---------------------------------------------------------------
+    def import_rootfs(self, tar: str | os.PathLike, ref: str = IMAGE) -> str:
+        self.run("import", "--change", 'CMD ["/bin/sh"]', str(tar), ref)
+        return ref
+
+    def save_oci_archive(self, ref: str, dest: str | os.PathLike) -> Path:
+        dest = Path(dest)
+        dest.unlink(missing_ok=True)
+        self.run("save", "--format", "oci-archive", "-o", str(dest), ref)
+        return dest
+
+    def add_network(self, conflist: Mapping[str, Any]) -> Path:
+        """Install a conflist in this podman's network dir (file name = network name)."""
+        path = self.net_dir / f"{conflist['name']}.conflist"
+        path.write_text(json.dumps(conflist, indent=2))
+        return path
+
+    def remove_network_file(self, name: str) -> None:
+        (self.net_dir / f"{name}.conflist").unlink(missing_ok=True)
+
+    # ----- teardown --------------------------------------------------------------------------
+    def remove_all_containers(self) -> None:
+        """Force-remove every container (runs CNI DEL for the ones still attached)."""
+        self.run("rm", "--all", "--force", "--time", "0", check=False, timeout=120)
+
+    def destroy(self) -> None:
+        """Remove containers, images and all of `base` (never raises)."""
+        try:
+            self.remove_all_containers()
+            self.run("rmi", "--all", "--force", check=False, timeout=60)
+        except Exception:  # noqa: BLE001 - teardown goes on
+            pass
+        umount_below(self.base)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def umount_below(base: Path) -> None:
+    """Lazy-unmount whatever is still mounted below `base` (deepest first)."""
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    prefix = str(base.resolve()) + "/"
+    for m in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], capture_output=True, check=False)

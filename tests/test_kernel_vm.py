@@ -1,0 +1,157 @@
+"""Run tests/kernel (ipvlan, 802.1q vlan, dummy) inside a QEMU guest booting Debian's full kernel.
+
+Why: this host's kernel has none of those link types, so one guest is booted (via
+../shared/kernel-vm/run-in-vm.sh, virtme-ng in /opt/vng) and `pytest tests/kernel` runs there;
+this test passes iff that in-guest run passes and ran at least one test. The guest's output is
+printed (shown on failure, or always with `-rP`/`-s`).
+
+Prerequisites come from `bash .ci/vm-setup.sh` (as root). Without them this test is skipped,
+except in CI (CI=true), where it fails instead.
+
+Knobs (environment): VM_VENV (default /opt/vng), VM_TIMEOUT (seconds for boot + suite, default
+420), VM_MEM / VM_CPUS (defaults 1G / 1), VM_KERNEL, PYBRIDGE_VM_RUNNER (path of run-in-vm.sh),
+PYBRIDGE_VM_TEST_TIMEOUT (per in-guest test, default 120), PYBRIDGE_VM_PYTEST_ARGS (extra
+arguments for the in-guest pytest, e.g. `-k vlan`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = Path(os.environ.get("PYBRIDGE_VM_RUNNER", ROOT.parent / "shared" / "kernel-vm" / "run-in-vm.sh"))
+VENV = Path(os.environ.get("VM_VENV", "/opt/vng"))
+VM_TIMEOUT = int(os.environ.get("VM_TIMEOUT", "420"))  # keep + 60 below addopts --timeout=600
+TEST_TIMEOUT = int(os.environ.get("PYBRIDGE_VM_TEST_TIMEOUT", "120"))
+
+# Exit statuses with a meaning of their own (run-in-vm.sh's, or pytest's 2 and 5).
+RUNNER_STATUS = {
+    2: "run-in-vm.sh refused to start, or the in-guest pytest hit a usage error/interrupt (exit 2)",
+    5: "the in-guest pytest collected no test (exit 5)",
+    124: f"the guest did not finish within VM_TIMEOUT={VM_TIMEOUT} s",
+    125: "the guest could not mount or enter the work tree",
+    255: "the guest died (QEMU or kernel failure; rerun with VM_VERBOSE=1)",
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def missing_prerequisites() -> list[str]:
+    """What the guest needs and this host lacks (empty when a guest can be booted)."""
+    missing = []
+    if not RUNNER.is_file():
+        missing.append(f"{RUNNER} (the shared kernel-vm runner)")
+    if not os.access(VENV / "bin" / "vng", os.X_OK):
+        missing.append(f"{VENV}/bin/vng (virtme-ng 1.42 venv)")
+    kernels = [os.environ["VM_KERNEL"]] if os.environ.get("VM_KERNEL") else glob.glob("/boot/vmlinuz-*")
+    if not any(os.access(k, os.R_OK) for k in kernels):
+        missing.append("a readable kernel in /boot (linux-image-amd64; root needed to read it)")
+    for tool in ("qemu-system-x86_64", "busybox"):
+        if shutil.which(tool) is None:
+            missing.append(f"{tool} in PATH")
+    return missing
+
+
+def guest_pytest_argv() -> list[str]:
+    """The in-guest command: this interpreter (the host's root fs is the guest's), tests/kernel only."""
+    argv = [sys.executable, "-m", "pytest", "tests/kernel", "-q", "-p", "no:cacheprovider", "-rfEs"]
+    # Plugin autoload is off in the guest (the hypothesis plugin alone costs ~9 s there): load
+    # pytest-timeout explicitly so a hung test is reported by name, not only by VM_TIMEOUT.
+    if importlib.util.find_spec("pytest_timeout") is not None:
+        argv += ["-p", "pytest_timeout", f"--timeout={TEST_TIMEOUT}"]
+    return argv + shlex.split(os.environ.get("PYBRIDGE_VM_PYTEST_ARGS", ""))
+
+
+def guest_env() -> dict[str, str]:
+    """Host environment for the runner, which exports it into the guest."""
+    # Drop the host pytest's own variables (PYTEST_CURRENT_TEST, PYTEST_ADDOPTS, xdist's ...).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(
+        VM_VENV=str(VENV),
+        VM_TIMEOUT=str(VM_TIMEOUT),
+        PYBRIDGE_IN_VM="1",  # tests/kernel/conftest.py: run instead of skip
+        PYBRIDGE_VM_STRICT="1",  # ... and a guest without ipvlan is an error, not a skip
+        PYTHONDONTWRITEBYTECODE="1",  # the work tree is shared read-write: no __pycache__ in it
+        PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+    )
+    env.setdefault("VM_MEM", "1G")
+    env.setdefault("VM_CPUS", "1")  # 2 vCPUs under TCG: 2-3x slower on a busy host
+    return env
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` (the runner's). `timeout` inside the runner puts
+    QEMU in a process group of its own, so killing the runner's group would not reach it."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: session id
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+
+
+def run_guest(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the runner in a session of its own; kill that session if it outlives its own timeout,
+    or if this test is interrupted (pytest-timeout, ^C): no QEMU is left behind."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=VM_TIMEOUT + 60)
+    except subprocess.TimeoutExpired:
+        kill_session(proc.pid)
+        out, _ = proc.communicate()
+        return 124, out
+    finally:
+        if proc.poll() is None:
+            kill_session(proc.pid)
+            proc.wait()
+    return proc.returncode, out
+
+
+def test_kernel_suite_in_guest() -> None:
+    if os.environ.get("PYBRIDGE_IN_VM") == "1":
+        pytest.skip("already inside the kernel VM")
+    missing = missing_prerequisites()
+    if missing:
+        msg = "kernel VM prerequisites missing (run `bash .ci/vm-setup.sh` as root): " + "; ".join(missing)
+        if in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+
+    argv = ["bash", str(RUNNER), *guest_pytest_argv()]
+    started = time.monotonic()
+    status, out = run_guest(argv, guest_env())
+    elapsed = time.monotonic() - started
+
+    print(f"$ {shlex.join(argv)}\n{out}\n[kernel VM: exit {status} after {elapsed:.1f} s]")
+    tail = "\n".join(out.rstrip().splitlines()[-40:])
+    if status != 0:
+        why = RUNNER_STATUS.get(status, f"the in-guest pytest failed (exit {status})")
+        pytest.fail(f"{why}; guest output ends with:\n{tail}", pytrace=False)
+    if not re.search(r"\b\d+ passed\b", out):
+        pytest.fail(f"the in-guest pytest exited 0 but passed no test:\n{tail}", pytrace=False)
