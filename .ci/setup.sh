@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 APT_PACKAGES=(iproute2 iputils-ping nftables iptables conntrack tcpdump busybox-static
-              containernetworking-plugins python3-venv)
+              containernetworking-plugins python3-venv util-linux
+              docker.io containerd runc podman debootstrap
+              qemu-system-x86 linux-image-amd64 file kmod)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -23,3 +25,4 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 echo "setup: python $(.venv/bin/python -V), pyroute2 $(.venv/bin/python -c 'import pyroute2; print(pyroute2.__version__)' 2>/dev/null || echo '?')"
+bash .ci/vm-setup.sh
