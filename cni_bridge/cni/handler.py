@@ -148,22 +148,14 @@ def cmd_check(req: CniRequest) -> None:
     return None
 
 
-def _valid_attachments(config: Mapping[str, Any]) -> set[tuple[str, str]] | None:
-    raw = config.get("cni.dev/valid-attachments")
-    if raw is None:
-        return None
-    if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
-        raise PluginError(INVALID_CONFIG, "cni.dev/valid-attachments must be a list of objects")
-    return {(str(a.get("containerID", "")), str(a.get("ifname", ""))) for a in raw}
-
-
 def cmd_gc(req: CniRequest) -> None:
     """Spec 1.1 GC: release leases, host veths and masquerade entries of attachments that are not
     in cni.dev/valid-attachments. An absent key means: release nothing."""
     from cni_bridge import modes
     from cni_bridge.attachment import Attachment
     spec = _spec(req)
-    valid = _valid_attachments(req.config)
+    from cni_bridge.ipam.plugin import valid_attachments
+    valid = valid_attachments(req.config)
     if valid is None:
         return None
     driver = modes.driver(spec.mode)
