@@ -129,12 +129,8 @@ def add(spec: NetworkSpec, att: Attachment, addressing: Addressing) -> dict[str,
                           interface_entry(veth.name, veth.mac),
                           interface_entry(att.ifname, inner.mac, att.netns)]
             return build_result(interfaces, 2, addressing)
-        except netlink.NetlinkError as exc:
-            undo.run()
-            raise PluginError(INTERNAL, "netlink request failed", netlink.netlink_error_text(exc)) from None
-        except BaseException:
-            undo.run()
-            raise
+        except BaseException as exc:
+            undo.fail(exc)
 
 
 def remove_masquerade(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress] = (), *,
@@ -208,12 +204,8 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
             undo.push(lambda: [host.delete_address(bridge.index, a) for a in added])
             undo.push(lambda: firewall.forward_accept(spec.name, spec.bridge, False))
             firewall.forward_accept(spec.name, spec.bridge, True)
-        except netlink.NetlinkError as exc:
-            undo.run()
-            raise PluginError(INTERNAL, "netlink request failed", netlink.netlink_error_text(exc)) from None
-        except BaseException:
-            undo.run()
-            raise
+        except BaseException as exc:
+            undo.fail(exc)
     return {"bridge_created": bridge_created, "addresses": [str(a) for a in added]}
 
 
@@ -258,12 +250,8 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
                 raise PluginError(INTERNAL, f"veth peer {src_name} vanished right after creation")
             add_masquerade(spec, att, addressing, undo, forward=False)
             return peer.mac
-        except netlink.NetlinkError as exc:
-            undo.run()
-            raise PluginError(INTERNAL, "netlink request failed", netlink.netlink_error_text(exc)) from None
-        except BaseException:
-            undo.run()
-            raise
+        except BaseException as exc:
+            undo.fail(exc)
 
 
 def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress], src_name: str) -> None:

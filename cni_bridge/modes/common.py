@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Callable
+from typing import Callable, NoReturn
 
 from cni_bridge import netlink
 from cni_bridge.attachment import Addressing, Attachment, IPAddress, RouteConfig
@@ -31,6 +31,14 @@ class Undo:
                 step()
             except Exception:  # best effort: keep undoing the rest
                 pass
+
+    def fail(self, exc: BaseException) -> NoReturn:
+        """Undo everything, then re-raise; a netlink error becomes a PluginError the user can read.
+        Call from an `except BaseException as exc:` block."""
+        self.run()
+        if isinstance(exc, netlink.NetlinkError):
+            raise PluginError(INTERNAL, "netlink request failed", netlink.netlink_error_text(exc)) from None
+        raise exc
 
 
 def open_netns(att: Attachment):
