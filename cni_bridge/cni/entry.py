@@ -36,7 +36,9 @@ def _run(plugin: str) -> None:
         sys.exit(0)
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     from cni_bridge.fastpath import client
-    reply = client.forward(plugin, os.environb, stdin, client.socket_path())
+    # Crash injection (tests only) must kill this process, not the shared daemon.
+    crash_test = "PYBRIDGE_CRASH_AFTER" in os.environ or "PYBRIDGE_CRASH_TRACE" in os.environ
+    reply = None if crash_test else client.forward(plugin, os.environb, stdin, client.socket_path())
     if reply is None:
         reply = in_process(plugin, stdin)
     sys.stdout.buffer.write(reply.stdout)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from cni_bridge.cni import ipam_client
+from cni_bridge.crashpoint import step
 from cni_bridge.cni.protocol import CniRequest, dumps, error_object, parse_request, version_object
 from cni_bridge.errors import PluginError, INTERNAL, INVALID_CONFIG
 
@@ -113,7 +114,9 @@ def cmd_add(req: CniRequest) -> dict[str, Any]:
         except Exception as exc:  # keep the original error; say what could not be undone
             print(f"pybridge: releasing the address after a failed ADD failed: {exc}", file=sys.stderr)
         raise
-    return convert(merge_prev(prev, result), req.version)
+    converted = convert(merge_prev(prev, result), req.version)
+    step("result-ready")
+    return converted
 
 
 def _addresses_to_release(req: CniRequest) -> list:

@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from cni_bridge import modes
+from cni_bridge.crashpoint import step
 from cni_bridge.attachment import Addressing, Attachment, IpConfig
 from cni_bridge.config import NetworkSpec, parse_network
 from cni_bridge.docker import options as docker_options
@@ -150,6 +151,7 @@ def create_endpoint(ctx: Driver, body: Body) -> dict[str, Any]:
     if ctx.state.get("endpoints", eid) is not None:
         raise config_error(f"endpoint {eid[:12]} already exists")
     ctx.state.put("endpoints", eid, record)
+    step("docker-endpoint-recorded")
     try:
         made_mac = driver.create_endpoint(spec, att, addressing, record["src_name"])
     except BaseException:
@@ -157,6 +159,7 @@ def create_endpoint(ctx: Driver, body: Body) -> dict[str, Any]:
         raise
     record.update(status="ready", mac=made_mac or mac)
     ctx.state.put("endpoints", eid, record)
+    step("docker-endpoint-ready")
     if given_mac or not record["mac"]:
         return {"Interface": {}}
     return {"Interface": {"MacAddress": record["mac"]}}
@@ -195,6 +198,7 @@ def endpoint_oper_info(ctx: Driver, body: Body) -> dict[str, Any]:
 
 
 def join(ctx: Driver, body: Body) -> dict[str, Any]:
+    step("docker-join-received")  # crash injection: the driver dies between CreateEndpoint and Join
     nid = body.ident("NetworkID")
     record = _endpoint(ctx, body)
     body.string("SandboxKey")  # Docker moves the interface there itself; nothing to remember

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from cni_bridge import validate
+from cni_bridge.crashpoint import step
 from cni_bridge.errors import IO_FAILURE, NOT_AVAILABLE, TRY_AGAIN, PluginError, config_error
 from cni_bridge.ipam.config import IPAddress, IpamConfig
 from cni_bridge.ipam.fsutil import (TMP_PREFIX, flocked, fsync_dir, read_or_none, unlink_if_exists,
@@ -102,6 +103,7 @@ class LeaseStore:
             if new or stale or len(keep) != len(current):
                 self._commit(cid, ifn, list(keep.values()), new, stale)
                 self._remember(picked, new, stale)
+                step("ipam-hints")
         return sorted([*keep.values(), *new], key=lambda lease: config.set_of(lease.address))
 
     def _plan(self, cid: str, ifn: str, config: IpamConfig, wanted: dict[int, IPAddress],
@@ -347,9 +349,11 @@ class LeaseStore:
         try:
             everything = [lease.address for lease in keep + stale + new]
             write_atomic(owner_path, encode_owner(cid, ifn, everything), durable=self.durable)
+            step("ipam-owner-file")
             for lease in new:
                 write_atomic(self._lease_path(lease.address), lease.encode(), durable=self.durable)
                 written.append(lease)
+                step("ipam-lease-file")
             for lease in stale:
                 unlink_if_exists(self._lease_path(lease.address))
             if stale:

@@ -10,6 +10,7 @@ import ipaddress
 from typing import Any
 
 from cni_bridge import firewall, netlink
+from cni_bridge.crashpoint import step
 from cni_bridge.attachment import Addressing, Attachment, IPAddress, build_result, interface_entry
 from cni_bridge.config import NetworkSpec
 from cni_bridge.errors import PluginError, INTERNAL, config_error
@@ -79,10 +80,13 @@ def pin_mac(host: Netlink, bridge: Link) -> None:
 
 def ensure_bridge(host: Netlink, spec: NetworkSpec) -> Link:
     bridge = host.ensure_bridge(spec.bridge, spec.mtu, spec.promisc_mode)
+    step("bridge")
     pin_mac(host, bridge)
+    step("bridge-mac-pinned")
     if spec.uplink:
         from cni_bridge.modes import uplink  # flat / vlan uplinks: only loaded when used
         uplink.attach(host, spec, bridge)
+        step("uplink")
     return bridge
 
 
@@ -93,7 +97,9 @@ def setup_network(host: Netlink, spec: NetworkSpec, addressing: Addressing) -> L
     bridge = ensure_bridge(host, spec)
     if spec.is_gateway:
         ensure_gateway(host, spec, bridge, addressing)
+        step("gateway-address")
         enable_forwarding(addressing)
+        step("ip-forward-sysctl")
     return bridge
 
 
@@ -105,6 +111,7 @@ def add_masquerade(spec: NetworkSpec, att: Attachment, addressing: Addressing, u
             firewall.add_members(masquerade(spec, addressing, forward=forward), addressing.addresses(),
                                  att.host_ifname)
         undo.push(lambda: remove_masquerade(spec, att, forward=forward))
+        step("masquerade")
 
 
 def add(spec: NetworkSpec, att: Attachment, addressing: Addressing) -> dict[str, Any]:
@@ -118,8 +125,10 @@ def add(spec: NetworkSpec, att: Attachment, addressing: Addressing) -> dict[str,
             veth = host.create_veth_into(att.host_ifname, att.ifname, ns, mtu=spec.mtu,
                                          master=bridge.index, peer_mac=att.mac)
             undo.push(lambda: host.delete_link(att.host_ifname))
+            step("veth-into-netns")
             if spec.hairpin_mode:
                 host.set_hairpin(veth.index, True)
+                step("hairpin")
             inner = ns.link(att.ifname)
             assert inner is not None
             addressing = with_default_routes(addressing, spec.is_default_gateway)
@@ -243,8 +252,10 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
             veth = host.create_veth_pair(att.host_ifname, src_name, mtu=spec.mtu, master=bridge.index,
                                          peer_mac=att.mac)
             undo.push(lambda: host.delete_link(att.host_ifname))
+            step("veth-pair")
             if spec.hairpin_mode:
                 host.set_hairpin(veth.index, True)
+                step("hairpin")
             peer = host.link(src_name)
             if peer is None:
                 raise PluginError(INTERNAL, f"veth peer {src_name} vanished right after creation")

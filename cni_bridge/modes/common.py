@@ -7,6 +7,7 @@ import socket
 from typing import Callable, NoReturn
 
 from cni_bridge import netlink
+from cni_bridge.crashpoint import step
 from cni_bridge.attachment import Addressing, Attachment, IPAddress, RouteConfig
 from cni_bridge.errors import PluginError, INTERNAL, INVALID_ENV, config_error
 from cni_bridge.netlink import Netlink, NetnsGone
@@ -67,7 +68,9 @@ def configure_container(ns: Netlink, index: int, addressing: Addressing) -> None
     """Addresses, link up, routes. Routes whose gateway is not on-link are reported clearly."""
     for ip in addressing.ips:
         ns.add_address(index, ip.address)
+        step("container-address")
     ns.set_up(index)
+    step("container-link-up")
     for route in addressing.routes:
         gw = route.gw
         if gw is None:
@@ -78,6 +81,7 @@ def configure_container(ns: Netlink, index: int, addressing: Addressing) -> None
         except netlink.NetlinkError as exc:
             raise PluginError(INTERNAL, f"cannot add route {route.dst} via {gw}",
                               netlink.netlink_error_text(exc)) from None
+        step("container-route")
 
 
 def check_container(ns: Netlink, ifname: str, mac: str | None, addressing: Addressing) -> int:

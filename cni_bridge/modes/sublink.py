@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cni_bridge import netlink
+from cni_bridge.crashpoint import step
 from cni_bridge.attachment import Addressing, Attachment, build_result, interface_entry
 from cni_bridge.config import NetworkSpec
 from cni_bridge.errors import PluginError, INTERNAL, config_error
@@ -113,6 +114,7 @@ def add(spec: NetworkSpec, att: Attachment, addressing: Addressing, child: Child
             host.delete_link(tmp)  # left by an ADD that crashed before the move
             create_child(host, spec, att, child, master, tmp)
             undo.push(lambda: host.delete_link(tmp))
+            step(f"{child.kind}-created")
             created = host.link(tmp)
             if created is None:
                 raise PluginError(INTERNAL, f"{child.kind} link {tmp} vanished right after creation")
@@ -123,12 +125,14 @@ def add(spec: NetworkSpec, att: Attachment, addressing: Addressing, child: Child
                     ns.delete_link(tmp)                 # CNI_IFNAME that we did not make
                 raise
             undo.push(lambda: ns.delete_link(att.ifname))
+            step(f"{child.kind}-moved-into-netns")
             inner = ns.link(att.ifname)
             if inner is None:
                 raise PluginError(INTERNAL, f"{att.ifname} not found in the container after the move")
             if addressing.ips:  # announce the (possibly reused) address at once, as the reference does
                 ns.set_sysctl(f"net/ipv4/conf/{att.ifname}/arp_notify", "1")
                 ns.set_sysctl(f"net/ipv6/conf/{att.ifname}/ndisc_notify", "1")
+                step("arp-notify-sysctl")
             addressing = with_default_routes(addressing, spec.is_default_gateway)
             configure_container(ns, inner.index, addressing)
             return build_result([interface_entry(att.ifname, inner.mac, att.netns)], 0, addressing)
