@@ -141,12 +141,17 @@ class LeaseStore:
             return []
         with self._io("release"), self._locked():
             leases = self._owned(cid, ifn)
+            # Cache first: a crash after it leaves a free bit over a live lease, which the
+            # allocator's existence check corrects; the other order would leave a used bit
+            # that no retried DEL could find (its lease file is gone).
+            self._forget(leases)
             for lease in leases:
                 unlink_if_exists(self._lease_path(lease.address))
+                step("ipam-lease-released")
             removed_owner = unlink_if_exists(owner_path)
+            step("ipam-owner-released")
             if leases or removed_owner:
                 self._sync()
-                self._forget(leases)
         return leases
 
     def release_address(self, address: IPAddress) -> Lease | None:
@@ -159,13 +164,13 @@ class LeaseStore:
             return None
         with self._io("release address"), self._locked():
             lease = self._read_lease(address)
+            if lease is not None:
+                self._forget([lease])  # cache first, as in release()
             if not unlink_if_exists(self._lease_path(address)):
                 return None
             if lease is not None:
                 self._drop_from_owner(lease.container_id, lease.ifname, {address})
             self._sync()
-            if lease is not None:
-                self._forget([lease])
         return lease
 
     def gc(self, valid: set[tuple[str, str]]) -> list[Lease]:
@@ -177,6 +182,7 @@ class LeaseStore:
             return []
         with self._io("gc"), self._locked():
             doomed = [lease for lease in self.all_leases() if lease.owner not in valid]
+            self._forget(doomed)  # cache first, as in release()
             for lease in doomed:
                 unlink_if_exists(self._lease_path(lease.address))
             self._tidy_owners()
@@ -184,7 +190,6 @@ class LeaseStore:
                 if name.startswith(TMP_PREFIX):  # we hold the lock: no write is in progress
                     unlink_if_exists(self.dir / name)
             self._sync()
-            self._forget(doomed)
         return doomed
 
     def check_writable(self) -> None:
