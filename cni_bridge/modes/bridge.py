@@ -152,8 +152,10 @@ def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> No
     """Idempotent; needs neither the netns nor the container's interface."""
     with netlink.root() as host:
         host.delete_link(att.host_ifname)
+    step("host-veth-deleted")
     if spec.ip_masq:
         remove_masquerade(spec, att, addresses)
+        step("masquerade-removed")
 
 
 def check(spec: NetworkSpec, att: Attachment, prev: dict[str, Any]) -> None:
