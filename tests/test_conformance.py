@@ -327,7 +327,7 @@ BAD_ENV: dict[str, tuple[dict[str, Any], int, int]] = {
     "no-netns-on-add": ({"netns": ""}, 4, 4),
     "no-container-id": ({"container_id": ""}, 4, 4),
     "unknown-cni-args": ({"args": "FOO=bar"}, 4, 999),
-    "netns-does-not-exist": ({"netns": "/run/netns/pbt-does-not-exist"}, 999, 999),
+    "netns-does-not-exist": ({"netns": "/run/netns/pbt-does-not-exist"}, 4, 999),
 }
 
 

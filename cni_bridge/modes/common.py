@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
-from typing import Callable, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 from cni_bridge import netlink
 from cni_bridge.crashpoint import step
@@ -42,14 +43,18 @@ class Undo:
         raise exc
 
 
-def open_netns(att: Attachment):
-    """Context manager for the container namespace; a missing one is an environment error."""
+@contextlib.contextmanager
+def open_netns(att: Attachment) -> Iterator[Netlink]:
+    """The container namespace; a missing or invalid CNI_NETNS is an environment error (code 4),
+    raised on entry, before anything has been done."""
     if not att.netns:
         raise PluginError(INVALID_ENV, "CNI_NETNS is required for this command")
-    try:
-        return netlink.netns(att.netns)
-    except NetnsGone as exc:
-        raise PluginError(INVALID_ENV, str(exc)) from None
+    with contextlib.ExitStack() as stack:
+        try:
+            ns = stack.enter_context(netlink.netns(att.netns))
+        except NetnsGone as exc:
+            raise PluginError(INVALID_ENV, f"CNI_NETNS: {exc}") from None
+        yield ns
 
 
 def with_default_routes(addressing: Addressing, enabled: bool) -> Addressing:
