@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.netns import run
 from tests.support.podman import umount_below
 
 __all__ = ["Containerd", "CtrError", "CniInstall", "containerd_missing", "install_blocker", "install_cni"]
@@ -107,16 +108,7 @@ class Containerd:
         argv = ["ctr", "--address", str(self.socket), "-n", self.namespace, *args]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
         full_env.update(env or {})
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                                  env=full_env, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            raise CtrError(f"timed out after {exc.timeout}s: ctr {' '.join(args)}\n"
-                           f"stdout: {exc.stdout!r}\nstderr: {exc.stderr!r}") from None
-        if check and proc.returncode != 0:
-            raise CtrError(f"ctr {' '.join(args)} failed (exit {proc.returncode})\n"
-                           f"stdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}")
-        return proc
+        return run(argv, check=check, timeout=timeout, env=full_env, error=CtrError)
 
     def import_image(self, archive: str | os.PathLike) -> None:
         self.ctr("images", "import", "--snapshotter", SNAPSHOTTER, str(archive))

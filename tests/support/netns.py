@@ -29,7 +29,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -87,15 +87,23 @@ def run(
     check: bool = True,
     input: str | None = None,
     timeout: float = 60.0,
+    env: Mapping[str, str] | None = None,
+    error: type[Exception] = RuntimeError,
 ) -> subprocess.CompletedProcess[str]:
-    """subprocess.run with text I/O and an error message that carries stderr."""
-    proc = subprocess.run(
-        list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    """subprocess.run with text I/O; a failure or a timeout raises `error` with a message that
+    carries the command, its stdout and its stderr (stdin is empty unless `input` is given)."""
+    try:
+        proc = subprocess.run(
+            list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False,
+            env=None if env is None else dict(env), stdin=subprocess.DEVNULL if input is None else None,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise error(f"timed out after {exc.timeout}s: {shlex.join(argv)}\n"
+                    f"stdout: {exc.stdout!r}\nstderr: {exc.stderr!r}") from None
     if check and proc.returncode != 0:
-        raise RuntimeError(
+        raise error(
             f"command failed (exit {proc.returncode}): {shlex.join(argv)}\n"
-            f"stdout: {proc.stdout.strip()[-2000:]}\nstderr: {proc.stderr.strip()[-2000:]}"
+            f"stdout: {proc.stdout.strip()[-3000:]}\nstderr: {proc.stderr.strip()[-3000:]}"
         )
     return proc
 

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.netns import run
+
 __all__ = ["Podman", "PodmanError", "podman_missing", "umount_below"]
 
 IMAGE = "localhost/pbtbusybox:1"
@@ -94,17 +96,8 @@ class Podman:
     def run(self, *args: str, check: bool = True, timeout: float | None = None,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run one podman command (argument list, no shell); raises PodmanError on failure."""
-        argv = self.argv(*args)
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=self.env, input=input,
-                                  timeout=timeout or self.timeout, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise PodmanError(f"timed out after {exc.timeout}s: {' '.join(args)}\n"
-                              f"stdout: {exc.stdout!r}\nstderr: {exc.stderr!r}") from None
-        if check and proc.returncode != 0:
-            raise PodmanError(f"podman {' '.join(args)} failed (exit {proc.returncode})\n"
-                              f"stdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}")
-        return proc
+        return run(self.argv(*args), check=check, input=input, timeout=timeout or self.timeout,
+                   env=self.env, error=PodmanError)
 
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args).stdout or "null")
