@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from cni_bridge import netlink, validate
+from cni_bridge.docker import network
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import DEFAULT_PREFIX, Driver
 from cni_bridge.errors import PluginError, TRY_AGAIN, config_error
@@ -188,6 +189,7 @@ def release_address(ctx: Driver, body: Body) -> dict[str, Any]:
                     record["gateway"] = None
                 ctx.state.put("pools", pool_key(record["id"]), record)
                 return {}
+    network.remove_endpoints_holding(ctx, record["pool"], address)  # before the address can be reused
     _store(record).release_address(address)
     return {}
 
@@ -261,12 +263,14 @@ def _config(record: dict[str, Any], *, whole_pool: bool = False, gateway: IPAddr
 
 def _release_leftovers(record: dict[str, Any]) -> None:
     """Last ReleasePool: free the Docker-owned leases dockerd did not release (it crashed, or
-    this is a forced removal) and remove a default-named store that is empty now."""
+    this is a forced removal; or the driver died inside RequestAddress, after the lease was
+    written but before dockerd learnt the address) and remove a default-named store that is
+    empty now. The store's GC also drops owner files that point at no lease (a RequestAddress
+    killed between writing its owner file and its lease)."""
     store = _store(record)
     pool = ipaddress.ip_network(record["pool"])
-    for lease in store.all_leases():
-        if lease.address in pool and lease.container_id.startswith(OWNER_PREFIX):
-            store.release_address(lease.address)
+    store.gc({lease.owner for lease in store.all_leases()
+              if not (lease.address in pool and lease.container_id.startswith(OWNER_PREFIX))})
     if record["store"] == _store_name(pool) and not store.all_leases():
         _remove_empty_store(store.dir)
 

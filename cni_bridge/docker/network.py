@@ -190,6 +190,27 @@ def _remove_endpoint(ctx: Driver, spec: NetworkSpec | None, record: dict[str, An
     ctx.state.delete("endpoints", record["id"])
 
 
+def remove_endpoints_holding(ctx: Driver, pool: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
+    """ReleaseAddress of an address an endpoint record still holds: dockerd gave up on that
+    endpoint. It releases an address after DeleteEndpoint, or after a CreateEndpoint that
+    failed for it -- and then sends no DeleteEndpoint. A CreateEndpoint whose worker died after
+    the record was written (before the answer went out) leaves such a record, its veth pair and
+    masquerade entry; remove them before the address can be handed out again."""
+    networks = {n["id"]: n for n in ctx.state.all("networks")}
+    removed = []
+    for endpoint in ctx.state.all("endpoints"):
+        network = networks.get(endpoint.get("network"))
+        if network is None or pool not in {d["pool"] for d in network["ipv4"] + network["ipv6"]}:
+            continue
+        if address not in {ipaddress.ip_interface(a).ip for a in endpoint.get("addresses", [])}:
+            continue
+        _remove_endpoint(ctx, parse_network(network["config"]), endpoint)
+        removed.append(endpoint["id"])
+        log.warning("endpoint %s removed: dockerd released its address %s (its CreateEndpoint failed)",
+                    endpoint["id"][:12], address)
+    return removed
+
+
 def endpoint_oper_info(ctx: Driver, body: Body) -> dict[str, Any]:
     body.ident("NetworkID")
     record = _endpoint(ctx, body)

@@ -250,6 +250,22 @@ def ensure_image(engine: DockerEngine) -> str:
 
 
 # --- the driver -----------------------------------------------------------------------------------
+def driver_settings(tmp_path: Path, default_pool4: str = "10.213.252.0/22") -> Any:
+    """`Settings` for a driver under `tmp_path` (state, leases; the lease dir is watched by the
+    leak check). The default pool range is only a number unless a test asks for a unique one."""
+    import ipaddress
+
+    from cni_bridge.docker.context import Settings
+    from tests.support.netns import is_root, register_data_dir
+    leases = tmp_path / "leases"
+    leases.mkdir()
+    if is_root():
+        register_data_dir(leases)
+    return Settings(state_dir=tmp_path / "state", ipam_data_dir=leases,
+                    default_pool4=ipaddress.ip_network(default_pool4),
+                    default_pool6=ipaddress.ip_network("fd42:7062:7269::/56"))
+
+
 @dataclass
 class DriverProcess:
     """`cni-bridge serve` from the venv, in dockerd's namespace, on the well-known socket."""
@@ -258,6 +274,8 @@ class DriverProcess:
     default_pool: str
     workers: int = 2
     proc: subprocess.Popen | None = None
+    socket: Path = PLUGIN_SOCKET    # another path for a driver that dockerd does not use
+    env: dict[str, str] = field(default_factory=dict)  # e.g. PYBRIDGE_CRASH_AFTER (crash injection)
 
     @property
     def state_dir(self) -> Path:
@@ -272,16 +290,16 @@ class DriverProcess:
         return self.root / "driver.log"
 
     def start(self) -> None:
-        argv = [*self.engine.nsenter(), str(VENV_BIN / "cni-bridge"), "serve", "--socket", str(PLUGIN_SOCKET),
+        argv = [*self.engine.nsenter(), str(VENV_BIN / "cni-bridge"), "serve", "--socket", str(self.socket),
                 "--state-dir", str(self.state_dir), "--ipam-data-dir", str(self.ipam_dir),
                 "--default-pool", self.default_pool, "--workers", str(self.workers),
                 "--log-file", str(self.log_file), "--pidfile", str(self.root / "driver.pid"),
                 # never the host's CNI fast path: this driver may live in dockerd's private namespace
                 "--cni-fastpath", "off"]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.root / "driver.stderr", "ab"),
-                                     start_new_session=True)
+                                     start_new_session=True, env={**os.environ, **self.env})
         try:
-            _wait(lambda: self.proc.poll() is None and socket_answers(PLUGIN_SOCKET), 30, "the driver's socket")
+            _wait(lambda: self.proc.poll() is None and socket_answers(self.socket), 30, "the driver's socket")
         except TimeoutError:
             raise RuntimeError("driver did not start:\n" + self.log_tail()) from None
 
