@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 import subprocess
 import time
 from dataclasses import dataclass
@@ -280,6 +281,22 @@ def test_internal_network(dk: Scenario) -> None:
     assert dk.ping(a, dk.address(b, net))  # bridged, through FORWARD policy DROP + br_netfilter
     assert not dk.ping(a, subnet.network_address + 2, count=1)
     assert table_name(net.id) not in nft_tables(dk.engine)
+
+
+def test_forward_rules_flushed_after_create_network_come_back(dk: Scenario) -> None:
+    """A firewall reload (or a DROP policy set later) removes the FORWARD accept rules the
+    network got at CreateNetwork: the next endpoint puts them back, so containers still talk."""
+    net = dk.network()
+    a = dk.run(net)
+    tag = f"pybridge:{net.id}"
+    for family in ("iptables", "ip6tables"):
+        for rule in dk.engine.host_run(family, "-w", "-S", "FORWARD", check=False).stdout.splitlines():
+            if tag in rule and rule.startswith("-A "):
+                dk.engine.host_run(family, "-w", "-D", *shlex.split(rule)[1:])
+    assert tag not in dk.engine.host_run("iptables", "-w", "-S", "FORWARD").stdout
+    b = dk.run(net)
+    assert tag in dk.engine.host_run("iptables", "-w", "-S", "FORWARD").stdout
+    assert dk.ping(b, dk.address(a, net))
 
 
 def test_dual_stack(dk: Scenario) -> None:

@@ -245,9 +245,10 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
     undo = Undo()
     with netlink.root() as host:
         try:
-            bridge_missing = host.link(spec.bridge) is None
             bridge = setup_network(host, spec, addressing)
-            if bridge_missing:  # re-created after a reboot or by hand: its FORWARD rules too
+            # Idempotent, and re-done on every endpoint: after a reboot, a firewall reload or a
+            # DROP policy set after CreateNetwork, the rules would otherwise be missing for good.
+            with network_lock(spec.name):
                 firewall.forward_accept(spec.name, spec.bridge, True)
             host.delete_link(att.host_ifname)  # stale pair of a crashed CreateEndpoint
             host.delete_link(src_name)
