@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from cni_bridge import validate
 from cni_bridge.errors import config_error
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -40,23 +41,42 @@ class Addressing:
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> "Addressing":
         """Parse an IPAM result or a prevResult of any CNI version; bad input is error 7."""
+        if not isinstance(result, Mapping):
+            raise config_error("malformed IPAM result or prevResult", "expected a JSON object")
         try:
-            ips = [IpConfig(ipaddress.ip_interface(ip["address"]),
-                            ipaddress.ip_address(ip["gateway"]) if ip.get("gateway") else None)
-                   for ip in result.get("ips") or []]
-            routes = [RouteConfig(ipaddress.ip_network(r["dst"], strict=False),
-                                  ipaddress.ip_address(r["gw"]) if r.get("gw") else None)
-                      for r in result.get("routes") or []]
+            ips = [IpConfig(ipaddress.ip_interface(_text(ip["address"], cidr=True)),
+                            ipaddress.ip_address(_text(ip["gateway"])) if ip.get("gateway") is not None else None)
+                   for ip in _objects(result, "ips")]
+            routes = [RouteConfig(ipaddress.ip_network(_text(r["dst"], cidr=True), strict=False),
+                                  ipaddress.ip_address(_text(r["gw"])) if r.get("gw") is not None else None)
+                      for r in _objects(result, "routes")]
         except (KeyError, TypeError, ValueError) as exc:
             raise config_error("malformed IPAM result or prevResult", str(exc)) from None
-        dns = result.get("dns") or {}
-        return cls(ips, routes, dict(dns) if isinstance(dns, Mapping) else {})
+        dns = validate.dns(result.get("dns") or None, "dns of the IPAM result or prevResult")
+        return cls(ips, routes, dict(dns))
 
     def addresses(self) -> list[IPAddress]:
         return [ip.address.ip for ip in self.ips]
 
     def subnets(self) -> tuple[IPNetwork, ...]:
         return tuple(dict.fromkeys(ip.address.network for ip in self.ips))
+
+
+def _text(value: Any, *, cidr: bool = False) -> str:
+    """Addresses in results are strings, CIDRs where the spec says so, without a zone index:
+    `ipaddress` would also take 5 (0.0.0.5), "10.0.0.2" (a /32) and "fe80::1%eth0"."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected an address string, got {value!r:.60}")
+    if "%" in value or (cidr and "/" not in value):
+        raise ValueError(f"expected {'a CIDR' if cidr else 'an address'} without zone index, got {value!r:.60}")
+    return value
+
+
+def _objects(result: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    value = result.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise TypeError(f"{key} must be a list of objects")
+    return value
 
 
 @dataclass(frozen=True)

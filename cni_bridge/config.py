@@ -87,9 +87,7 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
     ipam = cfg.get("ipam") or {}
     if not isinstance(ipam, Mapping):
         raise config_error("ipam must be a JSON object")
-    dns = cfg.get("dns") or {}
-    if not isinstance(dns, Mapping):
-        raise config_error("dns must be a JSON object")
+    dns = validate.dns(cfg.get("dns") or None)
     is_default_gateway = _bool(cfg, "isDefaultGateway")
     vlan_id = _int(cfg, "vlanId", 1, 4094) if cfg.get("vlanId") not in (None, "") else None
     if cfg.get("vlanId") not in (None, "") and vlan_id is None:

@@ -6,7 +6,11 @@ in netlink requests. They are checked here, once, before any use.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import re
+import stat
 
 from cni_bridge.errors import PluginError, config_error, env_error
 
@@ -61,4 +65,57 @@ def netns_path(value: object) -> str:
     return value
 
 
-__all__ = ["PluginError", "container_id", "network_name", "ifname", "netns_path"]
+DNS_LISTS = ("nameservers", "search", "options")
+
+
+def dns(value: object, what: str = "dns") -> dict:
+    """A CNI `dns` object (nameservers/search/options: lists of strings, domain: a string); it
+    is copied into results, so a wrong shape is error 7 here rather than a broken result."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise config_error(f"{what} must be an object (nameservers, domain, search, options)")
+    for key in DNS_LISTS:
+        items = value.get(key)
+        if items is not None and (not isinstance(items, list) or not all(isinstance(i, str) for i in items)):
+            raise config_error(f"{what}.{key} must be a list of strings, got {items!r:.60}")
+    if value.get("domain") is not None and not isinstance(value["domain"], str):
+        raise config_error(f"{what}.domain must be a string, got {value['domain']!r:.60}")
+    return value
+
+
+NS_GET_NSTYPE = 0xB703      # ioctl on an nsfs file: the namespace type (linux/nsfs.h)
+CLONE_NEWNET = 0x40000000
+
+
+def could_be_netns(path: str) -> bool:
+    """Namespace files (nsfs, bind-mounted or under /proc) stat as regular files. Anything else
+    must never be opened as one: opening a FIFO blocks forever, opening a device acts on it."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def netns_present(path: str) -> str:
+    """ADD and CHECK need the namespace to be there: say so (error 4) before IPAM leases an
+    address or a mode opens the kernel, instead of failing half-way."""
+    if not could_be_netns(path):
+        raise env_error(f"network namespace {path[:120]!r} does not exist or is not a namespace file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise env_error(f"network namespace {path[:120]!r} cannot be opened", exc.strerror or str(exc)) from None
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError as exc:
+        kind = CLONE_NEWNET if exc.errno == errno.EINVAL else None  # pre-4.11 kernel: cannot tell
+    finally:
+        os.close(fd)
+    if kind != CLONE_NEWNET:
+        raise env_error(f"{path[:120]!r} is not a network namespace")
+    return path
+
+
+__all__ = ["PluginError", "container_id", "network_name", "ifname", "netns_path", "netns_present",
+           "could_be_netns", "dns"]

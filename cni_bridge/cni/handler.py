@@ -7,6 +7,7 @@ byte-identical output.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import sys
 import time
@@ -16,7 +17,8 @@ from typing import Any, Callable, Mapping
 
 from cni_bridge.cni import ipam_client
 from cni_bridge.crashpoint import step
-from cni_bridge.cni.protocol import CniRequest, dumps, error_object, parse_request, version_object
+from cni_bridge.cni.protocol import (CniRequest, dumps, error_object, error_version, parse_request,
+                                    version_object)
 from cni_bridge.errors import PluginError, INTERNAL, INVALID_CONFIG
 
 PLUGIN = "pybridge"
@@ -44,6 +46,8 @@ def handle(plugin: str, env: Mapping[str, str], stdin: bytes) -> Response:
             out = commands[req.command](req)
         response = Response(dumps(out) if out is not None else b"", 0, "ok")
     except PluginError as exc:
+        if req is None:
+            version = error_version(stdin)
         response = Response(dumps(error_object(exc, version)), 1, f"error {exc.code}: {exc}")
     except Exception as exc:  # a bug: still a spec-shaped error, the traceback goes to the log
         wrapped = PluginError(INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}")
@@ -93,14 +97,24 @@ def _prev(req: CniRequest) -> dict[str, Any] | None:
     return prev
 
 
+def _checked_prev(req: CniRequest) -> dict[str, Any] | None:
+    """ADD and CHECK use prevResult's fields: a malformed one is error 7 before any work (DEL
+    stays lenient: it must clean up whatever prevResult looks like)."""
+    from cni_bridge.cni.versions import check_result
+    prev = _prev(req)
+    return None if prev is None else check_result(prev, "prevResult")
+
+
 def cmd_add(req: CniRequest) -> dict[str, Any]:
     from cni_bridge import modes
     from cni_bridge.attachment import Addressing
     from cni_bridge.cni.versions import convert, merge_prev
+    from cni_bridge import validate
     spec = _spec(req)
     att = _attachment(req)
-    prev = _prev(req)
+    prev = _checked_prev(req)
     driver = modes.driver(spec.mode)
+    validate.netns_present(req.netns)
     ipam_result = ipam_client.add(req)
     try:
         addressing = Addressing.from_result(ipam_result)
@@ -133,8 +147,13 @@ def _addresses_to_release(req: CniRequest) -> list:
 
 def cmd_del(req: CniRequest) -> None:
     from cni_bridge import modes
+    from cni_bridge import validate
     spec = _spec(req)
     att = _attachment(req)
+    if att.netns and not validate.could_be_netns(att.netns):
+        # DEL succeeds without the namespace; a path that cannot be one is never opened (a FIFO
+        # would block the plugin forever).
+        att = dataclasses.replace(att, netns=None)
     modes.driver(spec.mode).delete(spec, att, _addresses_to_release(req))
     ipam_client.delete(req)
     return None
@@ -142,11 +161,15 @@ def cmd_del(req: CniRequest) -> None:
 
 def cmd_check(req: CniRequest) -> None:
     from cni_bridge import modes
+    from cni_bridge import validate
     spec = _spec(req)
-    prev = _prev(req)
+    prev = _checked_prev(req)
     if prev is None:
         raise PluginError(INVALID_CONFIG, "CHECK needs prevResult (the result of ADD)")
-    modes.driver(spec.mode).check(spec, _attachment(req), prev)
+    att = _attachment(req)
+    driver = modes.driver(spec.mode)
+    validate.netns_present(req.netns)
+    driver.check(spec, att, prev)
     ipam_client.check(req)
     return None
 

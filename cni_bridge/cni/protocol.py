@@ -118,6 +118,16 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
     return req
 
 
+def error_version(stdin: bytes) -> str:
+    """The version of an error about a request that did not parse: the config's when it names a
+    supported one (a 0.3.0 runtime told "CHECK needs 0.4.0" gets a 0.3.0 error object)."""
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError):
+        return LATEST
+    return version if isinstance(version, str) and version in SUPPORTED_VERSIONS else LATEST
+
+
 def error_object(exc: PluginError, version: str) -> dict[str, Any]:
     if version not in SUPPORTED_VERSIONS:
         version = LATEST
