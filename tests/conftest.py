@@ -1,7 +1,8 @@
 """Fixtures and hooks every pybridge test can use.
 
 Fixtures: `netns` (factory of namespaces), `uplink` / `uplink_factory` (the NIC stand-in),
-`cni` (a CniTool with a private cache dir and IPAM dataDir), `test_prefix`.
+`cni` (a CniTool with a private cache dir and IPAM dataDir), `test_prefix`, `fastpath_daemon`
+(the CNI fast-path daemon as a process), `served_driver` (`cni-bridge serve` on a private socket).
 Hooks: markers (docker, podman, containerd, vm, slow, requires_root); a per-test watch that
 attributes leftovers to the test that made them; a session-end leak check that removes what the
 session left behind and fails the run when there was anything.
@@ -10,7 +11,10 @@ session left behind and fails the run when there was anything.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +28,7 @@ if str(REPO_ROOT) not in sys.path:  # so `tests.support` imports without pythonp
 
 from tests.support import netns as support_netns  # noqa: E402
 from tests.support.cnitool import CniTool  # noqa: E402
+from tests.support.dockerd import VENV_BIN, driver_settings, socket_answers  # noqa: E402
 from tests.support.netns import (  # noqa: E402
     Leak,
     Netns,
@@ -212,3 +217,60 @@ def cni(tmp_path: Path) -> Iterator[CniTool]:
             for r in leftovers
         )
         warnings.warn(LeakWarning(f"attachments not DELeted by the test, cleaned up: {desc}"))
+
+
+@pytest.fixture
+def fastpath_daemon(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The CNI fast-path daemon as a separate process, as `cni-bridge serve` runs it, with a
+    private run dir (its locks): yields (socket path, run dir). Callers must set both
+    PYBRIDGE_FASTPATH_SOCKET and PYBRIDGE_RUN_DIR (else the daemon declines). Its log goes to
+    `tmp/fastpath.log` (a pipe nobody reads would block a chatty daemon)."""
+    _need_root()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path = str(run_dir / "cni.sock")
+    log = tmp_path / "fastpath.log"
+    env = dict(os.environ, PYBRIDGE_RUN_DIR=str(run_dir))
+    with open(log, "ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "cni_bridge.fastpath.server", "--socket", path],
+                                env=env, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("ready"), log.read_text() or line
+        yield path, str(run_dir)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert not os.path.exists(path), "the daemon must remove its socket when it stops"
+
+
+@pytest.fixture
+def served_driver(tmp_path: Path) -> Iterator[tuple[Path, Any, list[subprocess.Popen], Callable[..., subprocess.Popen]]]:
+    """`cni-bridge serve` on a private socket (not the well-known one), state and leases under
+    tmp, no CNI fast path: yields (socket, Settings, processes, start). `start(workers=4,
+    threads=1)` starts one more driver and waits until it answers; all are stopped at the end
+    (SIGTERM to the process group: master and workers)."""
+    _need_root()
+    settings = driver_settings(tmp_path)
+    sock = tmp_path / "plugins" / "pybridge.sock"
+    procs: list[subprocess.Popen] = []
+
+    def start(workers: int = 4, threads: int = 1) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "cni-bridge"), "serve", "--socket", str(sock), "--state-dir", str(settings.state_dir),
+             "--ipam-data-dir", str(settings.ipam_data_dir), "--workers", str(workers), "--threads", str(threads),
+             "--log-file", str(tmp_path / "serve.log"), "--cni-fastpath", "off"], start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        deadline = time.monotonic() + 30
+        while not socket_answers(sock):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+        return proc
+
+    yield sock, settings, procs, start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)

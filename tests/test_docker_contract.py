@@ -13,10 +13,9 @@ import json
 import os
 import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -25,8 +24,8 @@ from cni_bridge.docker.context import Driver, Settings
 from cni_bridge.firewall import table_name
 from cni_bridge.ipam.lease import parse_lease_name
 from cni_bridge.state import pool_key
-from tests.support.dockerd import VENV_BIN, plugin_call, socket_answers
-from tests.support.netns import is_root, register_data_dir, run, unique_name, unique_subnet
+from tests.support.dockerd import VENV_BIN, driver_settings, plugin_call, socket_answers
+from tests.support.netns import run, unique_name, unique_subnet
 
 DOCKER_CT = "application/vnd.docker.plugins.v1.2+json"
 GATEWAY_OPTS = {"RequestAddressType": "com.docker.network.gateway"}
@@ -64,21 +63,9 @@ class Plugin:
         return out
 
 
-def _settings(tmp_path: Path, default_pool4: str = "10.213.252.0/22") -> Settings:
-    """The default pool range is only a number here (no kernel state is made from it), except
-    where a test asks for a unique one."""
-    leases = tmp_path / "leases"
-    leases.mkdir()
-    if is_root():
-        register_data_dir(leases)
-    return Settings(state_dir=tmp_path / "state", ipam_data_dir=leases,
-                    default_pool4=ipaddress.ip_network(default_pool4),
-                    default_pool6=ipaddress.ip_network("fd42:7062:7269::/56"))
-
-
 @pytest.fixture
 def plugin(tmp_path: Path) -> Plugin:
-    settings = _settings(tmp_path)
+    settings = driver_settings(tmp_path)
     return Plugin(create_app(settings).test_client(), settings)
 
 
@@ -214,7 +201,7 @@ def test_default_pools_do_not_overlap(plugin: Plugin) -> None:
 @pytest.mark.requires_root
 def test_default_pool_skips_host_routes(tmp_path: Path) -> None:
     """A /24 of the default range that the host already routes is never handed out."""
-    settings = _settings(tmp_path, str(unique_subnet(4, 23)))
+    settings = driver_settings(tmp_path, str(unique_subnet(4, 23)))
     taken = list(settings.default_pool4.subnets(new_prefix=24))[0]
     dummy = unique_name("rt")
     run(["ip", "link", "add", dummy, "type", "veth", "peer", "name", dummy + "p"])
@@ -438,36 +425,9 @@ def test_recover_cleans_half_created_endpoint(plugin: Plugin) -> None:
 
 
 # --- the served process --------------------------------------------------------------------------
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, Settings, list[subprocess.Popen]]]:
-    """`cni-bridge serve` on a private socket (not the well-known one) with 4 sync workers."""
-    settings = _settings(tmp_path)
-    sock = tmp_path / "plugins" / "pybridge.sock"
-    procs: list[subprocess.Popen] = []
-
-    def start() -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "cni-bridge"), "serve", "--socket", str(sock), "--state-dir", str(settings.state_dir),
-             "--ipam-data-dir", str(settings.ipam_data_dir), "--workers", "4", "--threads", "1",
-             "--log-file", str(tmp_path / "serve.log"), "--cni-fastpath", "off"], start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(proc)
-        deadline = time.monotonic() + 30
-        while not socket_answers(sock):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.1)
-        return proc
-
-    yield sock, settings, procs, start  # type: ignore[misc]
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-
-
 @pytest.mark.requires_root
-def test_served_socket_concurrency_and_crash(served: Any) -> None:
-    sock, settings, procs, start = served
+def test_served_socket_concurrency_and_crash(served_driver: Any) -> None:
+    sock, settings, procs, start = served_driver
     master = start()
     assert oct(os.stat(sock).st_mode & 0o777) == "0o660" and os.stat(sock).st_uid == 0
     status, body = plugin_call(sock, "Plugin.Activate")
@@ -499,8 +459,8 @@ def test_served_socket_concurrency_and_crash(served: Any) -> None:
 
 
 @pytest.mark.requires_root
-def test_serve_refuses_a_live_socket(served: Any, tmp_path: Path) -> None:
-    sock, settings, procs, start = served
+def test_serve_refuses_a_live_socket(served_driver: Any, tmp_path: Path) -> None:
+    sock, settings, procs, start = served_driver
     start()
     second = subprocess.run([str(VENV_BIN / "cni-bridge"), "serve", "--socket", str(sock), "--state-dir",
                              str(tmp_path / "other"), "--cni-fastpath", "off"], capture_output=True, text=True, timeout=60)

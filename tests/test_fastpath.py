@@ -107,26 +107,6 @@ def bin_dir(tmp_path: Path) -> Path:
     return tmp_path / "bin"
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """The daemon as a separate process, as `cni-bridge serve` would run it: (socket, run dir)."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    path = str(run_dir / "cni.sock")
-    env = dict(os.environ, PYBRIDGE_RUN_DIR=str(run_dir))
-    proc = subprocess.Popen([sys.executable, "-m", "cni_bridge.fastpath.server", "--socket", path],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("ready"), proc.stderr.read() if proc.stderr else line
-        yield path, str(run_dir)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    assert not os.path.exists(path), "the daemon must remove its socket when it stops"
-
-
 class Recorder:
     """A stand-in handler that records calls (for protocol tests that need no kernel)."""
 
@@ -179,8 +159,8 @@ def bridges() -> Iterator[list[str]]:
     ("DEL", b'{"cniVersion": "1.0.0", "name": "n", "type": "pybridge", "mode": "nonsense"}',
      {"containerid": "c1", "ifname": "eth0"}),
 ])
-def test_daemon_and_in_process_print_the_same_bytes(daemon, bin_dir, command, stdin, env):
-    path, run_dir = daemon
+def test_daemon_and_in_process_print_the_same_bytes(fastpath_daemon, bin_dir, command, stdin, env):
+    path, run_dir = fastpath_daemon
     plugin = Plugin(bin_dir, path, run_dir)
     via_daemon = plugin(command, stdin, **env)
     in_process = plugin(command, stdin, fast=False, **env)
@@ -190,10 +170,10 @@ def test_daemon_and_in_process_print_the_same_bytes(daemon, bin_dir, command, st
     assert via_daemon.returncode == in_process.returncode
 
 
-def test_add_check_del_identical_through_both_paths(daemon, bin_dir, netns, test_prefix, tmp_path, bridges):
+def test_add_check_del_identical_through_both_paths(fastpath_daemon, bin_dir, netns, test_prefix, tmp_path, bridges):
     """Same container id, same namespace, a fresh store each time: the results must be equal
     except for kernel-chosen MACs; DEL and CHECK outputs byte-identical."""
-    path, run_dir = daemon
+    path, run_dir = fastpath_daemon
     plugin = Plugin(bin_dir, path, run_dir)
     subnet = str(unique_subnet(4))
     ns = netns()
@@ -214,9 +194,9 @@ def test_add_check_del_identical_through_both_paths(daemon, bin_dir, netns, test
     assert outputs[True] == outputs[False]
 
 
-def test_ipam_plugin_add_del_byte_identical(daemon, bin_dir, test_prefix, tmp_path):
+def test_ipam_plugin_add_del_byte_identical(fastpath_daemon, bin_dir, test_prefix, tmp_path):
     """pybridge-ipam needs no kernel state: with a fresh store each time, ADD is byte-identical."""
-    path, run_dir = daemon
+    path, run_dir = fastpath_daemon
     plugin = Plugin(bin_dir, path, run_dir)
     outputs = {}
     for fast in (True, False):
@@ -249,10 +229,10 @@ def test_fallback_when_no_daemon_or_a_dead_socket(bin_dir, tmp_path):
     assert json.loads(proc.stdout)["cniVersion"] == "1.0.0"
 
 
-def test_other_run_dir_is_declined_and_done_in_process(daemon, bin_dir, tmp_path):
+def test_other_run_dir_is_declined_and_done_in_process(fastpath_daemon, bin_dir, tmp_path):
     """The caller's PYBRIDGE_RUN_DIR (its locks) differs from the daemon's: the daemon must not
     serve it, the caller works in-process."""
-    path, _ = daemon
+    path, _ = fastpath_daemon
     proc = Plugin(bin_dir, path, str(tmp_path / "elsewhere"))("VERSION", b'{"cniVersion": "1.0.0"}')
     assert proc.returncode == 0
     assert served_by(proc) == "in-process"

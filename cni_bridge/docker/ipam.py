@@ -269,8 +269,9 @@ def _release_leftovers(record: dict[str, Any]) -> None:
     killed between writing its owner file and its lease)."""
     store = _store(record)
     pool = ipaddress.ip_network(record["pool"])
-    store.gc({lease.owner for lease in store.all_leases()
-              if not (lease.address in pool and lease.container_id.startswith(OWNER_PREFIX))})
+    # One decision under the store's lock: in a store shared with a CNI network (--ipam-opt
+    # network=NAME), a CNI lease written meanwhile must not be mistaken for a leftover.
+    store.gc(set(), keep=lambda lease: not (lease.address in pool and lease.container_id.startswith(OWNER_PREFIX)))
     if record["store"] == _store_name(pool) and not store.all_leases():
         _remove_empty_store(store.dir)
 

@@ -21,13 +21,14 @@ import re
 from types import ModuleType
 from typing import Any
 
-from cni_bridge import modes
+from cni_bridge import modes, netlink
 from cni_bridge.crashpoint import step
 from cni_bridge.attachment import Addressing, Attachment, IpConfig
 from cni_bridge.config import NetworkSpec, parse_network
 from cni_bridge.docker import options as docker_options
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import Driver
+from cni_bridge.modes.uplink import vlan_port_name
 from cni_bridge.errors import PluginError, INTERNAL, config_error
 
 log = logging.getLogger("cni_bridge.docker")
@@ -97,10 +98,28 @@ def delete_network(ctx: Driver, body: Body) -> dict[str, Any]:
         for endpoint in ctx.state.all("endpoints"):  # dockerd deletes them first; a crash may not
             if endpoint.get("network") == nid:
                 _remove_endpoint(ctx, spec, endpoint)
-        _mode(spec).delete_network(spec, record.get("created") or {})
+        created = record.get("created") or {}
+        if _bridge_used_by_others(spec):
+            created = {}  # keep the bridge and the gateway address its other ports route through
+        _mode(spec).delete_network(spec, created)
         ctx.state.delete("networks", nid)
     log.info("network %s deleted", nid[:12])
     return {}
+
+
+def _bridge_used_by_others(spec: NetworkSpec) -> bool:
+    """After our endpoints are gone: does the bridge still have ports besides our uplink? Then
+    something else uses it (a CNI network on the same bridge and range, see `--ipam-opt
+    network=NAME`), and deleting it would cut those containers off."""
+    if spec.mode != "bridge":
+        return False
+    uplink = set()
+    if spec.uplink:
+        uplink.add(spec.uplink if spec.vlan_id is None else vlan_port_name(spec.uplink, spec.vlan_id))
+    with netlink.root() as host:
+        bridge = host.link(spec.bridge)
+        return bridge is not None and any(link.master == bridge.index and link.name not in uplink
+                                          for link in host.links())
 
 
 def _ip_data(body: Body, key: str) -> list[dict[str, str | None]]:

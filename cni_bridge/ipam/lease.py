@@ -20,6 +20,14 @@ OWNER_PREFIX = "owner."
 _MAX_READABLE_OWNER = 200
 
 
+# The Docker IPAM driver (cni_bridge/docker/ipam.py) leases in the same stores: owner
+# "docker-<32 hex>" with ifname "docker", a pool's gateway "docker-gw-<hex>" with "gateway". A
+# store may be shared with a CNI network (--ipam-opt network=NAME); no CNI runtime can list
+# these in a GC's valid attachments, so CNI GC must leave them alone.
+DOCKER_OWNER_PREFIX = "docker-"
+DOCKER_IFNAMES = ("docker", "gateway")
+
+
 class CorruptRecord(ValueError):
     """A file in the store that cannot be decoded; reported by path and skipped, never fatal."""
 
@@ -38,6 +46,10 @@ class Lease:
     @property
     def owner(self) -> tuple[str, str]:
         return (self.container_id, self.ifname)
+
+    @property
+    def held_by_docker(self) -> bool:
+        return self.container_id.startswith(DOCKER_OWNER_PREFIX) and self.ifname in DOCKER_IFNAMES
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (also what `cni-bridge ipam ls --json` should print)."""

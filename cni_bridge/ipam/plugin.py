@@ -123,11 +123,12 @@ def valid_attachments(config: Mapping[str, Any]) -> set[tuple[str, str]] | None:
 
 
 def ipam_gc(network: str, config: Mapping[str, Any]) -> list[Lease]:
-    """CNI 1.1 GC: release every lease not in the valid list; an absent list releases nothing."""
+    """CNI 1.1 GC: release every lease not in the valid list; an absent list releases nothing.
+    Leases of the Docker IPAM driver in a shared store are not the runtime's to judge: kept."""
     valid = valid_attachments(config)
     if valid is None:
         return []
-    return LeaseStore(data_dir(config), network).gc(valid)
+    return LeaseStore(data_dir(config), network).gc(valid, keep=lambda lease: lease.held_by_docker)
 
 
 def ipam_status(network: str, config: Mapping[str, Any]) -> None:

@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from cni_bridge import validate
 from cni_bridge.crashpoint import step
@@ -173,15 +173,18 @@ class LeaseStore:
             self._sync()
         return lease
 
-    def gc(self, valid: set[tuple[str, str]]) -> list[Lease]:
-        """Release every lease whose (container_id, ifname) is not in `valid` (CNI GC).
+    def gc(self, valid: set[tuple[str, str]], *, keep: Callable[[Lease], bool] | None = None) -> list[Lease]:
+        """Release every lease whose (container_id, ifname) is not in `valid` (CNI GC), except
+        those `keep` claims for someone else (decided under the lock: a lease written while the
+        caller built `valid` is judged too).
 
         Also tidies what crashes leave: temp files and owner files that point at nothing.
         """
         if not self.dir.is_dir():
             return []
         with self._io("gc"), self._locked():
-            doomed = [lease for lease in self.all_leases() if lease.owner not in valid]
+            doomed = [lease for lease in self.all_leases()
+                      if lease.owner not in valid and not (keep is not None and keep(lease))]
             self._forget(doomed)  # cache first, as in release()
             for lease in doomed:
                 unlink_if_exists(self._lease_path(lease.address))

@@ -110,7 +110,13 @@ def run(
 
 def _ip_json(*args: str, netns: str | None = None) -> list[dict[str, Any]]:
     argv = ["ip", "-j"] + (["-n", netns] if netns else []) + list(args)
-    out = run(argv).stdout.strip()
+    for attempt in range(5):
+        try:
+            out = run(argv).stdout.strip()
+            break
+        except RuntimeError as exc:  # a dump racing with link changes elsewhere (EINTR): again
+            if "Dump was interrupted" not in str(exc) or attempt == 4:
+                raise
     return json.loads(out) if out else []
 
 
