@@ -99,12 +99,16 @@ def remove_go_iptables(networks: list[str]) -> None:
     tags = [f'name: \\"{n}\\"' for n in networks]
     lines, chains = [], set()
     for rule in text.splitlines():
-        if rule.startswith("-A POSTROUTING") and any(t in rule for t in tags):
+        if not (rule.startswith("-A ") and any(t in rule for t in tags)):
+            continue
+        if rule.startswith("-A POSTROUTING"):
             lines.append("-D" + rule[2:])
             m = re.search(r"-j (CNI-[0-9a-f]+)", rule)
             if m:
                 chains.add(m.group(1))
-    if not lines:
+        elif rule.startswith("-A CNI-"):  # a chain whose jump a failed parallel DEL already removed
+            chains.add(rule.split()[1])
+    if not lines and not chains:
         return
     script = ["*nat", *lines, *(f"-F {c}" for c in sorted(chains)), *(f"-X {c}" for c in sorted(chains)), "COMMIT", ""]
     sh("iptables-restore", "--noflush", check=False, input="\n".join(script))
@@ -158,7 +162,7 @@ class Run:
         self.run_dir = self.workdir / "run"
         self.socket = self.run_dir / "cni.sock"
         self.results: dict[str, Any] = {"notes": []}
-        self.subnets = free_subnets(6)
+        self.subnets = free_subnets(8)
         self._subnet = 0
         self.daemon: subprocess.Popen | None = None
 
@@ -173,9 +177,11 @@ class Run:
 
     def start_daemon(self) -> None:
         env = dict(os.environ, PYBRIDGE_RUN_DIR=str(self.run_dir))
+        self.daemon_log = self.workdir / "daemon.log"
         self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "cni_bridge.fastpath.server", "--socket", str(self.socket)],
-            env=env, stdout=subprocess.PIPE, stderr=open(self.workdir / "daemon.log", "w"), text=True)
+            [sys.executable, "-m", "cni_bridge.fastpath.server", "--socket", str(self.socket),
+             "--log-level", "INFO"],  # one line per request with its time inside the daemon
+            env=env, stdout=subprocess.PIPE, stderr=open(self.daemon_log, "w"), text=True)
         self.host.processes.append(self.daemon)
         assert self.daemon.stdout is not None
         line = self.daemon.stdout.readline()
@@ -193,15 +199,15 @@ class Run:
                 "isGateway": True, "ipMasq": True,
                 "ipam": {"type": ipam, "ranges": [[{"subnet": str(subnet)}]], "dataDir": str(self.workdir / ipam)}}
 
-    def go_plugin(self, tag: str) -> Plugin:
+    def go_plugin(self, tag: str, suffix: str = "") -> Plugin:
         config = self._network("g" + tag, "bridge", "host-local", self.host.go_networks)
-        return Plugin("Go bridge+host-local", str(self.bin / "bridge"), config, "eth0", str(self.bin))
+        return Plugin("Go bridge+host-local" + suffix, str(self.bin / "bridge"), config, "eth0", str(self.bin))
 
-    def py_plugin(self, tag: str, fast_path: bool = True) -> Plugin:
+    def py_plugin(self, tag: str, fast_path: bool = True, suffix: str = "") -> Plugin:
         config = self._network("p" + tag, "pybridge", "pybridge-ipam", self.host.networks)
         env = {"PYBRIDGE_RUN_DIR": str(self.run_dir),
                "PYBRIDGE_FASTPATH_SOCKET": str(self.socket) if fast_path else "off"}
-        label = "pybridge" if fast_path else "pybridge (no daemon)"
+        label = ("pybridge" if fast_path else "pybridge (no daemon)") + suffix
         return Plugin(label, str(self.bin / "pybridge"), config, "eth1", str(self.bin), env,
                       daemon_pid=self.daemon.pid if fast_path and self.daemon else None)
 
@@ -291,14 +297,22 @@ class Run:
             for p in ([pgo, ppy] if i % 2 == 0 else [ppy, pgo]):
                 self.results["parallel"][p.label].append(self.parallel(p, pns, f"par{i}"))
 
-        # 3. Scaling: ADD latency while N containers are attached to the same network.
-        self.results["scaling"] = {go.label: {}, py.label: {}}
+        # 3. Scaling: ADD latency while N containers are attached to the same network. Each
+        # plugin also cycles on a second, always empty network in the same interleaved rounds:
+        # "with 0 attached" measured in the same minutes as "with N", so that the growth is not
+        # the load of the machine drifting between the checkpoints.
+        ego, epy = self.go_plugin("e", suffix=EMPTY), self.py_plugin("e", suffix=EMPTY)
+        ens = self.host.netns([f"pbb{self.run_id}pe{i}" for i in range(2)])
+        probe.update({ego.label: ens[0], epy.label: ens[1]})
+        self.results["scaling"] = {go.label: {}, py.label: {}, ego.label: {}, epy.label: {}}
+        self.results["daemon_ms"] = {}
         fillers = self.host.netns([f"pbb{self.run_id}f{i}" for i in range(checkpoints[-1])])
         attached = {go.label: 0, py.label: 0}
         go_capped = None
         for cp in checkpoints:
-            active = [go, py] if go_capped is None else [py]
-            for p in active:
+            filled = [go, py] if go_capped is None else [py]
+            active = filled + ([ego, epy] if go_capped is None else [epy])
+            for p in filled:
                 if attached[p.label] < cp:
                     log(f"scaling: attaching {attached[p.label]}..{cp} to {p.label}")
                     secs = self.fill(p, fillers, attached[p.label], cp)
@@ -307,9 +321,13 @@ class Run:
             if cp:  # let the kernel finish the async work of the burst (IPv6 addrconf, RCU, udev):
                 time.sleep(settle)  # a node with N containers is not in the middle of attaching them
             log(f"scaling: {scale_runs} cycles at {cp} attached")
+            self.results.setdefault("load_at", {})[cp] = os.getloadavg()[0]
+            log_start = self.daemon_log.stat().st_size
             res = self.cycles(active, probe, scale_runs, f"s{cp}", warmup=2)
             for label, samples in res.items():
                 self.results["scaling"][label][cp] = samples
+            self.results["daemon_ms"][cp] = daemon_times(self.daemon_log, log_start,
+                                                          {py.config["name"]: py.label, epy.config["name"]: epy.label})
             if go_capped is None:
                 spent = sum(self.results.get("fill_seconds", {}).get(go.label, {}).values())
                 if spent > a.go_fill_budget and cp != checkpoints[-1]:
@@ -332,6 +350,25 @@ class Run:
 
         # 5. The daemon: resident memory and idle CPU.
         self.results["daemon"] = daemon_usage(self.daemon.pid, 2.0 if a.quick else 5.0)
+
+
+EMPTY = " (empty network)"
+_REQUEST_LOG = re.compile(r"pybridge (ADD|DEL) net=(\S+) .*? ([0-9.]+)ms ")
+
+
+def daemon_times(path: Path, start: int, networks: dict[str, str],
+                 skip: int = 2) -> dict[str, dict[str, list[float]]]:
+    """Time inside the daemon (handler.handle) per request logged after byte `start`, by plugin
+    label, without the first `skip` (warm-up) of each: tells the plugin's own work apart from
+    exec, scheduling and the client."""
+    out: dict[str, dict[str, list[float]]] = {label: {"ADD": [], "DEL": []} for label in networks.values()}
+    with open(path, errors="replace") as f:
+        f.seek(start)
+        for line in f:
+            m = _REQUEST_LOG.search(line)
+            if m and m.group(2) in networks:
+                out[networks[m.group(2)]][m.group(1)].append(float(m.group(3)))
+    return {label: {cmd: xs[skip:] for cmd, xs in d.items()} for label, d in out.items()}
 
 
 def daemon_usage(pid: int, seconds: float) -> dict[str, Any]:
@@ -385,6 +422,7 @@ def report(results: dict[str, Any], out: Path) -> str:
     rows.append((f"ADD with {top} attached / with 0 (growth)", f"{fmt(gt)} / {fmt(g0)} = ×{growth_g:.2f}"
                  + (f" (at {g_top})" if g_top != top else ""),
                  f"{fmt(pt)} / {fmt(p0)} = ×{growth_p:.2f}", None, "pybridge ≤ ×1.1", verdict(growth_p, 1.1)))
+    rows += growth_detail(results, top, g_top)
     par = results["parallel"]
     g_wall = median([x["add_wall_ms"] for x in par[go]])
     p_wall = median([x["add_wall_ms"] for x in par[py]])
@@ -430,15 +468,53 @@ def report(results: dict[str, Any], out: Path) -> str:
     lines += ["", "ADD latency (median, ms) by containers attached:", "",
               "| attached | " + " | ".join(str(c) for c in cps) + " |",
               "| --- |" + " --- |" * len(cps)]
-    for label in (go, py):
+    for label in (go, go + EMPTY, py, py + EMPTY):
+        if label not in sc:
+            continue
         lines.append(f"| {label} | " + " | ".join(
             fmt(median(_cp(sc[label], c)["ADD"]), "") if _has(sc[label], c) else "—" for c in cps) + " |")
+    if results.get("load_at"):
+        lines += ["", "Load average (1 min) when each scaling point started: " + ", ".join(
+            f"{c}: {load:.1f}" for c, load in results["load_at"].items()) + "."]
     if results.get("notes"):
         lines += ["", *("- " + n for n in results["notes"])]
     lines += ["", "![latency vs attached](latency_vs_attached.png)", ""]
     text = "\n".join(lines)
     (out / "results.md").write_text(text)
     return text
+
+
+def growth_detail(results: dict[str, Any], top: int, g_top: int) -> list[tuple]:
+    """The growth row again, three ways that load on a shared machine moves less: against an empty
+    network measured in the same interleaved rounds, in CPU time, and inside the daemon."""
+    go, py = "Go bridge+host-local", "pybridge"
+    sc, rows = results["scaling"], []
+    if go + EMPTY in sc and _has(sc[py + EMPTY], top):
+        pt, pe = median(_cp(sc[py], top)["ADD"]), median(_cp(sc[py + EMPTY], top)["ADD"])
+        g = "—"
+        if _has(sc[go + EMPTY], g_top):
+            gt, ge = median(_cp(sc[go], g_top)["ADD"]), median(_cp(sc[go + EMPTY], g_top)["ADD"])
+            g = f"{fmt(gt)} / {fmt(ge)} = ×{ratio(gt, ge):.2f}" + (f" (at {g_top})" if g_top != top else "")
+        rows.append((f"ADD with {top} attached / empty network, same rounds", g,
+                     f"{fmt(pt)} / {fmt(pe)} = ×{ratio(pt, pe):.2f}", None, "pybridge ≤ ×1.1",
+                     verdict(ratio(pt, pe), 1.1)))
+
+    def cpu(label: str, c: int) -> float | None:
+        xs = _cp(sc[label], c).get("ADD_cpu", []) if _has(sc[label], c) else []
+        return statistics.fmean(xs) if xs else None
+    gc = ratio(cpu(go, g_top), cpu(go, 0))
+    pc = ratio(cpu(py, top), cpu(py, 0))
+    rows.append((f"ADD CPU time (mean) with {top} attached / with 0",
+                 f"{fmt(cpu(go, g_top))} / {fmt(cpu(go, 0))} = ×{gc:.2f}" if gc else "—",
+                 f"{fmt(cpu(py, top))} / {fmt(cpu(py, 0))} = ×{pc:.2f}" if pc else "—", None,
+                 "(info: load-independent)", ""))
+    dm = results.get("daemon_ms", {})
+    if _has(dm, 0) and _has(dm, top):
+        d0, dt = median(_cp(dm, 0)[py]["ADD"]), median(_cp(dm, top)[py]["ADD"])
+        if d0 and dt:
+            rows.append((f"pybridge ADD inside the daemon, {top} attached / 0", "—",
+                         f"{fmt(dt)} / {fmt(d0)} = ×{ratio(dt, d0):.2f}", None, "(info)", ""))
+    return rows
 
 
 def _cp(d: dict, c: int) -> dict:

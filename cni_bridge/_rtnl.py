@@ -1,4 +1,5 @@
-"""Minimal rtnetlink wire client for the per-ADD hot path; used only by cni_bridge/netlink.py.
+"""Minimal rtnetlink wire client for the per-ADD hot path; used by cni_bridge/netlink.py (and
+its NetlinkSocket by firewall.py, for the nftables reads DEL needs).
 
 Why: pyroute2 0.9 drives every request through an asyncio event loop and decodes every
 attribute of every reply; that is ~0.5-1 ms of Python per request, ~10 ms per ADD. The dozen
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from typing import Iterator
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -28,7 +30,8 @@ RTM_NEWROUTE = 24
 F_REQUEST, F_ACK, F_EXCL, F_CREATE, F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 10, 18
-IFLA_NET_NS_FD, IFLA_EXT_MASK = 28, 29
+IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK = 26, 28, 29
+IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 RTEXT_FILTER_SKIP_STATS = 1 << 3
@@ -88,11 +91,11 @@ def parse_link(payload: bytes) -> LinkTuple:
             master or None, bool(flags & IFF_UP))
 
 
-class Rtnl:
-    """One NETLINK_ROUTE socket; requests are synchronous (send, read until ack/done)."""
+class NetlinkSocket:
+    """One raw netlink socket (NETLINK_ROUTE, NETLINK_NETFILTER, ...); synchronous requests."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    def __init__(self, protocol: int) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, 0))
         self.seq = 0
@@ -100,12 +103,15 @@ class Rtnl:
     def close(self) -> None:
         self.sock.close()
 
-    def request(self, msg_type: int, flags: int, body: bytes) -> list[bytes]:
-        """Send one request; return the payloads of the replies (after the ack or DONE)."""
+    def send(self, msg_type: int, flags: int, body: bytes) -> int:
+        """Send one request; returns its sequence number for replies()."""
         self.seq += 1
-        seq = self.seq
-        self.sock.send(_HDR.pack(_HDR.size + len(body), msg_type, flags | F_REQUEST, seq, 0) + body)
-        out: list[bytes] = []
+        self.sock.send(_HDR.pack(_HDR.size + len(body), msg_type, flags | F_REQUEST, self.seq, 0) + body)
+        return self.seq
+
+    def replies(self, seq: int) -> Iterator[bytes]:
+        """Payloads of the replies to request `seq`, up to its ack or DONE. A caller that stops
+        early must close the socket (the rest of a dump would still be queued on it)."""
         while True:
             data = self.sock.recv(1 << 20)
             offset = 0
@@ -117,14 +123,27 @@ class Rtnl:
                 offset += (length + 3) & ~3
                 if rseq != seq:
                     continue
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload, 0)[0]
+                if kind in (NLMSG_ERROR, NLMSG_DONE):  # both carry an errno (0: ack / end)
+                    code = -struct.unpack_from("=i", payload, 0)[0] if len(payload) >= 4 else 0
                     if code:
                         raise NetlinkError(code)
-                    return out
-                if kind == NLMSG_DONE:
-                    return out
-                out.append(payload)
+                    return
+                yield payload
+
+    def request(self, msg_type: int, flags: int, body: bytes) -> list[bytes]:
+        """Send one request; return the payloads of the replies (after the ack or DONE)."""
+        return list(self.replies(self.send(msg_type, flags, body)))
+
+
+class Rtnl(NetlinkSocket):
+    """The NETLINK_ROUTE socket of one namespace, with the requests the hot path makes."""
+
+    def __init__(self) -> None:
+        super().__init__(NETLINK_ROUTE)
+        # Strict checking makes the kernel honour the header's filters in dumps (addresses():
+        # one interface's addresses instead of every address in the namespace). Our GET
+        # requests already have the all-zero headers that strict mode demands.
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
 
     # --- links -----------------------------------------------------------------------------
     def get_link(self, name: str | None = None, index: int = 0) -> LinkTuple:
@@ -155,8 +174,14 @@ class Rtnl:
         body += attr(IFLA_LINKINFO, info)
         self.request(RTM_NEWLINK, F_ACK | F_CREATE | F_EXCL, body)
 
-    def set_up(self, index: int) -> None:
-        self.request(RTM_SETLINK, F_ACK, _IFINFO.pack(0, 0, index, IFF_UP, IFF_UP))
+    def set_up(self, index: int, *, no_ipv6_addresses: bool = False) -> None:
+        """`no_ipv6_addresses`: IPv6 address generation mode "none" in the same request (no
+        link-local address, no fe80::/64 route, no DAD); EAFNOSUPPORT where IPv6 is off."""
+        body = _IFINFO.pack(0, 0, index, IFF_UP, IFF_UP)
+        if no_ipv6_addresses:
+            mode = attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE]))
+            body += attr(IFLA_AF_SPEC, attr(socket.AF_INET6, mode))
+        self.request(RTM_SETLINK, F_ACK, body)
 
     def delete_link(self, name: str) -> None:
         self.request(RTM_DELLINK, F_ACK, _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, _cstr(name)))
@@ -174,10 +199,17 @@ class Rtnl:
         self.request(RTM_NEWADDR, F_ACK | F_CREATE | F_EXCL, body)
 
     def addresses(self, index: int, family: int = 0) -> list[tuple[bytes, int]]:
-        """(packed IFA_ADDRESS, prefixlen) of one interface; the dump is filtered on the fixed
-        header, so foreign entries cost no attribute parsing."""
+        """(packed IFA_ADDRESS, prefixlen) of one interface. The kernel filters the dump on
+        ifa_index (strict mode), so its cost does not grow with the interfaces of the namespace;
+        the check below only guards against kernels that ignore the filter."""
         out = []
-        for payload in self.request(RTM_GETADDR, F_DUMP, _IFADDR.pack(family, 0, 0, 0, 0)):
+        try:
+            replies = self.request(RTM_GETADDR, F_DUMP, _IFADDR.pack(family, 0, 0, 0, index))
+        except NetlinkError as exc:
+            if exc.code == 19:  # ENODEV: no such interface, so no addresses (as an unfiltered dump)
+                return out
+            raise
+        for payload in replies:
             _fam, prefixlen, _flags, _scope, ifindex = _IFADDR.unpack_from(payload, 0)
             if ifindex != index:
                 continue

@@ -23,11 +23,13 @@ import ipaddress
 import os
 import re
 import shutil
+import struct
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
+from cni_bridge import _rtnl
 from cni_bridge.errors import PluginError, INTERNAL, NOT_AVAILABLE
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -242,17 +244,127 @@ def _members_in(table_text: str) -> dict[IPAddress, str]:
     return out
 
 
+# --- reading set elements without listing them all (DEL) -------------------------------------
+# libnftables fetches every element of the table for any listing (~20-30 ms with 1,000
+# containers). DEL needs two facts only: who owns its known addresses, and whether the sets are
+# empty afterwards. The kernel answers both without walking the set: a keyed GETSETELEM, and
+# the first message of an element dump (read one, then drop the socket).
+NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES = 12, 10
+NFT_MSG_GETSETELEM, NFPROTO_INET, NLA_F_NESTED = 13, 1, 0x8000
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE, NFTA_SET_ELEM_USERDATA = 1, 1, 1, 6
+NFTNL_UDATA_SET_ELEM_COMMENT = 0
+ENOENT = 2
+
+
+class _SetElements:
+    """Keyed reads of one table's sets over NETLINK_NETFILTER. Methods raise _rtnl.NetlinkError."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.nl = _rtnl.NetlinkSocket(NETLINK_NETFILTER)
+
+    def close(self) -> None:
+        self.nl.close()
+
+    def _replies(self, flags: int, set_name: str, extra: bytes = b"") -> Iterator[dict[int, bytes]]:
+        """Send GETSETELEM; yield each reply's attributes (after the 4-byte nfgenmsg)."""
+        body = struct.pack("=BBH", NFPROTO_INET, 0, 0) \
+            + _rtnl.attr(NFTA_SET_ELEM_LIST_TABLE, self.table.encode() + b"\0") \
+            + _rtnl.attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0") + extra
+        seq = self.nl.send((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, flags, body)
+        for payload in self.nl.replies(seq):
+            yield _rtnl.attrs(payload, 4)
+
+    def owner(self, set_name: str, addr: IPAddress) -> str | None:
+        """The comment (owner) of `addr`'s element; None when it is not in the set."""
+        key = _rtnl.attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _rtnl.attr(NFTA_DATA_VALUE, addr.packed))
+        elements = _rtnl.attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED,
+                              _rtnl.attr(NFTA_LIST_ELEM | NLA_F_NESTED, key))
+        try:
+            for reply in self._replies(_rtnl.F_ACK, set_name, elements):
+                listed = _rtnl.attrs(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b""), 0)
+                elem = _rtnl.attrs(listed.get(NFTA_LIST_ELEM, b""), 0)
+                return _udata_comment(elem.get(NFTA_SET_ELEM_USERDATA, b""))
+        except _rtnl.NetlinkError as exc:
+            if exc.code == ENOENT:  # no such element
+                return None
+            raise
+        return None
+
+    def any(self, set_name: str) -> bool:
+        """Whether the set has an element: the first dump message decides. On True the socket
+        is closed (that ends the kernel's dump; it could not take another request anyway).
+        Raises ENOENT when the set or table is gone."""
+        for reply in self._replies(_rtnl.F_DUMP, set_name):
+            if reply.get(NFTA_SET_ELEM_LIST_ELEMENTS):  # an empty set sends an empty nest
+                self.close()
+                return True
+        return False
+
+
+def _udata_comment(udata: bytes) -> str:
+    """libnftnl user data: (u8 type, u8 length, value) records; the comment is NUL-terminated."""
+    offset = 0
+    while offset + 2 <= len(udata):
+        kind, length = udata[offset], udata[offset + 1]
+        if kind == NFTNL_UDATA_SET_ELEM_COMMENT:
+            return udata[offset + 2:offset + 2 + length].split(b"\0", 1)[0].decode(errors="replace")
+        offset += 2 + length
+    return ""
+
+
+def _remove_known(m: Masquerade, owners: set[str], addrs: set[IPAddress]) -> bool | None:
+    """remove_members for a DEL that knows its addresses, without listing the sets: each address
+    is removed if owned by `owners` (or untagged), then the table goes if both sets are empty.
+    None when it cannot decide (table gone, nfnetlink refused): the caller lists instead.
+    Elements of `owners` under other addresses are left to GC (an ADD never leaves any)."""
+    t = f"inet {m.table}"
+    try:
+        reader = _SetElements(m.table)
+    except OSError:  # no nfnetlink (e.g. a seccomp profile): list instead
+        return None
+    try:
+        doomed = []
+        for addr in addrs:
+            set_name = "masq4" if addr.version == 4 else "masq6"
+            owner = reader.owner(set_name, addr)
+            if owner is not None and (owner in owners or not owner):
+                doomed.append((set_name, addr))
+        if doomed:
+            nft.run("\n".join(f"delete element {t} {set_name} {{ {addr} }}" for set_name, addr in doomed) + "\n")
+        if reader.any("masq4") or reader.any("masq6"):
+            return False
+    except (_rtnl.NetlinkError, OSError):
+        return None
+    except NftError as exc:
+        raise PluginError(INTERNAL, f"cannot remove masquerade entries of network {m.network}", str(exc)) from None
+    finally:
+        reader.close()
+    try:
+        nft.run(f"delete table {t}\n")
+    except NftError as exc:
+        raise PluginError(INTERNAL, f"cannot remove masquerade table of network {m.network}", str(exc)) from None
+    if m.bridge:
+        forward_accept(m.network, m.bridge, False)
+    return True
+
+
 def remove_members(m: Masquerade, owners: Iterable[str] = (), addrs: Iterable[IPAddress] = ()) -> bool:
     """Remove the elements of the given owners (and/or addresses); delete the whole table when
     no element is left. Idempotent. Returns True when the table was removed. Callers hold the
     network lock."""
+    owners, addrs = set(owners), set(addrs)
+    if owners and addrs:  # DEL: constant cost, whatever the number of containers
+        removed = _remove_known(m, owners, addrs)
+        if removed is not None:
+            return removed
     text = _table_text(m.network)
     if text is None:  # gone already (last DEL repeated, or removed by hand): its FORWARD rules too
         if m.bridge:
             forward_accept(m.network, m.bridge, False)
         return False
     current = _members_in(text)
-    owners, addrs = set(owners), set(addrs)
     doomed = [a for a, owner in current.items() if owner in owners or (a in addrs and not owner)]
     remaining = set(current) - set(doomed)
     t = f"inet {m.table}"

@@ -15,7 +15,7 @@ import errno
 import ipaddress
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from pyroute2 import IPRoute
@@ -223,19 +223,45 @@ class Netlink:
 
     def create_veth_into(self, host_name: str, peer_name: str, target: "Netlink", *, mtu: int | None,
                          master: int | None, peer_mac: str | None = None) -> Link:
-        """One request: veth pair, host end enslaved and up, peer created directly in the target netns."""
-        self.raw.add_veth(host_name, peer_name, peer_ns_fd=target.ns_fd, mtu=mtu, master=master, peer_mac=peer_mac)
-        created = self.link(host_name)
-        assert created is not None
-        return created
+        """Veth pair, host end enslaved and up, peer created directly in the target netns."""
+        self.raw.add_veth(host_name, peer_name, peer_ns_fd=target.ns_fd, mtu=mtu, master=master,
+                          peer_mac=peer_mac, up=False)
+        return self._bring_up_bridge_port(host_name)
 
     def create_veth_pair(self, host_name: str, peer_name: str, *, mtu: int | None, master: int | None,
                          peer_mac: str | None = None) -> Link:
         """Both ends in this namespace (Docker moves the peer into the container itself)."""
-        self.raw.add_veth(host_name, peer_name, peer_ns_fd=None, mtu=mtu, master=master, peer_mac=peer_mac)
-        created = self.link(host_name)
+        self.raw.add_veth(host_name, peer_name, peer_ns_fd=None, mtu=mtu, master=master,
+                          peer_mac=peer_mac, up=False)
+        return self._bring_up_bridge_port(host_name)
+
+    def _bring_up_bridge_port(self, name: str) -> Link:
+        """Finish a host-side veth end that was created down, already enslaved to its bridge.
+
+        Why not created up: every time a bridge port is enabled or disabled the kernel
+        re-evaluates the state of all ports of the bridge (br_port_state_selection, which also
+        re-arms each port's multicast timers): O(ports attached). Created up, the port is enabled
+        at once (its operstate is still "unknown"), disabled when the first RTM_GETLINK settles
+        the operstate to down (no carrier: the container end is down), and enabled again when
+        the container end comes up: three passes over all ports per ADD. Created down, settled
+        by the RTM_GETLINK below, then set up, it is enabled once, when it gets carrier.
+
+        The same request sets IPv6 address generation to "none" on this end (before carrier,
+        so addrconf has not run): a bridge port never needs an address of its own, and with
+        one, every port adds a link-local address and fe80::/64 routes, DAD and MLD traffic to
+        the host, so route inserts and lookups grow with the containers attached. (Not the
+        `disable_ipv6` sysctl: its handler spins on rtnl_trylock() and walks the whole IPv6
+        routing table: 32 parallel veth creations took 2.5x as long.) The container end keeps
+        its IPv6."""
+        created = self.link(name)
         assert created is not None
-        return created
+        try:
+            self.raw.set_up(created.index, no_ipv6_addresses=True)
+        except NetlinkError as exc:
+            if exc.code != errno.EAFNOSUPPORT:  # IPv6 disabled on this host: nothing to avoid
+                raise
+            self.raw.set_up(created.index)
+        return replace(created, up=True)
 
     def add_link(self, **kwargs) -> None:
         """Generic link creation for the macvlan/ipvlan/vlan modes (kwargs as pyroute2 link())."""
@@ -262,8 +288,8 @@ class Netlink:
 
     # --- addresses -------------------------------------------------------------------------
     def addresses(self, index: int, family: int = 0) -> list[IPInterface]:
-        """`family` (2 or 10) limits the dump: every host veth has an IPv6 link-local address, so
-        an unrestricted dump grows with the containers attached (filtered here, not in the kernel)."""
+        """Addresses of one interface; `family` 0 (both), 2 or 10. The kernel dumps only that
+        interface's addresses (strict netlink), so the cost is flat in the interfaces attached."""
         return [ipaddress.ip_interface((ipaddress.ip_address(packed), prefixlen))
                 for packed, prefixlen in self.raw.addresses(index, family)]
 
