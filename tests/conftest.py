@@ -28,6 +28,7 @@ if str(REPO_ROOT) not in sys.path:  # so `tests.support` imports without pythonp
 
 from tests.support import netns as support_netns  # noqa: E402
 from tests.support.cnitool import CniTool  # noqa: E402
+from tests.support import daemon, dockerd  # noqa: E402
 from tests.support.dockerd import VENV_BIN, driver_settings, socket_answers  # noqa: E402
 from tests.support.netns import (  # noqa: E402
     Leak,
@@ -226,22 +227,8 @@ def fastpath_daemon(tmp_path: Path) -> Iterator[tuple[str, str]]:
     PYBRIDGE_FASTPATH_SOCKET and PYBRIDGE_RUN_DIR (else the daemon declines). Its log goes to
     `tmp/fastpath.log` (a pipe nobody reads would block a chatty daemon)."""
     _need_root()
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    path = str(run_dir / "cni.sock")
-    log = tmp_path / "fastpath.log"
-    env = dict(os.environ, PYBRIDGE_RUN_DIR=str(run_dir))
-    with open(log, "ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "cni_bridge.fastpath.server", "--socket", path],
-                                env=env, stdout=subprocess.PIPE, stderr=log_file, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("ready"), log.read_text() or line
-        yield path, str(run_dir)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with daemon.fastpath_daemon(tmp_path) as (path, run_dir, _):
+        yield path, run_dir
     assert not os.path.exists(path), "the daemon must remove its socket when it stops"
 
 
@@ -274,3 +261,30 @@ def served_driver(tmp_path: Path) -> Iterator[tuple[Path, Any, list[subprocess.P
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+# --- a private dockerd and the pybridge driver it uses (one each per session) -----------------
+@pytest.fixture(scope="session")
+def engine() -> Iterator[dockerd.DockerEngine]:
+    """A scratch dockerd in its own network namespace (tests/support/dockerd.py)."""
+    if not support_netns.is_root():
+        pytest.skip("needs root")
+    if not dockerd.DOCKERD.exists() and not os.path.exists(dockerd.DEFAULT_DOCKER_SOCKET):
+        pytest.skip("no Docker Engine: apt-get install docker.io")
+    with dockerd.scratch_engine() as eng:
+        yield eng
+
+
+@pytest.fixture(scope="session")
+def driver(engine: dockerd.DockerEngine) -> Iterator[dockerd.DriverProcess]:
+    """`cni-bridge serve` on the well-known plugin socket in that dockerd's namespace; skipped
+    when another driver owns the socket."""
+    try:
+        claim = dockerd.pybridge_driver(engine, engine.root / "driver")
+        drv = claim.__enter__()
+    except dockerd.DriverBusy as exc:
+        pytest.skip(str(exc))
+    try:
+        yield drv
+    finally:
+        claim.__exit__(None, None, None)

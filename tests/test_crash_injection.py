@@ -22,7 +22,9 @@ they are allowed to move.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from cni_bridge.attachment import Attachment
 from cni_bridge.modes.sublink import temp_name
 from tests.support import hostsnap
 from tests.support.cnitool import CniTool, PluginCall
+from tests.support.daemon import fastpath_daemon
 from tests.support.netns import Netns, Uplink, run, unique_name, unique_subnet
 
 pytestmark = pytest.mark.requires_root
@@ -244,3 +247,24 @@ def test_del_crash_at_every_step_then_del_again(cni, netns, own_bridges):
         assert call.exit_code == -signal.SIGKILL and CRASH_LINE.search(call.stderr), call.stderr
         cni.delete(conf, ns.path, container_id=cid)
         assert_restored(before, cni, cid, f"DEL crashed after step {n} ({steps[n - 1]}), DEL again")
+
+
+def test_daemon_killed_during_add_then_del(cni, netns, own_bridges, request):
+    """The warm path: the daemon itself dies after step N of a forwarded ADD. The plugin
+    answers 11 (try again: the daemon may have done part of it), never runs it a second time;
+    the runtime's DEL (done in-process, the daemon is gone) restores the host."""
+    conf = network(cni, own_bridges)
+    steps = traced_steps(cni, conf, netns(), "warmup")
+    for n in range(1, len(steps) + 1):
+        ns, cid = netns(), f"daemon{n}"
+        before = snap(cni)
+        base = Path(tempfile.mkdtemp(prefix="pbcd"))  # unix socket paths must stay short
+        request.addfinalizer(lambda base=base: shutil.rmtree(base, ignore_errors=True))
+        with fastpath_daemon(base, {"PYBRIDGE_CRASH_AFTER": str(n)}) as (path, run_dir, proc):
+            client = CniTool(cni.cache_dir, data_dir=cni.data_dir,
+                             env={"PYBRIDGE_FASTPATH_SOCKET": path, "PYBRIDGE_RUN_DIR": run_dir})
+            call = client.add(conf, ns.path, container_id=cid, raise_on_error=False).calls[-1]
+            assert proc.wait(30) == -signal.SIGKILL, f"step {n}: the daemon did not crash"
+            assert call.exit_code != 0 and call.output["code"] == 11, call.stdout
+        client.delete(conf, ns.path, container_id=cid)
+        assert_restored(before, cni, cid, f"daemon crashed after step {n} ({steps[n - 1]}), DEL")

@@ -24,6 +24,7 @@ from cni_bridge.docker.context import Driver, Settings
 from cni_bridge.firewall import table_name
 from cni_bridge.ipam.lease import parse_lease_name
 from cni_bridge.state import pool_key
+from tests.support import hostsnap
 from tests.support.dockerd import VENV_BIN, driver_settings, plugin_call, socket_answers
 from tests.support.netns import run, unique_name, unique_subnet
 
@@ -368,10 +369,12 @@ def test_internal_network_and_given_mac(plugin: Plugin) -> None:
 def test_bad_options_leave_nothing_behind(plugin: Plugin, generic: dict, extra: dict, message: str) -> None:
     subnet = unique_subnet(4)
     nid = unique_name("nid") + "4" * 20
-    links_before = _ip("-br", "link").stdout.count("\n")
+    before = hostsnap.snapshot()
     err = plugin.err("NetworkDriver.CreateNetwork", _network_body(nid, subnet, generic, **extra))
     assert message in err
-    assert _ip("-br", "link").stdout.count("\n") == links_before
+    # CreateNetwork never makes a veth: those are other sessions' containers coming and going
+    hostsnap.assert_unchanged(before, hostsnap.snapshot(), sections=["links", "addresses", "routes", "nft"],
+                              ignore=[r"^veth", r" dev veth"])
     assert _ip("link", "show", "dev", "pbr-" + nid[:11]).returncode != 0
     assert not list((plugin.settings.state_dir / "networks").iterdir())
     assert table_name(nid) not in _nft_tables()

@@ -21,36 +21,13 @@ import pytest
 from cni_bridge.firewall import table_name
 from cni_bridge.ipam.lease import parse_lease_name
 from tests.support import dockerd as support
-from tests.support.netns import (OUTSIDE_POOL4, Netns, create_netns, is_root, run, unique_name,
+from tests.support.netns import (OUTSIDE_POOL4, Netns, create_netns, run, unique_name,
                                  unique_subnet)
 
 pytestmark = [pytest.mark.docker, pytest.mark.requires_root]
 
 
 # --- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def engine() -> Iterator[support.DockerEngine]:
-    if not is_root():
-        pytest.skip("needs root")
-    if not support.DOCKERD.exists() and not os.path.exists(support.DEFAULT_DOCKER_SOCKET):
-        pytest.skip("no Docker Engine: apt-get install docker.io")
-    with support.scratch_engine() as eng:
-        yield eng
-
-
-@pytest.fixture(scope="session")
-def driver(engine: support.DockerEngine) -> Iterator[support.DriverProcess]:
-    try:
-        claim = support.pybridge_driver(engine, engine.root / "driver")
-        drv = claim.__enter__()
-    except support.DriverBusy as exc:
-        pytest.skip(str(exc))
-    try:
-        yield drv
-    finally:
-        claim.__exit__(None, None, None)
-
-
 @dataclass
 class Net:
     name: str

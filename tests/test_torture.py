@@ -77,10 +77,11 @@ SOAK = os.environ.get("PYBRIDGE_SOAK") == "1"
 SEED = int(os.environ.get("PYBRIDGE_TORTURE_SEED", "8"))
 WORKERS = 16
 NAMESPACES = 24
-# CNI operations per path. An in-process call costs ~0.35 s of CPU (interpreter start and the
-# pyroute2 import), a daemon-served one ~0.05 s: on 2 cores 2,000 in-process calls alone take
-# 6-20 min (load), so the default run does 500 there and the soak the full 2,000 and more.
-TORTURE_OPS = {"daemon": 2000, "in-process": 500}
+# CNI operations per path (the 2,000 on both). An in-process call costs ~0.35 s of CPU
+# (interpreter start and the pyroute2 import), a daemon-served one ~0.05 s: on 2 cores the
+# in-process 2,000 take ~6 min on a quiet machine (more under load); quick runs set
+# PYBRIDGE_TORTURE_OPS.
+TORTURE_OPS = {"daemon": 2000, "in-process": 2000}
 SOAK_OPS = {"daemon": 10000, "in-process": 2500}
 DOCKER_HALF_CYCLES = 600   # each is "start" (RequestAddress, CreateEndpoint, Join) or "stop"
 DOCKER_SOAK_HALF_CYCLES = 4000

@@ -34,7 +34,7 @@ def ensure_gateway(host: Netlink, spec: NetworkSpec, bridge: Link, addressing: A
     families = {ip.address.version for ip in addressing.ips if ip.gateway is not None}
     if not families:
         return
-    # Only the families we need: an IPv6 dump lists every host veth's link-local address.
+    # Only the families we need (the dump is of the bridge alone: see Netlink.addresses).
     existing = host.addresses(bridge.index, 0 if len(families) == 2 else (2 if 4 in families else 10))
     for ip in addressing.ips:
         if ip.gateway is None:
