@@ -76,7 +76,7 @@ def root() -> "Netlink":
 def netns(path: str) -> Iterator["Netlink"]:
     """A netlink handle inside the namespace at `path`; raises NetnsGone if it is not there."""
     try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block us
     except OSError as exc:
         raise NetnsGone(f"network namespace {path}: {exc.strerror}") from None
     try:

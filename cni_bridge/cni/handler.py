@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from cni_bridge import validate
 from cni_bridge.cni import ipam_client
 from cni_bridge.crashpoint import step
 from cni_bridge.cni.protocol import (CniRequest, dumps, error_object, error_version, parse_request,
@@ -72,7 +73,6 @@ def _spec(req: CniRequest):
 
 def _attachment(req: CniRequest):
     from cni_bridge.attachment import Attachment
-    from cni_bridge import validate
     mac = req.runtime_config().get("mac") or req.args.get("MAC") or None
     if mac is not None:
         validate_mac(mac)
@@ -109,7 +109,6 @@ def cmd_add(req: CniRequest) -> dict[str, Any]:
     from cni_bridge import modes
     from cni_bridge.attachment import Addressing
     from cni_bridge.cni.versions import convert, merge_prev
-    from cni_bridge import validate
     spec = _spec(req)
     att = _attachment(req)
     prev = _checked_prev(req)
@@ -147,7 +146,6 @@ def _addresses_to_release(req: CniRequest) -> list:
 
 def cmd_del(req: CniRequest) -> None:
     from cni_bridge import modes
-    from cni_bridge import validate
     spec = _spec(req)
     att = _attachment(req)
     if att.netns and not validate.could_be_netns(att.netns):
@@ -161,7 +159,6 @@ def cmd_del(req: CniRequest) -> None:
 
 def cmd_check(req: CniRequest) -> None:
     from cni_bridge import modes
-    from cni_bridge import validate
     spec = _spec(req)
     prev = _checked_prev(req)
     if prev is None:
