@@ -60,6 +60,12 @@ def emit(line: str, path: str | None = None) -> None:
     if not line:
         return
     print(line, file=sys.stderr)
+    emit_to_file(line, path)
+
+
+def emit_to_file(line: str, path: str | None = None) -> None:
+    """The log-file half of `emit` (the exec'd client prints to stderr itself and imports this
+    module only when a log file is configured)."""
     target = path if path is not None else log_file()
     if target and not append(target, line):
         print(f"pybridge: cannot append to log file {target}", file=sys.stderr)

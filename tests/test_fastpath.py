@@ -214,6 +214,32 @@ def test_ipam_plugin_add_del_byte_identical(fastpath_daemon, bin_dir, test_prefi
     assert outputs[True] == outputs[False]
 
 
+def test_exec_client_loads_only_what_forwarding_needs(fastpath_daemon, bin_dir, tmp_path):
+    """Every import is paid on every exec (`os` ~1 ms, `socket` ~11 ms): when the daemon serves
+    the call, the launcher imports the client and `_socket` and nothing else; with a log file
+    configured it adds the log module only. (-X importtime lists each module the run imported.)"""
+    path, run_dir = fastpath_daemon
+    launcher = bin_dir / "pybridge"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "PYBRIDGE_"))}
+    base.update(CNI_COMMAND="VERSION", PYBRIDGE_RUN_DIR=run_dir, PYBRIDGE_FASTPATH_SOCKET=path)
+    lean = {"cni_bridge", "cni_bridge.fastpath", "cni_bridge.fastpath.client", "_socket"}
+    log_file = tmp_path / "ops.log"
+    for env, allowed in ((base, lean), (dict(base, PYBRIDGE_LOG_FILE=str(log_file)),
+                                        lean | {"cni_bridge.logsetup", "os", "stat", "_stat", "posixpath",
+                                                "genericpath", "_collections_abc", "time", "__future__"})):
+        startup = subprocess.run([sys.executable, "-IS", "-X", "importtime", "-c", "pass"],
+                                 capture_output=True, text=True).stderr
+        proc = subprocess.run([sys.executable, "-IS", "-X", "importtime", str(launcher)], env=env,
+                              input=b'{"cniVersion": "1.0.0"}', capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["cniVersion"] == "1.0.0"
+        imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", proc.stderr.decode(), re.M))
+        at_start = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", startup, re.M))
+        assert imported - at_start <= allowed, imported - at_start - allowed
+        assert b"pybridge VERSION" in proc.stderr  # the operation line still goes to stderr
+    assert "pybridge VERSION" in log_file.read_text()
+
+
 # --- falling back, and never running twice -------------------------------------------------
 def test_fallback_when_no_daemon_or_a_dead_socket(bin_dir, tmp_path):
     plugin = Plugin(bin_dir, str(tmp_path / "absent.sock"), RUN_DIR_DEFAULT)

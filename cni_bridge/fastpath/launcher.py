@@ -19,11 +19,11 @@ TEMPLATE = """#!{python} -IS
 # pybridge CNI launcher (written by cni_bridge.fastpath.launcher; regenerate, do not edit)
 import sys
 sys.path.insert(0, {root!r})
-from cni_bridge.cni.entry import {func}
-{func}()
+from cni_bridge.fastpath.client import main
+main({plugin!r})
 """
 
-PROGRAMS = {"pybridge": "main", "pybridge-ipam": "ipam_main"}
+PROGRAMS = ("pybridge", "pybridge-ipam")
 
 
 def package_root() -> str:
@@ -39,11 +39,11 @@ def write_launchers(bin_dir: str, python: str | None = None) -> list[str]:
         raise ValueError("the interpreter path must be absolute (a shebang needs it)")
     os.makedirs(bin_dir, exist_ok=True)
     written = []
-    for name, func in PROGRAMS.items():
+    for name in PROGRAMS:
         path = os.path.join(bin_dir, name)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            f.write(TEMPLATE.format(python=python, root=package_root(), func=func))
+            f.write(TEMPLATE.format(python=python, root=package_root(), plugin=name))
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
         written.append(path)

@@ -51,7 +51,7 @@ class BadRequest(Exception):
 def default_socket_path() -> str:
     """Where exec'd plugins with this process's environment look (PYBRIDGE_FASTPATH_SOCKET,
     else $PYBRIDGE_RUN_DIR/cni.sock, else /run/cni-bridge/cni.sock)."""
-    return wire.socket_path(os.environ) or os.path.join(wire.DEFAULT_RUN_DIR, wire.SOCKET_NAME)
+    return wire.socket_path(os.environb) or os.path.join(wire.DEFAULT_RUN_DIR, wire.SOCKET_NAME)
 
 
 def decode_request(head: bytes, header: bytes) -> tuple[str, dict[str, str]]:
