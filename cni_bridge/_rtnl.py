@@ -130,6 +130,41 @@ class NetlinkSocket:
                     return
                 yield payload
 
+    def send_all(self, messages: list[tuple[int, int, bytes]]) -> list[int]:
+        """Send several requests in one datagram (an nfnetlink batch must arrive that way);
+        returns their sequence numbers."""
+        buf = b""
+        seqs = []
+        for msg_type, flags, body in messages:
+            self.seq += 1
+            seqs.append(self.seq)
+            buf += _HDR.pack(_HDR.size + len(body), msg_type, flags | F_REQUEST, self.seq, 0) + body
+        self.sock.send(buf)
+        return seqs
+
+    def acks(self, seqs: set[int], abort_seq: int | None = None) -> None:
+        """Wait for the ack (or error) of every request in `seqs`; raise the first error. A
+        response to `abort_seq` (e.g. a batch header the kernel refused) ends the wait too."""
+        pending, first_error = set(seqs), 0
+        while pending:
+            data = self.sock.recv(1 << 16)
+            offset = 0
+            while offset + _HDR.size <= len(data):
+                length, kind, _flags, rseq, _pid = _HDR.unpack_from(data, offset)
+                if length < _HDR.size:
+                    raise NetlinkError(71, "malformed netlink reply")  # EPROTO
+                payload = data[offset + _HDR.size:offset + length]
+                offset += (length + 3) & ~3
+                if kind != NLMSG_ERROR or (rseq not in pending and rseq != abort_seq):
+                    continue
+                code = -struct.unpack_from("=i", payload, 0)[0] if len(payload) >= 4 else 0
+                first_error = first_error or code
+                if rseq == abort_seq:
+                    pending.clear()
+                pending.discard(rseq)
+        if first_error:
+            raise NetlinkError(first_error)
+
     def request(self, msg_type: int, flags: int, body: bytes) -> list[bytes]:
         """Send one request; return the payloads of the replies (after the ack or DONE)."""
         return list(self.replies(self.send(msg_type, flags, body)))

@@ -40,6 +40,7 @@ class NetworkSpec:
     vlan_id: int | None = None
     # all modes
     mtu: int | None = None
+    allow_ipv6_on_ipv4_interface: bool = False
     ipam: Mapping[str, Any] = field(default_factory=dict)
     dns: Mapping[str, Any] = field(default_factory=dict)
 
@@ -108,6 +109,7 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
         ipvlan_mode=_choice(cfg, "ipvlanMode", IPVLAN_MODES, "l2"),
         vlan_id=vlan_id,
         mtu=_int(cfg, "mtu", 68, 65535),
+        allow_ipv6_on_ipv4_interface=_bool(cfg, "allowIPv6OnIPv4Interface"),
         ipam=ipam,
         dns=dns,
     )

@@ -329,6 +329,37 @@ def test_dual_stack_and_ipv6_forwarding(cni, netns, bridges):
     cni.delete(conf, b.path)
 
 
+@pytest.mark.parametrize("allow", [False, True])
+def test_ipv4_only_interface_gets_no_ipv6(cni, netns, bridges, allow):
+    """Like Docker since 26.0.2 (CVE-2024-32473): a container interface given IPv4 only has
+    IPv6 disabled (no link-local address, no router advertisements taken), unless
+    allowIPv6OnIPv4Interface keeps the kernel default. A dual-stack interface keeps IPv6."""
+    def ipv6_state(ns: Any) -> tuple[str, str]:
+        return (ns.run("cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6").stdout.strip(),
+                ns.ip("-6", "addr", "show", "dev", "eth0"))
+
+    conf = bridge_conf(cni, allowIPv6OnIPv4Interface=allow)
+    bridges.append(conf["plugins"][0]["bridge"])
+    a = netns()
+    result = cni.add(conf, a.path).result
+    disabled, addresses = ipv6_state(a)
+    if allow:
+        assert disabled == "0" and "inet6 fe80::" in addresses
+    else:
+        assert disabled == "1" and addresses.strip() == ""
+    assert a.ping(result["ips"][0]["gateway"])
+    cni.delete(conf, a.path)
+
+    dual = bridge_conf(cni)
+    dual["plugins"][0]["ipam"]["ranges"] = [[{"subnet": str(unique_subnet(4))}], [{"subnet": str(unique_subnet(6))}]]
+    bridges.append(dual["plugins"][0]["bridge"])
+    b = netns()
+    cni.add(dual, b.path)
+    disabled, addresses = ipv6_state(b)
+    assert disabled == "0" and "inet6 fe80::" in addresses
+    cni.delete(dual, b.path)
+
+
 def test_parallel_adds_race_to_create_the_bridge(cni, netns, bridges):
     conf = bridge_conf(cni)
     bridges.append(conf["plugins"][0]["bridge"])

@@ -132,7 +132,8 @@ def add(spec: NetworkSpec, att: Attachment, addressing: Addressing) -> dict[str,
             inner = ns.link(att.ifname)
             assert inner is not None
             addressing = with_default_routes(addressing, spec.is_default_gateway)
-            configure_container(ns, inner.index, addressing)
+            configure_container(ns, inner.index, att.ifname, addressing,
+                                allow_ipv6_on_ipv4=spec.allow_ipv6_on_ipv4_interface)
             add_masquerade(spec, att, addressing, undo)
             interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
                           interface_entry(veth.name, veth.mac),
