@@ -27,6 +27,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE = 24
+RTM_GETNETCONF, NETCONFA_IFINDEX, NETCONFA_FORWARDING, NETCONFA_IFINDEX_ALL = 82, 1, 2, -1
 F_REQUEST, F_ACK, F_EXCL, F_CREATE, F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 10, 18
@@ -217,6 +218,18 @@ class Rtnl(NetlinkSocket):
             mode = attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE]))
             body += attr(IFLA_AF_SPEC, attr(socket.AF_INET6, mode))
         self.request(RTM_SETLINK, F_ACK, body)
+
+    def forwarding(self, family: int) -> bool | None:
+        """The namespace-wide `forwarding` of a family (net.ipv4.ip_forward is conf.all.forwarding)
+        from RTM_GETNETCONF; None if the kernel does not say. Not /proc/sys: a lookup there walks
+        one cached entry per namespace that ever looked up the same path (~0.2-0.5 ms with
+        2,000 containers on the host, growing with them)."""
+        body = struct.pack("=Bxxx", family) + attr(NETCONFA_IFINDEX, struct.pack("=i", NETCONFA_IFINDEX_ALL))
+        for payload in self.request(RTM_GETNETCONF, F_ACK, body):
+            value = attrs(payload, 4).get(NETCONFA_FORWARDING)
+            if value is not None:
+                return struct.unpack("=i", value[:4])[0] != 0
+        return None
 
     def delete_link(self, name: str) -> None:
         self.request(RTM_DELLINK, F_ACK, _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, _cstr(name)))

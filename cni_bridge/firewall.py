@@ -109,6 +109,12 @@ class _Nft:
         return proc.stdout
 
 
+    def forget_pool(self) -> None:
+        """In a forked child: the pooled contexts' netlink sockets are shared with the parent."""
+        self._pool = []
+        self._pool_lock = threading.Lock()
+
+
 _OUTPUT_HANDLE = 1 << 3  # NFT_CTX_OUTPUT_HANDLE
 nft = _Nft()
 
@@ -283,6 +289,17 @@ ENOENT = 2
 # (~10-25 ms here) whenever a commit happened just before, i.e. on every ADD and DEL.
 _idle_sockets: dict[int, list[_rtnl.NetlinkSocket]] = {}
 _idle_lock = threading.Lock()
+
+
+def _forget_pools_after_fork() -> None:
+    """A forked child (gunicorn workers of a preloaded app) must not share pooled netlink
+    sockets with its parent: replies would go to whichever process reads first."""
+    global _idle_sockets, _idle_lock
+    _idle_sockets, _idle_lock = {}, threading.Lock()
+    nft.forget_pool()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _netns_inode() -> int:

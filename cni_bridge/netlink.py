@@ -14,6 +14,7 @@ import ctypes
 import errno
 import ipaddress
 import os
+import socket
 import threading
 from dataclasses import dataclass, replace
 from typing import Iterator
@@ -255,12 +256,7 @@ class Netlink:
         its IPv6."""
         created = self.link(name)
         assert created is not None
-        try:
-            self.raw.set_up(created.index, no_ipv6_addresses=True)
-        except NetlinkError as exc:
-            if exc.code != errno.EAFNOSUPPORT:  # IPv6 disabled on this host: nothing to avoid
-                raise
-            self.raw.set_up(created.index)
+        self.set_up(created.index, no_ipv6_addresses=True)
         return replace(created, up=True)
 
     def add_link(self, **kwargs) -> None:
@@ -270,8 +266,29 @@ class Netlink:
     def set_link(self, index: int, **kwargs) -> None:
         self.ipr.link("set", index=index, **kwargs)
 
-    def set_up(self, index: int) -> None:
-        self.raw.set_up(index)
+    def set_up(self, index: int, *, no_ipv6_addresses: bool = False) -> None:
+        """`no_ipv6_addresses`: IPv6 address generation "none" in the same request (where the
+        kernel has IPv6)."""
+        if not no_ipv6_addresses:
+            self.raw.set_up(index)
+            return
+        try:
+            self.raw.set_up(index, no_ipv6_addresses=True)
+        except NetlinkError as exc:
+            if exc.code != errno.EAFNOSUPPORT:  # IPv6 disabled on this host: nothing to avoid
+                raise
+            self.raw.set_up(index)
+
+    def ensure_forwarding(self, version: int) -> None:
+        """IP forwarding on for a family in this handle's namespace; written (via /proc/sys) only
+        when netlink says it is off, i.e. once per boot, not on every ADD."""
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        try:
+            if self.raw.forwarding(family):
+                return
+        except NetlinkError:
+            pass
+        ensure_sysctl("net.ipv4.ip_forward" if version == 4 else "net.ipv6.conf.all.forwarding", "1")
 
     def set_hairpin(self, index: int, on: bool) -> None:
         self.ipr.link("set", index=index, kind="bridge_slave", mode=1 if on else 0)

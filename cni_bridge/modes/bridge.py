@@ -53,12 +53,9 @@ def ensure_gateway(host: Netlink, spec: NetworkSpec, bridge: Link, addressing: A
         host.add_address(bridge.index, wanted)
 
 
-def enable_forwarding(addressing: Addressing) -> None:
-    versions = {ip.address.version for ip in addressing.ips}
-    if 4 in versions:
-        netlink.ensure_sysctl("net.ipv4.ip_forward", "1")
-    if 6 in versions:
-        netlink.ensure_sysctl("net.ipv6.conf.all.forwarding", "1")
+def enable_forwarding(host: Netlink, addressing: Addressing) -> None:
+    for version in sorted({ip.address.version for ip in addressing.ips}):
+        host.ensure_forwarding(version)
 
 
 NET_ADDR_SET = "3"  # /sys/class/net/<dev>/addr_assign_type of a MAC set by someone
@@ -98,7 +95,7 @@ def setup_network(host: Netlink, spec: NetworkSpec, addressing: Addressing) -> L
     if spec.is_gateway:
         ensure_gateway(host, spec, bridge, addressing)
         step("gateway-address")
-        enable_forwarding(addressing)
+        enable_forwarding(host, addressing)
         step("ip-forward-sysctl")
     return bridge
 
@@ -132,7 +129,7 @@ def add(spec: NetworkSpec, att: Attachment, addressing: Addressing) -> dict[str,
             inner = ns.link(att.ifname)
             assert inner is not None
             addressing = with_default_routes(addressing, spec.is_default_gateway)
-            configure_container(ns, inner.index, att.ifname, addressing,
+            configure_container(ns, inner.index, addressing,
                                 allow_ipv6_on_ipv4=spec.allow_ipv6_on_ipv4_interface)
             add_masquerade(spec, att, addressing, undo)
             interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
@@ -211,7 +208,7 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
             before = set(host.addresses(bridge.index))
             if spec.is_gateway:
                 ensure_gateway(host, spec, bridge, addressing)
-                enable_forwarding(addressing)
+                enable_forwarding(host, addressing)
             added = [a for a in host.addresses(bridge.index) if a not in before]
             undo.push(lambda: [host.delete_address(bridge.index, a) for a in added])
             undo.push(lambda: firewall.forward_accept(spec.name, spec.bridge, False))

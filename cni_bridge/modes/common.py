@@ -69,26 +69,25 @@ def with_default_routes(addressing: Addressing, enabled: bool) -> Addressing:
     return Addressing(addressing.ips, routes, addressing.dns)
 
 
-def configure_container(ns: Netlink, index: int, ifname: str, addressing: Addressing, *,
+def configure_container(ns: Netlink, index: int, addressing: Addressing, *,
                         allow_ipv6_on_ipv4: bool = False) -> None:
     """Addresses, link up, routes. Routes whose gateway is not on-link are reported clearly.
 
-    An interface given IPv4 addresses only gets no IPv6 at all (its `disable_ipv6`, set before
-    the link comes up), as Docker does since 26.0.2 (CVE-2024-32473): otherwise it would still
-    accept router advertisements, so any neighbour could hand it routable IPv6 addresses that
-    nothing in the network's IPv4-only configuration accounts for. It also keeps the new
-    interface from sending DAD, MLD and router solicitations, which a bridge floods into every
-    container attached (work that grows with the containers). `allowIPv6OnIPv4Interface`
-    keeps the kernel's default, like the reference plugins. An interface without any address
-    (L2-only networks, addressing left to the container) is not touched."""
+    An interface given IPv4 addresses only is brought up with IPv6 address generation "none"
+    (in the same netlink request): no link-local address, so no DAD, MLD reports or router
+    solicitations, which a bridge without a multicast querier floods into every container
+    attached (work for the whole host that grows with the containers). Docker does the like
+    since 26.0.2 (it sets disable_ipv6). Not the `disable_ipv6` sysctl here: each new namespace's
+    first /proc/sys/net/ipv6 lookup walks one cached entry per namespace that made one before,
+    so it would grow with the containers itself. Router advertisements are still processed (see
+    the README). `allowIPv6OnIPv4Interface` keeps the kernel default, like the reference
+    plugins. An interface without any address (L2-only networks) is not touched."""
     versions = {ip.address.version for ip in addressing.ips}
-    if versions == {4} and not allow_ipv6_on_ipv4:
-        ns.set_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "1")  # best effort: no IPv6 on this host
-        step("container-ipv6-off")
+    no_ipv6 = versions == {4} and not allow_ipv6_on_ipv4
     for ip in addressing.ips:
         ns.add_address(index, ip.address)
         step("container-address")
-    ns.set_up(index)
+    ns.set_up(index, no_ipv6_addresses=no_ipv6)
     step("container-link-up")
     for route in addressing.routes:
         gw = route.gw

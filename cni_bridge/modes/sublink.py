@@ -134,7 +134,7 @@ def add(spec: NetworkSpec, att: Attachment, addressing: Addressing, child: Child
                 ns.set_sysctl(f"net/ipv6/conf/{att.ifname}/ndisc_notify", "1")
                 step("arp-notify-sysctl")
             addressing = with_default_routes(addressing, spec.is_default_gateway)
-            configure_container(ns, inner.index, att.ifname, addressing,
+            configure_container(ns, inner.index, addressing,
                                 allow_ipv6_on_ipv4=spec.allow_ipv6_on_ipv4_interface)
             return build_result([interface_entry(att.ifname, inner.mac, att.netns)], 0, addressing)
         except netlink.NetlinkError as exc:
