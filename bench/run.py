@@ -10,6 +10,11 @@ name starts with `pbb<run id>`, all traffic stays inside them, and everything is
 end, also on failure or Ctrl-C. pybridge runs as a user would install it: lean launchers
 (`python -m cni_bridge.fastpath.launcher`) in front of the fast-path daemon
 (`python -m cni_bridge.fastpath.server`), both started here on a private socket and run dir.
+
+Order: ADD/DEL latency on empty networks (both plugins' calls interleaved); 32 parallel ADDs;
+scaling: pybridge's ladder 0/250/500/1000 alone on the host, its containers detached, Go's
+ladder alone, then pybridge's attached again next to Go's (a stress point, reported); Docker
+`docker run` to first ping against the built-in bridge driver; the daemon's memory and idle CPU.
 """
 
 from __future__ import annotations
@@ -241,6 +246,44 @@ class Run:
             list(pool.map(one, range(start, stop)))
         return time.perf_counter() - t
 
+    def ladder(self, plugin: Plugin, empty: Plugin, *, checkpoints: list[int], fillers: list[str],
+               probe: dict[str, str], scale_runs: int, settle: float, budget: float | None) -> int:
+        """Attach `plugin`'s containers up to each checkpoint and time ADD+DEL cycles on its full
+        and on its empty network, interleaved. Stops early once attaching has taken `budget`
+        seconds (the Go plugin at 1,000 containers). Returns how many are attached at the end."""
+        attached, spent = 0, 0.0
+        for cp in checkpoints:
+            if attached < cp:
+                log(f"scaling: attaching {attached}..{cp} to {plugin.label}")
+                secs = self.fill(plugin, fillers, attached, cp)
+                spent += secs
+                attached = cp
+                self.results.setdefault("fill_seconds", {}).setdefault(plugin.label, {})[cp] = secs
+                time.sleep(settle)  # a node with N containers is not in the middle of attaching them
+            log(f"scaling: {scale_runs} cycles of {plugin.label} at {cp} attached")
+            self.results.setdefault("load_at", {}).setdefault(plugin.label, {})[cp] = os.getloadavg()[0]
+            log_start = self.daemon_log.stat().st_size
+            res = self.cycles([plugin, empty], probe, scale_runs, f"s{cp}", warmup=2)
+            for label, samples in res.items():
+                self.results["scaling"][label][cp] = samples
+            if plugin.daemon_pid:
+                self.results["daemon_ms"][cp] = daemon_times(
+                    self.daemon_log, log_start, {plugin.config["name"]: plugin.label, empty.config["name"]: empty.label})
+            if budget is not None and spent > budget and cp != checkpoints[-1]:
+                self.results["notes"].append(
+                    f"{plugin.label} was measured up to {cp} attached containers only: attaching them took "
+                    f"{spent:.0f} s (budget {budget:.0f} s, --go-fill-budget).")
+                break
+        return attached
+
+    def detach(self, plugin: Plugin, namespaces: list[str], count: int) -> None:
+        """DEL the filler containers 0..count-1 (4 at a time)."""
+        def one(i: int) -> Call:
+            return plugin.delete(f"pbb{self.run_id}-fill-{i}", namespaces[i]).check()
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, range(count)))
+
     def parallel(self, plugin: Plugin, namespaces: list[str], tag: str) -> dict[str, Any]:
         """N ADDs started at once on one network; then N DELs at once."""
         n = len(namespaces)
@@ -297,45 +340,32 @@ class Run:
             for p in ([pgo, ppy] if i % 2 == 0 else [ppy, pgo]):
                 self.results["parallel"][p.label].append(self.parallel(p, pns, f"par{i}"))
 
-        # 3. Scaling: ADD latency while N containers are attached to the same network. Each
-        # plugin also cycles on a second, always empty network in the same interleaved rounds:
+        # 3. Scaling: ADD latency while N containers are attached to the network. Each plugin
+        # climbs its ladder alone on the host (a node runs one plugin per network: the other
+        # plugin's containers and calls would add their own kernel work to the timings), and
+        # cycles on a second, always empty network of its own in the same interleaved rounds:
         # "with 0 attached" measured in the same minutes as "with N", so that the growth is not
-        # the load of the machine drifting between the checkpoints.
+        # the load of the machine drifting between the checkpoints. Then both plugins' containers
+        # together, as a stress point (reported, no target).
         ego, epy = self.go_plugin("e", suffix=EMPTY), self.py_plugin("e", suffix=EMPTY)
         ens = self.host.netns([f"pbb{self.run_id}pe{i}" for i in range(2)])
         probe.update({ego.label: ens[0], epy.label: ens[1]})
         self.results["scaling"] = {go.label: {}, py.label: {}, ego.label: {}, epy.label: {}}
         self.results["daemon_ms"] = {}
         fillers = self.host.netns([f"pbb{self.run_id}f{i}" for i in range(checkpoints[-1])])
-        attached = {go.label: 0, py.label: 0}
-        go_capped = None
-        for cp in checkpoints:
-            filled = [go, py] if go_capped is None else [py]
-            active = filled + ([ego, epy] if go_capped is None else [epy])
-            for p in filled:
-                if attached[p.label] < cp:
-                    log(f"scaling: attaching {attached[p.label]}..{cp} to {p.label}")
-                    secs = self.fill(p, fillers, attached[p.label], cp)
-                    attached[p.label] = cp
-                    self.results.setdefault("fill_seconds", {}).setdefault(p.label, {})[cp] = secs
-            if cp:  # let the kernel finish the async work of the burst (IPv6 addrconf, RCU, udev):
-                time.sleep(settle)  # a node with N containers is not in the middle of attaching them
-            log(f"scaling: {scale_runs} cycles at {cp} attached")
-            self.results.setdefault("load_at", {})[cp] = os.getloadavg()[0]
-            log_start = self.daemon_log.stat().st_size
-            res = self.cycles(active, probe, scale_runs, f"s{cp}", warmup=2)
-            for label, samples in res.items():
-                self.results["scaling"][label][cp] = samples
-            self.results["daemon_ms"][cp] = daemon_times(self.daemon_log, log_start,
-                                                          {py.config["name"]: py.label, epy.config["name"]: epy.label})
-            if go_capped is None:
-                spent = sum(self.results.get("fill_seconds", {}).get(go.label, {}).values())
-                if spent > a.go_fill_budget and cp != checkpoints[-1]:
-                    go_capped = cp
-                    self.results["notes"].append(
-                        f"Go was measured up to {cp} attached containers only: attaching them took "
-                        f"{spent:.0f} s (budget {a.go_fill_budget:.0f} s, --go-fill-budget).")
-        self.results["go_capped_at"] = go_capped
+        ladder = dict(checkpoints=checkpoints, fillers=fillers, probe=probe, scale_runs=scale_runs, settle=settle)
+        top_py = self.ladder(py, epy, budget=None, **ladder)
+        log(f"scaling: detaching pybridge's {top_py} containers")
+        self.detach(py, fillers, top_py)
+        top_go = self.ladder(go, ego, budget=a.go_fill_budget, **ladder)
+        self.results["go_capped_at"] = top_go if top_go < checkpoints[-1] else None
+        log(f"scaling: attaching pybridge's {top_py} again, next to Go's {top_go}: both measured")
+        self.fill(py, fillers, 0, top_py)
+        time.sleep(settle)
+        log_start = self.daemon_log.stat().st_size
+        self.results["shared"] = {"go_attached": top_go, "py_attached": top_py, "load": os.getloadavg()[0],
+                                  "samples": self.cycles([go, py, ego, epy], probe, scale_runs, "sh", warmup=2),
+                                  "daemon_ms": daemon_times(self.daemon_log, log_start, {py.config["name"]: py.label})}
         self.results["notes"].append(
             f"Scaling points are measured {settle:.0f} s after the attach burst that reached them (the "
             "kernel's asynchronous work for hundreds of new interfaces would otherwise be timed too).")
@@ -419,10 +449,11 @@ def report(results: dict[str, Any], out: Path) -> str:
     p0, pt = median(_cp(sc[py], 0)["ADD"]), median(_cp(sc[py], top)["ADD"])
     g0, gt = median(_cp(sc[go], 0)["ADD"]), median(_cp(sc[go], g_top)["ADD"])
     growth_p, growth_g = ratio(pt, p0), ratio(gt, g0)
-    rows.append((f"ADD with {top} attached / with 0 (growth)", f"{fmt(gt)} / {fmt(g0)} = ×{growth_g:.2f}"
-                 + (f" (at {g_top})" if g_top != top else ""),
+    rows.append((f"ADD with {top} attached / with 0 (growth; each plugin alone on the host)",
+                 f"{fmt(gt)} / {fmt(g0)} = ×{growth_g:.2f}" + (f" (at {g_top})" if g_top != top else ""),
                  f"{fmt(pt)} / {fmt(p0)} = ×{growth_p:.2f}", None, "pybridge ≤ ×1.1", verdict(growth_p, 1.1)))
     rows += growth_detail(results, top, g_top)
+    rows += shared_rows(results, g0, p0)
     par = results["parallel"]
     g_wall = median([x["add_wall_ms"] for x in par[go]])
     p_wall = median([x["add_wall_ms"] for x in par[py]])
@@ -473,9 +504,15 @@ def report(results: dict[str, Any], out: Path) -> str:
             continue
         lines.append(f"| {label} | " + " | ".join(
             fmt(median(_cp(sc[label], c)["ADD"]), "") if _has(sc[label], c) else "—" for c in cps) + " |")
-    if results.get("load_at"):
-        lines += ["", "Load average (1 min) when each scaling point started: " + ", ".join(
-            f"{c}: {load:.1f}" for c, load in results["load_at"].items()) + "."]
+    shared = results.get("shared")
+    if shared:
+        both = ", ".join(f"{label} {fmt(median(shared['samples'][label]['ADD']))}"
+                         for label in (go, go + EMPTY, py, py + EMPTY))
+        lines += ["", f"Both plugins' containers on the host (Go {shared['go_attached']}, pybridge "
+                  f"{shared['py_attached']}, in the same namespaces), ADD median: {both}."]
+    for label, loads in results.get("load_at", {}).items():
+        lines += ["", f"Load average (1 min) when each scaling point of {label} started: " + ", ".join(
+            f"{c}: {load:.1f}" for c, load in loads.items()) + "."]
     if results.get("notes"):
         lines += ["", *("- " + n for n in results["notes"])]
     lines += ["", "![latency vs attached](latency_vs_attached.png)", ""]
@@ -517,6 +554,32 @@ def growth_detail(results: dict[str, Any], top: int, g_top: int) -> list[tuple]:
     return rows
 
 
+def shared_rows(results: dict[str, Any], g0: float | None, p0: float | None) -> list[tuple]:
+    """Both plugins' containers on the host at once, every plugin's calls interleaved: each
+    plugin's ADD then also pays for the other's interfaces and asynchronous kernel work (the
+    Go containers' IPv6 addresses, routes and multicast). Reported; the target is per plugin."""
+    go, py = "Go bridge+host-local", "pybridge"
+    shared = results.get("shared")
+    if not shared:
+        return []
+    s = shared["samples"]
+    gs, ps = median(s[go]["ADD"]), median(s[py]["ADD"])
+    ge, pe = median(s[go + EMPTY]["ADD"]), median(s[py + EMPTY]["ADD"])
+    where = f"Go {shared['go_attached']} + pybridge {shared['py_attached']}"
+    rows = [(f"ADD with both plugins' containers on the host ({where}) / with 0",
+             f"{fmt(gs)} / {fmt(g0)} = ×{ratio(gs, g0):.2f}", f"{fmt(ps)} / {fmt(p0)} = ×{ratio(ps, p0):.2f}",
+             None, "(stress, info)", ""),
+             (f"… / empty network of the same plugin, same rounds", f"{fmt(gs)} / {fmt(ge)} = ×{ratio(gs, ge):.2f}",
+              f"{fmt(ps)} / {fmt(pe)} = ×{ratio(ps, pe):.2f}", None, "(stress, info)", "")]
+    dm = results.get("daemon_ms", {})
+    if shared.get("daemon_ms", {}).get(py) and _has(dm, 0):
+        d0, ds = median(_cp(dm, 0)[py]["ADD"]), median(shared["daemon_ms"][py]["ADD"])
+        if d0 and ds:
+            rows.append(("… pybridge ADD inside the daemon", "—", f"{fmt(ds)} / {fmt(d0)} = ×{ratio(ds, d0):.2f}",
+                         None, "(stress, info)", ""))
+    return rows
+
+
 def _cp(d: dict, c: int) -> dict:
     return d[c] if c in d else d[str(c)]
 
@@ -536,12 +599,18 @@ def plot(results: dict[str, Any], out: Path) -> None:
         ax.plot(xs, [median(_cp(data, c)["ADD"]) for c in xs], style, label=f"{label} ADD")
         ax.plot(xs, [median(_cp(data, c)["DEL"]) for c in xs], style.replace("-", "--"), alpha=0.6,
                 label=f"{label} DEL")
-    ax.set_xlabel("containers attached to the network")
+    shared = results.get("shared")
+    if shared:
+        for label, style, n in (("Go bridge+host-local", "o", shared["go_attached"]),
+                                ("pybridge", "s", shared["py_attached"])):
+            ax.plot([n], [median(shared["samples"][label]["ADD"])], style, mfc="none", markersize=9,
+                    label=f"{label} ADD, both plugins' containers on the host")
+    ax.set_xlabel("containers attached to the network (each plugin alone on the host)")
     ax.set_ylabel("median latency per call (ms)")
     ax.set_title("CNI ADD / DEL latency vs. containers attached (ipMasq on)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "latency_vs_attached.png", dpi=120)
 
