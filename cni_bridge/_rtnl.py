@@ -92,6 +92,11 @@ def parse_link(payload: bytes) -> LinkTuple:
             master or None, bool(flags & IFF_UP))
 
 
+def _errno(payload: bytes) -> int:
+    """The errno an NLMSG_ERROR / NLMSG_DONE carries (0: ack, end of dump)."""
+    return -struct.unpack_from("=i", payload, 0)[0] if len(payload) >= 4 else 0
+
+
 class NetlinkSocket:
     """One raw netlink socket (NETLINK_ROUTE, NETLINK_NETFILTER, ...); synchronous requests."""
 
@@ -106,30 +111,7 @@ class NetlinkSocket:
 
     def send(self, msg_type: int, flags: int, body: bytes) -> int:
         """Send one request; returns its sequence number for replies()."""
-        self.seq += 1
-        self.sock.send(_HDR.pack(_HDR.size + len(body), msg_type, flags | F_REQUEST, self.seq, 0) + body)
-        return self.seq
-
-    def replies(self, seq: int) -> Iterator[bytes]:
-        """Payloads of the replies to request `seq`, up to its ack or DONE. A caller that stops
-        early must close the socket (the rest of a dump would still be queued on it)."""
-        while True:
-            data = self.sock.recv(1 << 20)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, kind, _flags, rseq, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    raise NetlinkError(71, "malformed netlink reply")  # EPROTO
-                payload = data[offset + _HDR.size:offset + length]
-                offset += (length + 3) & ~3
-                if rseq != seq:
-                    continue
-                if kind in (NLMSG_ERROR, NLMSG_DONE):  # both carry an errno (0: ack / end)
-                    code = -struct.unpack_from("=i", payload, 0)[0] if len(payload) >= 4 else 0
-                    if code:
-                        raise NetlinkError(code)
-                    return
-                yield payload
+        return self.send_all([(msg_type, flags, body)])[0]
 
     def send_all(self, messages: list[tuple[int, int, bytes]]) -> list[int]:
         """Send several requests in one datagram (an nfnetlink batch must arrive that way);
@@ -143,23 +125,41 @@ class NetlinkSocket:
         self.sock.send(buf)
         return seqs
 
+    def _received(self) -> Iterator[tuple[int, int, bytes]]:
+        """(type, sequence number, payload) of each message in the next datagram."""
+        data = self.sock.recv(1 << 20)
+        offset = 0
+        while offset + _HDR.size <= len(data):
+            length, kind, _flags, rseq, _pid = _HDR.unpack_from(data, offset)
+            if length < _HDR.size:
+                raise NetlinkError(71, "malformed netlink reply")  # EPROTO
+            yield kind, rseq, data[offset + _HDR.size:offset + length]
+            offset += (length + 3) & ~3
+
+    def replies(self, seq: int) -> Iterator[bytes]:
+        """Payloads of the replies to request `seq`, up to its ack or DONE. Messages of other
+        requests (what an earlier caller left unread) are skipped. A caller that stops early
+        must close the socket (the rest of a dump would still be queued on it)."""
+        while True:
+            for kind, rseq, payload in self._received():
+                if rseq != seq:
+                    continue
+                if kind in (NLMSG_ERROR, NLMSG_DONE):  # both carry an errno (0: ack / end)
+                    code = _errno(payload)
+                    if code:
+                        raise NetlinkError(code)
+                    return
+                yield payload
+
     def acks(self, seqs: set[int], abort_seq: int | None = None) -> None:
         """Wait for the ack (or error) of every request in `seqs`; raise the first error. A
         response to `abort_seq` (e.g. a batch header the kernel refused) ends the wait too."""
         pending, first_error = set(seqs), 0
         while pending:
-            data = self.sock.recv(1 << 16)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, kind, _flags, rseq, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    raise NetlinkError(71, "malformed netlink reply")  # EPROTO
-                payload = data[offset + _HDR.size:offset + length]
-                offset += (length + 3) & ~3
+            for kind, rseq, payload in self._received():
                 if kind != NLMSG_ERROR or (rseq not in pending and rseq != abort_seq):
                     continue
-                code = -struct.unpack_from("=i", payload, 0)[0] if len(payload) >= 4 else 0
-                first_error = first_error or code
+                first_error = first_error or _errno(payload)
                 if rseq == abort_seq:
                     pending.clear()
                 pending.discard(rseq)
