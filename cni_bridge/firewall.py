@@ -270,7 +270,7 @@ def _members_in(table_text: str) -> dict[IPAddress, str]:
 # libnftables fetches every element of the table for any listing (~20-30 ms with 1,000
 # containers). DEL needs two facts only: who owns its known addresses, and whether the sets are
 # empty afterwards. The kernel answers both without walking the set: a keyed GETSETELEM, and
-# the first message of an element dump (read one, then drop the socket).
+# an element dump, read to its end (an empty set sends one empty nest).
 # Adding and deleting elements is a three-message nfnetlink batch: ~0.05 ms against ~0.4-0.6 ms
 # for the same `add element` / `delete element` through libnftables (parser, cache, context).
 NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES = 12, 10
