@@ -592,7 +592,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     for label, style in (("Go bridge+host-local", "o-"), ("pybridge", "s-")):
         data = results["scaling"][label]
         xs = sorted(int(c) for c in data)
@@ -610,7 +610,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
     ax.set_title("CNI ADD / DEL latency vs. containers attached (ipMasq on)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over the data
     fig.tight_layout()
     fig.savefig(out / "latency_vs_attached.png", dpi=120)
 
