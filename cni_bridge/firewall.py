@@ -185,19 +185,16 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
     needs no ruleset cache, whereas listing the table or rewriting the chain makes libnftables
     fetch every element (~5 ms with 1,000 containers). Sent as a raw nfnetlink batch (~0.05 ms;
     the same `add element` through libnftables, the fallback, ~0.4 ms). If the marker set is missing
-    (first container, subnets changed, table removed), the transaction fails as a whole and the
-    full script below rebuilds the table and the chain."""
+    (first container, subnets changed, table removed: a keyed read says so first), the full
+    script below rebuilds the table and the chain."""
     t = f"inet {m.table}"
     signature = _rules_signature(m)
-    elements = []
-    by_set: dict[str, list[tuple[IPAddress, str]]] = {}
-    for version, set_name in ((4, "masq4"), (6, "masq6")):
-        elems = _elements(addrs, version)
-        if elems:
-            tagged = ", ".join(f'{e} comment "{owner}"' for e in elems)
-            elements.append(f"add element {t} {set_name} {{ {tagged} }}")
-            by_set[set_name] = [(a, owner) for a in addrs if a.version == version]
-    if elements:
+    by_set = {set_name: [(a, owner) for a in addrs if a.version == version]
+              for version, set_name in ((4, "masq4"), (6, "masq6"))}
+    by_set = {set_name: items for set_name, items in by_set.items() if items}
+    elements = [f"add element {t} {set_name} {{ " + ", ".join(f'{a} comment "{o}"' for a, o in items) + " }"
+                for set_name, items in by_set.items()]  # the same, for libnftables
+    if by_set:
         marker_missing = False
         try:  # the same transaction as raw nfnetlink; libnftables below if that is refused
             with _SetElements(m.table) as writer:
@@ -276,7 +273,6 @@ def _members_in(table_text: str) -> dict[IPAddress, str]:
 NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES = 12, 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_GETSET, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 10, 12, 13, 14
-NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
 NFPROTO_INET, NLA_F_NESTED = 1, 0x8000
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE, NFTA_SET_ELEM_USERDATA = 1, 1, 1, 6
@@ -341,7 +337,8 @@ class _SetElements:
             nl.close()
 
     def _body(self, set_name: str, extra: bytes = b"") -> bytes:
-        """nfgenmsg + table + set (+ `extra` attributes)."""
+        """nfgenmsg + table + set (+ `extra` attributes). GETSET names them with the same
+        attribute numbers (NFTA_SET_TABLE 1, NFTA_SET_NAME 2) as the element messages."""
         return struct.pack("=BBH", NFPROTO_INET, 0, 0) \
             + _rtnl.attr(NFTA_SET_ELEM_LIST_TABLE, self.table.encode() + b"\0") \
             + _rtnl.attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0") + extra
@@ -356,11 +353,8 @@ class _SetElements:
         """Whether the table has this set: a keyed GETSET (a read, so a missing set costs
         nothing; a write batch that fails is aborted by the kernel after an RCU grace period,
         ~20 ms here)."""
-        body = struct.pack("=BBH", NFPROTO_INET, 0, 0) \
-            + _rtnl.attr(NFTA_SET_TABLE, self.table.encode() + b"\0") \
-            + _rtnl.attr(NFTA_SET_NAME, set_name.encode() + b"\0")
         try:
-            self.nl.request((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET, _rtnl.F_ACK, body)
+            self.nl.request((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET, _rtnl.F_ACK, self._body(set_name))
             return True
         except _rtnl.NetlinkError as exc:
             if exc.code == ENOENT:

@@ -280,8 +280,9 @@ class Netlink:
             self.raw.set_up(index)
 
     def ensure_forwarding(self, version: int) -> None:
-        """IP forwarding on for a family in this handle's namespace; written (via /proc/sys) only
-        when netlink says it is off, i.e. once per boot, not on every ADD."""
+        """IP forwarding on for a family, read in this handle's namespace; written (via /proc/sys,
+        which resolves the calling thread's namespace: call it on the host handle) only when
+        netlink says it is off, i.e. once per boot, not on every ADD."""
         family = socket.AF_INET if version == 4 else socket.AF_INET6
         try:
             if self.raw.forwarding(family):
