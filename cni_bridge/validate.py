@@ -70,7 +70,8 @@ DNS_LISTS = ("nameservers", "search", "options")
 
 def dns(value: object, what: str = "dns") -> dict:
     """A CNI `dns` object (nameservers/search/options: lists of strings, domain: a string); it
-    is copied into results, so a wrong shape is error 7 here rather than a broken result."""
+    is copied into results, so a wrong shape is error 7 here rather than a broken result. Returns
+    a copy without null members."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -81,7 +82,7 @@ def dns(value: object, what: str = "dns") -> dict:
             raise config_error(f"{what}.{key} must be a list of strings, got {items!r:.60}")
     if value.get("domain") is not None and not isinstance(value["domain"], str):
         raise config_error(f"{what}.domain must be a string, got {value['domain']!r:.60}")
-    return value
+    return {key: item for key, item in value.items() if item is not None}  # null = absent, never copied on
 
 
 NS_GET_NSTYPE = 0xB703      # ioctl on an nsfs file: the namespace type (linux/nsfs.h)

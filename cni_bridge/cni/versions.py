@@ -6,6 +6,7 @@ import copy
 import ipaddress
 from typing import Any
 
+from cni_bridge import validate
 from cni_bridge.cni.protocol import version_tuple
 from cni_bridge.errors import config_error
 
@@ -41,7 +42,7 @@ def merge_prev(prev: dict[str, Any] | None, ours: dict[str, Any]) -> dict[str, A
     merged = {"interfaces": list(prev.get("interfaces") or []) + ours.get("interfaces", []),
               "ips": [dict(ip) for ip in prev.get("ips") or []],
               "routes": list(prev.get("routes") or []) + ours.get("routes", []),
-              "dns": ours.get("dns") or prev.get("dns") or {}}
+              "dns": ours.get("dns") or validate.dns(prev.get("dns") or None)}
     for ip in ours.get("ips", []):
         ip = dict(ip)
         if "interface" in ip:

@@ -124,6 +124,8 @@ PREV_KEYS = ("cniVersion", "interfaces", "ips", "routes", "dns")
          ({"interfaces": [], "ips": [], "routes": [], "dns": {}}, Addressing()), "1.1.0")
 @example({"dns": {"nameservers": "8.8.8.8"}}, ({"interfaces": [], "ips": [], "routes": [], "dns": {}}, Addressing()),
          "1.1.0")
+@example({"dns": {"domain": None, "nameservers": None}},  # null members must not reach the result
+         ({"interfaces": [], "ips": [], "routes": [], "dns": {}}, Addressing()), "1.1.0")
 def test_junk_prev_results(junk: Any, ours: tuple[dict[str, Any], Addressing], version: str) -> None:
     """Only PluginError (code 7) comes out of parsing junk; what is accepted chains cleanly."""
     for parse in (check_result, Addressing.from_result):
