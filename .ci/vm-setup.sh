@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# .ci/vm-setup.sh — install what the kernel-VM tests (tests/test_kernel_vm.py,
-# tests/kernel/) need: QEMU, Debian's full kernel (ipvlan, 8021q, dummy as
+# .ci/vm-setup.sh — install what the kernel-VM tests (tests/guest/test_boot_guest.py,
+# tests/guest/kernel/) need: QEMU, Debian's full kernel (ipvlan, 8021q, dummy as
 # modules), busybox/file/kmod for virtme-ng's initramfs, and virtme-ng 1.42 in a
 # venv at /opt/vng (what ../shared/kernel-vm/run-in-vm.sh expects via VM_VENV).
 #

@@ -5,7 +5,7 @@ its peer lives in the `outside` namespace (198.18.x.2). Containers get addresses
 subnet, so "reaches the outside" means layer 2 over the master, without a bridge or NAT.
 Sub-modes where the kernel makes the difference observable: bridge (siblings talk), private
 (they cannot), vepa (only through a hairpinning switch), passthru (one child per master).
-ipvlan and 802.1q vlan need the full-kernel guest (tests/kernel/test_modes_guest.py); here only
+ipvlan and 802.1q vlan need the full-kernel guest (tests/guest/kernel/test_modes_guest.py); here only
 their error on a kernel without them and their pure logic are tested.
 """
 
@@ -28,7 +28,7 @@ from tests.support.cnitool import CniCallError, CniTool
 from tests.support.netns import Netns, Uplink, lease_files, run, unique_name
 
 pytestmark = pytest.mark.requires_root
-EXAMPLES = Path(__file__).resolve().parents[1] / "plugin-spec" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "plugin-spec" / "examples"
 
 
 # ----- helpers -----------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def _kernel_has(kind: str) -> bool:
 def test_missing_kernel_support_is_a_clear_config_error(cni: CniTool, uplink: Uplink, netns: Callable[..., Netns],
                                                         mode: str, feature: str) -> None:
     if _kernel_has(mode):
-        pytest.skip(f"this kernel supports {mode} (tested in tests/kernel)")
+        pytest.skip(f"this kernel supports {mode} (tested in tests/guest/kernel)")
     ns = netns()
     conf = link_conflist(cni, uplink, mode=mode, vlanId=100)
     with pytest.raises(CniCallError) as err:

@@ -51,7 +51,7 @@ from tests.support.netns import (
     wait_for,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GO_PLUGINS = Path("/usr/lib/cni")
 needs_go_plugins = pytest.mark.skipif(
     not (GO_PLUGINS / "bridge").exists(), reason="containernetworking-plugins not installed"

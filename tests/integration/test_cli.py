@@ -18,7 +18,7 @@ from cni_bridge.ipam.store import LeaseStore
 from tests.support.cnitool import CniTool
 from tests.support.netns import unique_name, unique_subnet
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "cni_bridge.cli"] if not (REPO / ".venv/bin/cni-bridge").exists() \
     else [str(REPO / ".venv/bin/cni-bridge")]
 

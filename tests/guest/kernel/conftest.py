@@ -1,7 +1,7 @@
 """Fixtures for tests that need ipvlan, 802.1q vlan or dummy links.
 
 Why: the host kernel has none of them, so these tests run only inside the QEMU guest that
-tests/test_kernel_vm.py boots (Debian's full kernel; see ../shared/TESTING.md, "A guest with a
+tests/guest/test_boot_guest.py boots (Debian's full kernel; see ../shared/TESTING.md, "A guest with a
 full kernel"). That runner sets PYBRIDGE_IN_VM=1 and PYBRIDGE_VM_STRICT=1. Everywhere else every
 test in this directory is skipped.
 
@@ -34,7 +34,7 @@ _counter = itertools.count()
 
 
 def in_guest() -> bool:
-    """True when tests/test_kernel_vm.py (or a person) says we are inside the kernel VM."""
+    """True when tests/guest/test_boot_guest.py (or a person) says we are inside the kernel VM."""
     return os.environ.get("PYBRIDGE_IN_VM") == "1"
 
 
@@ -76,7 +76,7 @@ def _leftover_netns() -> list[str]:
 def guest_kernel() -> Iterator[None]:
     """Skip outside the guest; inside, modprobe once, prove ipvlan works, check for leaks at the end."""
     if not in_guest():
-        pytest.skip("needs the kernel VM (ipvlan/8021q/dummy): run via tests/test_kernel_vm.py")
+        pytest.skip("needs the kernel VM (ipvlan/8021q/dummy): run via tests/guest/test_boot_guest.py")
     # A failing modprobe is not fatal by itself (built-in drivers, no /lib/modules): the probe decides.
     r = _run("modprobe", "-a", *GUEST_MODULES)
     problem = _probe_ipvlan()
@@ -90,7 +90,7 @@ def guest_kernel() -> Iterator[None]:
     leaks = _leftover_netns()
     for ns in leaks:
         _run("ip", "netns", "del", ns)
-    assert not leaks, f"tests/kernel left namespaces behind: {leaks}"
+    assert not leaks, f"tests/guest/kernel left namespaces behind: {leaks}"
 
 
 @pytest.fixture

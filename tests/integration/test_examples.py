@@ -24,7 +24,7 @@ from cni_bridge.ipam.config import parse_ipam_config
 from tests.support.cnitool import CniTool
 from tests.support.netns import unique_name, unique_subnet
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "plugin-spec" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "plugin-spec" / "examples"
 FILES = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".conflist", ".conf", ".json")) \
     if EXAMPLES.is_dir() else []
 GO_PLUGINS = Path("/usr/lib/cni")
@@ -95,7 +95,7 @@ def test_bridge_example_add_check_del(path: Path, cni: CniTool, netns, uplink_fa
     doc = json.loads(path.read_text())
     main = next(p for p in plugins_of(doc) if p["type"] == "pybridge")
     if main.get("vlanId") is not None:
-        pytest.skip("a vlan uplink needs 802.1q, which this kernel lacks (covered by tests/kernel in the VM)")
+        pytest.skip("a vlan uplink needs 802.1q, which this kernel lacks (covered by tests/guest/kernel in the VM)")
     for plugin in plugins_of(doc):
         if plugin["type"] != "pybridge" and cni.find_plugin(plugin["type"]) is None:
             pytest.skip(f"chained plugin {plugin['type']} not installed (containernetworking-plugins)")

@@ -4,7 +4,7 @@ flat: the `uplink` fixture's root-side veth end plays the physical NIC and is en
 network's bridge; its peer in the `outside` namespace plays a host on the physical segment.
 Containers get addresses of that segment and reach the outside host over layer 2, without NAT.
 local: a bridge without uplink and without masquerade: members reach each other, nothing else.
-The vlan-uplink variant needs 802.1q: see tests/kernel/test_modes_guest.py.
+The vlan-uplink variant needs 802.1q: see tests/guest/kernel/test_modes_guest.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.support.cnitool import CniCallError, CniTool
 from tests.support.netns import Netns, Uplink, lease_files, run, unique_name
 
 pytestmark = pytest.mark.requires_root
-EXAMPLES = Path(__file__).resolve().parents[1] / "plugin-spec" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "plugin-spec" / "examples"
 
 
 def example(name: str, cni: CniTool, bridge: str, subnet: ipaddress.IPv4Network, **options: Any) -> dict[str, Any]:
@@ -171,7 +171,7 @@ def test_vlan_uplink_on_a_kernel_without_8021q(cni: CniTool, nic: Uplink, bridge
     probe = unique_name("vl")
     if run(["ip", "link", "add", probe, "link", nic.host_if, "type", "vlan", "id", "9"], check=False).returncode == 0:
         run(["ip", "link", "del", probe])
-        pytest.skip("this kernel has 802.1q (vlan uplinks are tested in tests/kernel)")
+        pytest.skip("this kernel has 802.1q (vlan uplinks are tested in tests/guest/kernel)")
     ns = netns()
     conf = example("vlan-uplink.conflist", cni, bridges(), nic.subnet, uplink=nic.host_if)
     with pytest.raises(CniCallError) as err:

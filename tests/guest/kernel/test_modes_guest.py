@@ -1,5 +1,5 @@
 """ipvlan and vlan modes and vlan-uplink bridge networks: they need ipvlan / 802.1q, which only
-the full-kernel guest has (run by tests/test_kernel_vm.py; skipped elsewhere).
+the full-kernel guest has (run by tests/guest/test_boot_guest.py; skipped elsewhere).
 
 Why the plugin runs in-process here: each exec of `pybridge` imports pyroute2, 3-5 s in the
 emulated guest. `InProcessCni` is the shared CniTool (libcni semantics: prevResult, cache, DEL

@@ -17,7 +17,7 @@ from tests.support.cnitool import CniTool
 from tests.support.dockerd import socket_answers
 from tests.support.netns import unique_name, unique_subnet
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "install.sh"
 
 

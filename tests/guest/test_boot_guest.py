@@ -1,7 +1,7 @@
-"""Run tests/kernel (ipvlan, 802.1q vlan, dummy) inside a QEMU guest booting Debian's full kernel.
+"""Run tests/guest/kernel (ipvlan, 802.1q vlan, dummy) inside a QEMU guest booting Debian's full kernel.
 
 Why: this host's kernel has none of those link types, so one guest is booted (via
-../shared/kernel-vm/run-in-vm.sh, virtme-ng in /opt/vng) and `pytest tests/kernel` runs there;
+../shared/kernel-vm/run-in-vm.sh, virtme-ng in /opt/vng) and `pytest tests/guest/kernel` runs there;
 this test passes iff that in-guest run passes and ran at least one test. The guest's output is
 printed (shown on failure, or always with `-rP`/`-s`).
 
@@ -33,7 +33,7 @@ import pytest
 
 pytestmark = pytest.mark.vm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(os.environ.get("PYBRIDGE_VM_RUNNER", ROOT.parent / "shared" / "kernel-vm" / "run-in-vm.sh"))
 VENV = Path(os.environ.get("VM_VENV", "/opt/vng"))
 VM_TIMEOUT = int(os.environ.get("VM_TIMEOUT", "420"))  # keep + 60 below addopts --timeout=600
@@ -70,8 +70,8 @@ def missing_prerequisites() -> list[str]:
 
 
 def guest_pytest_argv() -> list[str]:
-    """The in-guest command: this interpreter (the host's root fs is the guest's), tests/kernel only."""
-    argv = [sys.executable, "-m", "pytest", "tests/kernel", "-q", "-p", "no:cacheprovider", "-rfEs"]
+    """The in-guest command: this interpreter (the host's root fs is the guest's), tests/guest/kernel only."""
+    argv = [sys.executable, "-m", "pytest", "tests/guest/kernel", "-q", "-p", "no:cacheprovider", "-rfEs"]
     # Plugin autoload is off in the guest (the hypothesis plugin alone costs ~9 s there): load
     # pytest-timeout explicitly so a hung test is reported by name, not only by VM_TIMEOUT.
     if importlib.util.find_spec("pytest_timeout") is not None:
@@ -86,7 +86,7 @@ def guest_env() -> dict[str, str]:
     env.update(
         VM_VENV=str(VENV),
         VM_TIMEOUT=str(VM_TIMEOUT),
-        PYBRIDGE_IN_VM="1",  # tests/kernel/conftest.py: run instead of skip
+        PYBRIDGE_IN_VM="1",  # tests/guest/kernel/conftest.py: run instead of skip
         PYBRIDGE_VM_STRICT="1",  # ... and a guest without ipvlan is an error, not a skip
         PYTHONDONTWRITEBYTECODE="1",  # the work tree is shared read-write: no __pycache__ in it
         PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",

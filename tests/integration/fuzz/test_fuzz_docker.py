@@ -25,7 +25,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cni_bridge.docker.app import HANDLERS, create_app
-from tests.fuzz.common import (BAD_ADDRESSES, DATA_DIR_JUNK, IPAM_HINTS, assert_no_traceback, files_unchanged_if,
+from tests.support.fuzzing import (BAD_ADDRESSES, DATA_DIR_JUNK, IPAM_HINTS, assert_no_traceback, files_unchanged_if,
                                fuzz, host_unchanged, key_junk, mutations, stdin_bytes)
 from tests.support.dockerd import driver_settings
 from tests.support.netns import run as sh
