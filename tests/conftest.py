@@ -1,11 +1,18 @@
 """Fixtures and hooks every pybridge test can use.
 
+Tests live in folders by kind: tests/unit (no root, no kernel), tests/integration (root, the real
+kernel), tests/runtime (real dockerd, podman, containerd) and tests/guest (the full-kernel QEMU
+guest). Every test outside tests/unit gets the `root` marker here, so `pytest tests/unit` and
+`pytest -m "not root"` run as a normal user, and root tests are skipped without root.
+
 Fixtures: `netns` (factory of namespaces), `uplink` / `uplink_factory` (the NIC stand-in),
 `cni` (a CniTool with a private cache dir and IPAM dataDir), `test_prefix`, `fastpath_daemon`
-(the CNI fast-path daemon as a process), `served_driver` (`cni-bridge serve` on a private socket).
-Hooks: markers (docker, podman, containerd, vm, slow, requires_root); a per-test watch that
-attributes leftovers to the test that made them; a session-end leak check that removes what the
-session left behind and fails the run when there was anything.
+(the CNI fast-path daemon as a process), `served_driver` (`cni-bridge serve` on a private socket),
+`plugin` (the Docker driver's app through Flask's test client). The runtime fixtures (`engine`,
+`driver`, `dk`) are in tests/runtime/conftest.py.
+Hooks: markers (root, docker, podman, containerd, vm, slow); a per-test watch that attributes
+leftovers to the test that made them; a session-end leak check that removes what the session left
+behind and fails the run when there was anything.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ if str(REPO_ROOT) not in sys.path:  # so `tests.support` imports without pythonp
 
 from tests.support import netns as support_netns  # noqa: E402
 from tests.support.cnitool import CniTool  # noqa: E402
-from tests.support import daemon, dockerd  # noqa: E402
-from tests.support.dockerd import VENV_BIN, driver_settings, socket_answers  # noqa: E402
+from tests.support import daemon  # noqa: E402
+from tests.support.dockerd import driver_settings, socket_answers  # noqa: E402
+from tests.support.paths import VENV_BIN  # noqa: E402
+from tests.support.plugin_client import Plugin, plugin_for  # noqa: E402
 from tests.support.netns import (  # noqa: E402
     Leak,
     Netns,
@@ -45,8 +54,11 @@ from tests.support.netns import (  # noqa: E402
     sweep_stale_sessions,
 )
 
+TESTS_DIR = Path(__file__).resolve().parent
+ROOT_KINDS = ("integration", "runtime", "guest")  # folders of tests/ whose tests all need root
 MARKERS = {
-    "requires_root": "needs root (namespaces, links, nftables); skipped otherwise",
+    "root": "needs root (namespaces, links, nftables, runtimes); set on every test in tests/"
+            + "{" + ",".join(ROOT_KINDS) + "}; skipped otherwise",
     "docker": "drives a real dockerd (Docker remote driver tests)",
     "podman": "drives podman with the CNI backend",
     "containerd": "drives a private containerd with `ctr run --cni`",
@@ -77,8 +89,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[STALE_KEY] = sweep_stale_sessions()
 
 
+def needs_root(path: Path) -> bool:
+    """True for a test file in one of the ROOT_KINDS folders of tests/."""
+    try:
+        kind = path.resolve().relative_to(TESTS_DIR).parts[0]
+    except (ValueError, IndexError):
+        return False
+    return kind in ROOT_KINDS
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_root(item.path):
+            item.add_marker(pytest.mark.root)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("requires_root") and not is_root():
+    if item.get_closest_marker("root") and not is_root():
         pytest.skip("needs root")
     if support_netns._session is not None:
         support_netns._session.current_test = item.nodeid
@@ -263,28 +291,8 @@ def served_driver(tmp_path: Path) -> Iterator[tuple[Path, Any, list[subprocess.P
             proc.wait(timeout=30)
 
 
-# --- a private dockerd and the pybridge driver it uses (one each per session) -----------------
-@pytest.fixture(scope="session")
-def engine() -> Iterator[dockerd.DockerEngine]:
-    """A scratch dockerd in its own network namespace (tests/support/dockerd.py)."""
-    if not support_netns.is_root():
-        pytest.skip("needs root")
-    if not dockerd.DOCKERD.exists() and not os.path.exists(dockerd.DEFAULT_DOCKER_SOCKET):
-        pytest.skip("no Docker Engine: apt-get install docker.io")
-    with dockerd.scratch_engine() as eng:
-        yield eng
-
-
-@pytest.fixture(scope="session")
-def driver(engine: dockerd.DockerEngine) -> Iterator[dockerd.DriverProcess]:
-    """`cni-bridge serve` on the well-known plugin socket in that dockerd's namespace; skipped
-    when another driver owns the socket."""
-    try:
-        claim = dockerd.pybridge_driver(engine, engine.root / "driver")
-        drv = claim.__enter__()
-    except dockerd.DriverBusy as exc:
-        pytest.skip(str(exc))
-    try:
-        yield drv
-    finally:
-        claim.__exit__(None, None, None)
+@pytest.fixture
+def plugin(tmp_path: Path) -> Plugin:
+    """The Docker driver's Flask app, state and leases under tmp, called like libnetwork does
+    (tests/support/plugin_client.py); no socket, no kernel work until a test asks for it."""
+    return plugin_for(tmp_path)

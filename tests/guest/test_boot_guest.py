@@ -31,9 +31,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import REPO as ROOT
+
 pytestmark = pytest.mark.vm
 
-ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(os.environ.get("PYBRIDGE_VM_RUNNER", ROOT.parent / "shared" / "kernel-vm" / "run-in-vm.sh"))
 VENV = Path(os.environ.get("VM_VENV", "/opt/vng"))
 VM_TIMEOUT = int(os.environ.get("VM_TIMEOUT", "420"))  # keep + 60 below addopts --timeout=600

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import requires_root
 from tests.support.cnitool import CniTool, load_netconf
 from tests.support.netns import Netns, Uplink, foreign_patterns, unique_name, wait_for
 from tests.support.runtime_checks import (GO, PYBRIDGE, TestNetwork, bridge_ports, iptables_lines,
                                           network_factory, nft_table_text)
 
-pytestmark = [requires_root, pytest.mark.timeout(180)]
+pytestmark = pytest.mark.timeout(180)
 
 GO_DIR = Path("/usr/lib/cni")
 needs_go = pytest.mark.skipif(not all((GO_DIR / p).exists() for p in ("bridge", "portmap", "tuning", "firewall")),

@@ -1,11 +1,13 @@
-"""Issue 9: `cni-bridge status`, `gc`, `ipam ls|release`, and the operation log."""
+"""Issue 9: `cni-bridge status` and `gc` on the real kernel, and the plugin's operation log line.
+
+The parts that need no kernel (help, usage errors, `ipam ls|release`, the CLI's log file) are in
+tests/unit/test_cli.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,95 +17,9 @@ from cni_bridge import firewall
 from cni_bridge.attachment import Attachment
 from cni_bridge.ipam.config import parse_ipam_config
 from cni_bridge.ipam.store import LeaseStore
+from tests.support.cli import cli, cli_sources
 from tests.support.cnitool import CniTool
 from tests.support.netns import unique_name, unique_subnet
-
-REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "cni_bridge.cli"] if not (REPO / ".venv/bin/cni-bridge").exists() \
-    else [str(REPO / ".venv/bin/cni-bridge")]
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
-
-
-# --- help and usage ----------------------------------------------------------------------------
-@pytest.mark.parametrize("argv, words", [
-    (["--help"], ["status", "gc", "ipam", "--debug", "--log-file"]),
-    (["status", "--help"], ["--json", "--data-dir", "--conf-dir", "exit codes"]),
-    (["gc", "--help"], ["--apply", "stale", "Dry run", "exit codes"]),
-    (["ipam", "--help"], ["ls", "release", "--data-dir"]),
-    (["ipam", "ls", "--help"], ["--json", "NETWORK"]),
-    (["ipam", "release", "--help"], ["--address", "--container", "--ifname"]),
-])
-def test_every_command_has_help(argv: list[str], words: list[str]) -> None:
-    proc = cli(*argv)
-    assert proc.returncode == 0, proc.stderr
-    for word in words:
-        assert word in proc.stdout, f"{word!r} missing from `cni-bridge {' '.join(argv)}`"
-
-
-def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    assert cli().returncode == 2
-    assert cli("ipam").returncode == 2
-    assert cli("ipam", "release", "net").returncode == 2                 # neither --address nor --container
-    assert cli("ipam", "--data-dir", str(tmp_path), "release", "net", "--address", "nope").returncode == 2
-    assert cli("ipam", "--data-dir", str(tmp_path), "release", "../x", "--address", "10.0.0.2").returncode == 2
-
-
-# --- ipam ls / release (no kernel needed) ------------------------------------------------------
-def _store(tmp_path: Path, network: str = "clinet") -> LeaseStore:
-    cfg = parse_ipam_config({"ranges": [[{"subnet": "10.77.0.0/24"}], [{"subnet": "fd00:77::/64"}]],
-                             "dataDir": str(tmp_path)})
-    store = LeaseStore(tmp_path, network)
-    store.allocate("ctr-a", "eth0", cfg)
-    store.allocate("ctr-b", "eth0", cfg)
-    store.allocate("ctr-b", "net1", cfg)
-    return store
-
-
-def test_ipam_ls_table_and_json(tmp_path: Path) -> None:
-    _store(tmp_path)
-    _store(tmp_path, "othernet")
-    proc = cli("ipam", "--data-dir", str(tmp_path), "ls")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["NETWORK", "ADDRESS", "CONTAINER", "ID", "IFNAME", "SINCE"]
-    assert len(lines) == 1 + 12
-    assert any(line.split()[:4] == ["clinet", "10.77.0.2/24", "ctr-a", "eth0"] for line in lines)
-    proc = cli("ipam", "ls", "clinet", "--json", "--data-dir", str(tmp_path))
-    rows = json.loads(proc.stdout)
-    assert {r["network"] for r in rows} == {"clinet"} and len(rows) == 6
-    assert {(r["container_id"], r["ifname"]) for r in rows} == {("ctr-a", "eth0"), ("ctr-b", "eth0"),
-                                                                 ("ctr-b", "net1")}
-    assert all({"address", "subnet", "gateway", "since"} <= r.keys() for r in rows)
-
-
-def test_ipam_release_by_address_and_container(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    proc = cli("ipam", "--data-dir", str(tmp_path), "release", "clinet", "--address", "10.77.0.2")
-    assert proc.returncode == 0, proc.stderr
-    assert "released 10.77.0.2" in proc.stdout
-    assert cli("ipam", "--data-dir", str(tmp_path), "release", "clinet", "--address", "10.77.0.2").returncode == 1
-    proc = cli("ipam", "--data-dir", str(tmp_path), "release", "clinet", "--container", "ctr-b",
-               "--ifname", "net1")
-    assert proc.returncode == 0 and proc.stdout.count("released") == 2
-    assert {lease.owner for lease in store.all_leases()} == {("ctr-a", "eth0"), ("ctr-b", "eth0")}
-    proc = cli("ipam", "--data-dir", str(tmp_path), "release", "clinet", "--container", "ctr-b")
-    assert proc.returncode == 0
-    assert {lease.owner for lease in store.all_leases()} == {("ctr-a", "eth0")}
-    assert cli("ipam", "--data-dir", str(tmp_path), "release", "clinet", "--container", "nobody").returncode == 1
-
-
-def test_cli_log_file(tmp_path: Path) -> None:
-    _store(tmp_path)
-    log = tmp_path / "ops.log"
-    proc = cli("--log-file", str(log), "ipam", "--data-dir", str(tmp_path), "release", "clinet",
-               "--address", "10.77.0.3")
-    assert proc.returncode == 0
-    assert "ipam release net=clinet" in log.read_text()
-    assert "ipam release net=clinet" in proc.stderr
 
 
 # --- status / gc on the real kernel ------------------------------------------------------------
@@ -128,12 +44,6 @@ def kernel_net(cni: CniTool, tmp_path: Path):
     firewall.delete_table(conf["name"], bridge)
 
 
-def _sources(cni: CniTool, tmp_path: Path) -> list[str]:
-    return ["--conf-dir", str(tmp_path / "net.d"), "--data-dir", str(cni.data_dir),
-            "--cni-cache-dir", str(cni.cache_dir), "--state-dir", str(tmp_path / "no-docker")]
-
-
-@pytest.mark.requires_root
 def test_status_shows_the_tree(cni: CniTool, netns, kernel_net, tmp_path: Path) -> None:
     ns1, ns2 = netns(), netns()
     cid1, cid2 = unique_name("ctr"), unique_name("ctr")
@@ -141,7 +51,7 @@ def test_status_shows_the_tree(cni: CniTool, netns, kernel_net, tmp_path: Path) 
     cni.add(kernel_net, ns2.path, container_id=cid2)
     name, bridge = kernel_net["name"], kernel_net["plugins"][0]["bridge"]
 
-    proc = cli("status", *_sources(cni, tmp_path), name, "--json")
+    proc = cli("status", *cli_sources(cni, tmp_path), name, "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     inv = json.loads(proc.stdout)
     [net] = inv["networks"]
@@ -161,7 +71,7 @@ def test_status_shows_the_tree(cni: CniTool, netns, kernel_net, tmp_path: Path) 
     assert container["mac"] == mac
     assert ep["masquerade"] == [r1["ips"][0]["address"].split("/")[0]]
 
-    text = cli("status", *_sources(cni, tmp_path), name)
+    text = cli("status", *cli_sources(cni, tmp_path), name)
     assert text.returncode == 0
     assert f"network {name}" in text.stdout and f"bridge {bridge} [up]" in text.stdout
     assert cid1[:12] in text.stdout and mac in text.stdout
@@ -169,7 +79,6 @@ def test_status_shows_the_tree(cni: CniTool, netns, kernel_net, tmp_path: Path) 
         cni.delete(kernel_net, ns.path, container_id=cid)
 
 
-@pytest.mark.requires_root
 def test_gc_reclaims_what_a_vanished_container_left(cni: CniTool, netns, kernel_net, tmp_path: Path) -> None:
     keep_ns, lost_ns = netns(), netns()
     keep, lost = unique_name("ctr"), unique_name("ctr")
@@ -190,16 +99,16 @@ def test_gc_reclaims_what_a_vanished_container_left(cni: CniTool, netns, kernel_
         firewall.add_members(firewall.Masquerade(name, bridge, (ipaddress.ip_network("10.0.0.0/8"),)),
                              [ipaddress.ip_address("10.255.255.254")], orphan)
 
-        dry = cli("gc", *_sources(cni, tmp_path), "--grace", "0", name)
+        dry = cli("gc", *cli_sources(cni, tmp_path), "--grace", "0", name)
         assert dry.returncode == 1, dry.stdout + dry.stderr
         assert f"would remove: network {name}: lease {lost_ip} of {lost}" in dry.stdout
         assert f"owner {orphan}" in dry.stdout and f"host link {junk} on {bridge}" in dry.stdout
         assert keep not in dry.stdout
         assert len(store.all_leases()) == 2 and lost_ip in map(str, firewall.members(name))  # dry run
 
-        assert cli("status", *_sources(cni, tmp_path), "--grace", "0", name).returncode == 1  # stale shown
+        assert cli("status", *cli_sources(cni, tmp_path), "--grace", "0", name).returncode == 1  # stale shown
 
-        applied = cli("gc", *_sources(cni, tmp_path), "--grace", "0", "--apply", name)
+        applied = cli("gc", *cli_sources(cni, tmp_path), "--grace", "0", "--apply", name)
         assert applied.returncode == 0, applied.stdout + applied.stderr
         assert applied.stdout.count("removed:") == 3
         assert [lease.container_id for lease in store.all_leases()] == [keep]
@@ -207,9 +116,9 @@ def test_gc_reclaims_what_a_vanished_container_left(cni: CniTool, netns, kernel_
         assert list(members.values()) == [Attachment(keep, "eth0", None).host_ifname]
         assert subprocess.run(["ip", "link", "show", junk], capture_output=True).returncode != 0
 
-        again = cli("gc", *_sources(cni, tmp_path), "--grace", "0", name)
+        again = cli("gc", *cli_sources(cni, tmp_path), "--grace", "0", name)
         assert again.returncode == 0 and "nothing stale" in again.stdout
-        assert cli("status", *_sources(cni, tmp_path), name).returncode == 0
+        assert cli("status", *cli_sources(cni, tmp_path), name).returncode == 0
     finally:
         subprocess.run(["ip", "link", "del", junk], capture_output=True)
     cni.delete(kernel_net, "", container_id=lost)     # the runtime's late DEL: idempotent, no error
@@ -217,19 +126,17 @@ def test_gc_reclaims_what_a_vanished_container_left(cni: CniTool, netns, kernel_
     assert not firewall.table_exists(name)
 
 
-@pytest.mark.requires_root
 def test_gc_grace_protects_young_leases(cni: CniTool, netns, kernel_net, tmp_path: Path) -> None:
     ns = netns()
     cid = unique_name("ctr")
     cni.add(kernel_net, ns.path, container_id=cid)
     ns.delete()
-    young = cli("gc", *_sources(cni, tmp_path), kernel_net["name"])   # default grace 60 s
+    young = cli("gc", *cli_sources(cni, tmp_path), kernel_net["name"])   # default grace 60 s
     assert young.returncode == 0 and "nothing stale" in young.stdout
     cni.delete(kernel_net, "", container_id=cid)   # DEL without netns cleans up
     assert LeaseStore(cni.data_dir, kernel_net["name"]).all_leases() == []
 
 
-@pytest.mark.requires_root
 def test_plugin_operation_log_line(cni: CniTool, netns, kernel_net, tmp_path: Path) -> None:
     log = tmp_path / "pybridge.log"
     cni.extra_env["PYBRIDGE_LOG_FILE"] = str(log)
@@ -245,7 +152,6 @@ def test_plugin_operation_log_line(cni: CniTool, netns, kernel_net, tmp_path: Pa
     assert f"pybridge ADD net={kernel_net['name']}" in add.calls[0].stderr
 
 
-@pytest.mark.requires_root
 def test_gc_leaves_foreign_and_docker_leases_alone(tmp_path: Path) -> None:
     """A Go `bridge` network using pybridge-ipam names its veths itself, and Docker IPAM leases
     belong to dockerd: neither may be judged stale from a missing pybridge veth."""

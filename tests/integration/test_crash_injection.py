@@ -38,7 +38,6 @@ from tests.support.cnitool import CniTool, PluginCall
 from tests.support.daemon import fastpath_daemon
 from tests.support.netns import Netns, Uplink, run, unique_name, unique_subnet
 
-pytestmark = pytest.mark.requires_root
 
 CRASH_LINE = re.compile(r"pybridge crashpoint: (\d+) (\S+)")
 TRACE_LINE = re.compile(r"pybridge crashpoint trace: (\d+) (\S+)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +20,8 @@ from cni_bridge import netlink
 from cni_bridge.config import parse_network
 from cni_bridge.modes import uplink as uplinks
 from tests.support.cnitool import CniCallError, CniTool
+from tests.support.examples import EXAMPLES
 from tests.support.netns import Netns, Uplink, lease_files, run, unique_name
-
-pytestmark = pytest.mark.requires_root
-EXAMPLES = Path(__file__).resolve().parents[2] / "plugin-spec" / "examples"
 
 
 def example(name: str, cni: CniTool, bridge: str, subnet: ipaddress.IPv4Network, **options: Any) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,10 +24,8 @@ from cni_bridge.config import parse_network
 from cni_bridge.errors import PluginError
 from cni_bridge.modes import ipvlan, sublink
 from tests.support.cnitool import CniCallError, CniTool
+from tests.support.examples import EXAMPLES
 from tests.support.netns import Netns, Uplink, lease_files, run, unique_name
-
-pytestmark = pytest.mark.requires_root
-EXAMPLES = Path(__file__).resolve().parents[2] / "plugin-spec" / "examples"
 
 
 # ----- helpers -----------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import requires_root
 from tests.support.cnitool import CniTool
 from tests.support.containerd import (CniInstall, Containerd, containerd_missing, install_blocker,
                                       install_cni)
@@ -30,7 +29,7 @@ from tests.support.podman import IMAGE, Podman, podman_missing
 from tests.support.runtime_checks import (TestNetwork, bridge_ports, new_network, nft_table_text,
                                           remove_bridge)
 
-pytestmark = [pytest.mark.containerd, requires_root, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.containerd, pytest.mark.timeout(300)]
 
 LIBCNI_DIR = Path("/var/lib/cni")  # go-cni's libcni cache (results/<net>-<id>-<ifname>)
 

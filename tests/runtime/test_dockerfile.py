@@ -21,8 +21,8 @@ import pytest
 
 from tests.support import dockerd as support
 from tests.support.netns import is_root, session, unique_name, unique_subnet
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 MAKE_BASE = REPO / "plugin-spec" / "make-base-image.sh"
 BASE_CACHE = Path(os.environ.get("PYBRIDGE_BASE_CACHE", "/var/cache/pybridge/base-bookworm.tar"))
 

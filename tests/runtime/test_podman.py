@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import requires_root
 from tests.support.images import build_rootfs_tar, busybox_available
 from tests.support.netns import unique_name
 from tests.support.podman import IMAGE, Podman, podman_missing
 from tests.support.runtime_checks import (TestNetwork, bridge_ports, masq_table, network_factory,
                                           nft_table_text)
 
-pytestmark = [pytest.mark.podman, requires_root, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.podman, pytest.mark.timeout(300)]
 
 LIBCNI_CACHE = Path("/var/lib/cni/results")
 

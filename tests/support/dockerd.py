@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tests.support.netns import REGISTRY_DIR, Netns, create_netns, run, unique_name, unique_subnet
+from tests.support.paths import VENV_BIN
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = REPO / ".venv" / "bin"
 DOCKERD = Path("/usr/sbin/dockerd")
 DOCKER_CLI = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else (shutil.which("docker") or "docker")
 PLUGIN_SOCKET = Path("/run/docker/plugins/pybridge.sock")
+DOCKER_CT = "application/vnd.docker.plugins.v1.2+json"  # libnetwork's plugin content type
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 IMAGE = "localbusybox:1"
 BUSYBOX_APPLETS = ("sh", "ip", "ping", "ping6", "ifconfig", "route", "cat", "ls", "sleep", "nc", "wget",
@@ -62,8 +62,7 @@ def plugin_call(path: str | Path, method: str, body: Any = None, *, timeout: flo
     try:
         data = b"" if body is None else json.dumps(body).encode()
         conn.request("POST", f"/{method}", body=data,
-                     headers={"Content-Type": "application/vnd.docker.plugins.v1.2+json",
-                              "Accept": "application/vnd.docker.plugins.v1.2+json"})
+                     headers={"Content-Type": DOCKER_CT, "Accept": DOCKER_CT})
         resp = conn.getresponse()
         raw = resp.read()
         return resp.status, json.loads(raw) if raw else None

@@ -30,7 +30,6 @@ from tests.support.fuzzing import (IPAM_HINTS, assert_cni_error, assert_cni_resu
 from tests.support.netns import NETNS_DIR, Netns, register_data_dir, session, unique_name, unique_subnet
 from tests.support.netns import run as sh
 
-pytestmark = pytest.mark.requires_root
 
 CONFIG_KEYS = ("cniVersion", "name", "type", "mode", "bridge", "mtu", "isGateway", "ipMasq", "dns",
                "prevResult", "runtimeConfig", "args", "vlanId", "uplink", "master", "hairpinMode")

@@ -31,7 +31,6 @@ from tests.support.dockerd import driver_settings
 from tests.support.netns import run as sh
 from tests.support.netns import session, unique_name, unique_subnet
 
-pytestmark = pytest.mark.requires_root
 
 METHODS = sorted(HANDLERS)
 BODY_KEYS = ("EndpointID", "PoolID", "Pool", "SubPool", "V6", "Options", "Interface", "Address",

@@ -1,37 +1,13 @@
-"""Helpers for the IPAM tests: every store lives under pytest's tmp_path, never /var/lib."""
+"""Fixtures of the IPAM tests: every store lives under pytest's tmp_path, never /var/lib."""
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from cni_bridge.ipam.config import IpamConfig, parse_ipam_config
 from cni_bridge.ipam.store import LeaseStore
-
-NETWORK = "testnet"
-
-
-def ip(text: str):
-    return ipaddress.ip_address(text)
-
-
-def ipam_section(data_dir: Path, *subnets: str | list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """An `ipam` object with one range set per argument (a subnet string or a list of ranges)."""
-    sets = [[{"subnet": s}] if isinstance(s, str) else s for s in subnets]
-    return {"type": "pybridge-ipam", "dataDir": str(data_dir), "ranges": sets, **extra}
-
-
-def net_config(data_dir: Path, *subnets: str | list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """A whole network config as the main plugin passes it to the IPAM functions."""
-    return {"cniVersion": "1.1.0", "name": NETWORK, "type": "pybridge",
-            "ipam": ipam_section(data_dir, *subnets), **extra}
-
-
-def config(data_dir: Path, *subnets: str | list[dict[str, Any]]) -> IpamConfig:
-    return parse_ipam_config(ipam_section(data_dir, *subnets))
+from tests.support.ipam_config import NETWORK
 
 
 @pytest.fixture

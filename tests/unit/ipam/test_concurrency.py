@@ -13,8 +13,7 @@ import pytest
 from cni_bridge.errors import TRY_AGAIN, PluginError
 from cni_bridge.ipam import store as store_mod
 from cni_bridge.ipam.store import LeaseStore
-
-from .conftest import NETWORK, config
+from tests.support.ipam_config import NETWORK, config
 
 CTX = multiprocessing.get_context("fork")  # a fresh process per allocation, cheap to start
 

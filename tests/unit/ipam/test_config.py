@@ -9,8 +9,7 @@ import pytest
 from cni_bridge.errors import INVALID_CONFIG, PluginError
 from cni_bridge.ipam.config import DEFAULT_DATA_DIR, parse_ipam_config
 from cni_bridge.ipam.plugin import ipam_config
-
-from .conftest import ip
+from tests.support.ipam_config import ip
 
 
 def test_host_local_defaults() -> None:

@@ -1,24 +1,16 @@
-"""`pybridge-ipam` as an executable: exec'd directly, and as the IPAM of the Go `bridge` plugin.
-
-Why: any CNI main plugin may exec us with nothing but env + stdin; the Go reference `bridge`
-(from containernetworking-plugins) is the strictest real client of that contract we can run here.
+"""`pybridge-ipam` as an executable, exec'd directly with nothing but env + stdin (as any CNI main
+plugin execs it). As the IPAM of the Go `bridge` plugin on the real kernel:
+tests/integration/ipam/test_exec.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support import netns as tn
-from tests.support.cnitool import CniTool, bridge_conflist
-
-from .conftest import NETWORK
-
-GO_BRIDGE = Path("/usr/lib/cni/bridge")
+from tests.support.cnitool import CniTool
+from tests.support.ipam_config import NETWORK
 
 
 @pytest.fixture
@@ -63,41 +55,3 @@ def test_exec_errors_are_cni_error_objects(tool: CniTool, data_dir: Path) -> Non
     exhausted = tool.exec_plugin("pybridge-ipam", "ADD", full, container_id="b", netns="/x",
                                  ifname="eth0", raise_on_error=False)
     assert exhausted.output["code"] == 11 and "no free address" in exhausted.output["msg"]
-
-
-needs_root_and_go = pytest.mark.skipif(
-    not (tn.is_root() and GO_BRIDGE.exists()),
-    reason="needs root and containernetworking-plugins (/usr/lib/cni/bridge)")
-
-
-@needs_root_and_go
-def test_go_bridge_uses_pybridge_ipam(tool: CniTool, tmp_path: Path) -> None:
-    data_dir = tn.register_data_dir(tmp_path / "leases")
-    subnet = tn.unique_subnet(4, 28)
-    bridge = tn.unique_name("br")
-    conf = bridge_conflist(tn.unique_name("net"), bridge=bridge, subnets=[str(subnet)],
-                           data_dir=data_dir, ipam_type="pybridge-ipam", cni_version="1.0.0")
-    conf["plugins"][0]["path"] = str(GO_BRIDGE)  # documentation only; CNI_PATH decides
-    namespaces = [tn.create_netns() for _ in range(2)]
-    try:
-        results = [tool.add(conf, ns.path, container_id=f"ctr{i}").result for i, ns in enumerate(namespaces)]
-        addresses = [r["ips"][0]["address"] for r in results]
-        assert addresses == [f"{subnet[2]}/28", f"{subnet[3]}/28"]
-        assert [c.plugin for c in tool.history] == ["bridge", "bridge"]  # bridge exec'd pybridge-ipam itself
-        for ns, address in zip(namespaces, addresses):
-            assert address in ns.addresses("eth0")
-        assert namespaces[0].ping(subnet[3])  # the two containers reach each other over the bridge
-        leases = sorted(p.name for p in (data_dir / conf["name"]).iterdir() if p.name[0].isdigit())
-        assert leases == [str(subnet[2]), str(subnet[3])]
-        lease = json.loads((data_dir / conf["name"] / str(subnet[2])).read_text())
-        assert lease["container_id"] == "ctr0" and lease["ifname"] == "eth0"
-        tool.check(conf, namespaces[0].path, container_id="ctr0")
-        for i, ns in enumerate(namespaces):
-            tool.delete(conf, ns.path, container_id=f"ctr{i}")
-        assert tn.lease_files(data_dir) == []
-    finally:
-        tool.cleanup()
-        for ns in namespaces:
-            ns.delete()
-        subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
-    assert not os.path.exists(f"/sys/class/net/{bridge}")

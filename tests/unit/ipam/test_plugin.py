@@ -9,8 +9,7 @@ import pytest
 from cni_bridge.errors import INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER, PluginError
 from cni_bridge.ipam import plugin
 from cni_bridge.ipam.store import LeaseStore
-
-from .conftest import NETWORK, ip, net_config
+from tests.support.ipam_config import NETWORK, ip, net_config
 
 
 def test_add_returns_a_cni_1x_ipam_result(data_dir: Path) -> None:

@@ -11,8 +11,7 @@ import pytest
 from cni_bridge.errors import INVALID_CONFIG, INVALID_ENV, IO_FAILURE, NOT_AVAILABLE, TRY_AGAIN, PluginError
 from cni_bridge.ipam import fsutil, store as store_mod
 from cni_bridge.ipam.store import LeaseStore, list_networks
-
-from .conftest import NETWORK, config, ip
+from tests.support.ipam_config import NETWORK, config, ip
 
 
 def lease_files(data_dir: Path) -> list[str]:
