@@ -10,7 +10,7 @@ Fixtures: `netns` (factory of namespaces), `uplink` / `uplink_factory` (the NIC 
 (the CNI fast-path daemon as a process), `served_driver` (`cni-bridge serve` on a private socket),
 `plugin` (the Docker driver's app through Flask's test client). The runtime fixtures (`engine`,
 `driver`, `dk`) are in tests/runtime/conftest.py.
-Hooks: markers (root, docker, podman, containerd, vm, slow); a per-test watch that attributes
+Markers are declared in pyproject.toml. Hooks: the `root` marker; a per-test watch that attributes
 leftovers to the test that made them; a session-end leak check that removes what the session left
 behind and fails the run when there was anything.
 """
@@ -37,8 +37,6 @@ from tests.support import netns as support_netns  # noqa: E402
 from tests.support.cnitool import CniTool  # noqa: E402
 from tests.support import daemon  # noqa: E402
 from tests.support.dockerd import driver_settings, socket_answers  # noqa: E402
-from tests.support.paths import VENV_BIN  # noqa: E402
-from tests.support.plugin_client import Plugin, plugin_for  # noqa: E402
 from tests.support.netns import (  # noqa: E402
     Leak,
     Netns,
@@ -53,18 +51,11 @@ from tests.support.netns import (  # noqa: E402
     settle,
     sweep_stale_sessions,
 )
+from tests.support.paths import VENV_BIN  # noqa: E402
+from tests.support.plugin_client import Plugin, plugin_for  # noqa: E402
 
 TESTS_DIR = Path(__file__).resolve().parent
 ROOT_KINDS = ("integration", "runtime", "guest")  # folders of tests/ whose tests all need root
-MARKERS = {
-    "root": "needs root (namespaces, links, nftables, runtimes); set on every test in tests/"
-            + "{" + ",".join(ROOT_KINDS) + "}; skipped otherwise",
-    "docker": "drives a real dockerd (Docker remote driver tests)",
-    "podman": "drives podman with the CNI backend",
-    "containerd": "drives a private containerd with `ctr run --cni`",
-    "vm": "needs the full-kernel guest (ipvlan, 802.1q vlan, dummy): run via run-in-vm.sh",
-    "slow": "takes more than a few seconds (benchmarks, scale, soak)",
-}
 
 LEAKS_KEY = pytest.StashKey[list[Leak]]()
 LEAK_ERRORS_KEY = pytest.StashKey[list[str]]()
@@ -73,11 +64,6 @@ STALE_KEY = pytest.StashKey[list[Leak]]()
 
 class LeakWarning(UserWarning):
     """A test left namespaces, links or tables behind (removed at session end)."""
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    for name, doc in MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {doc}")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
