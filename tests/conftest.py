@@ -33,26 +33,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # so `tests.support` imports without pythonpath settings
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support import netns as support_netns  # noqa: E402
-from tests.support.cnitool import CniTool  # noqa: E402
 from tests.support import daemon  # noqa: E402
+from tests.support import session as support_session  # noqa: E402
+from tests.support.cnitool import CniTool  # noqa: E402
 from tests.support.dockerd import driver_settings, socket_answers  # noqa: E402
-from tests.support.netns import (  # noqa: E402
-    Leak,
-    Netns,
-    Uplink,
-    create_netns,
-    create_uplink,
-    find_leaks,
-    is_root,
-    quick_inventory,
-    register_data_dir,
-    remove_leaks,
-    settle,
-    sweep_stale_sessions,
-)
+from tests.support.host import is_root  # noqa: E402
+from tests.support.leaks import (Leak, find_leaks, nft_tables, quick_inventory, remove_leaks, settle,  # noqa: E402
+                                  sweep_stale_sessions)
+from tests.support.netns import Netns, create_netns  # noqa: E402
 from tests.support.paths import VENV_BIN  # noqa: E402
 from tests.support.plugin_client import Plugin, plugin_for  # noqa: E402
+from tests.support.session import current_session, register_data_dir  # noqa: E402
+from tests.support.topology import Uplink, create_uplink  # noqa: E402
 
 TESTS_DIR = Path(__file__).resolve().parent
 ROOT_KINDS = ("integration", "runtime", "guest")  # folders of tests/ whose tests all need root
@@ -70,8 +62,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Claim a prefix, remember which nft tables pre-exist, sweep crashed sessions' leftovers."""
     if not is_root():
         return
-    s = support_netns.session()
-    s.baseline_nft = set(support_netns._nft_tables())
+    s = support_session.session()
+    s.baseline_nft = set(nft_tables())
     session.config.stash[STALE_KEY] = sweep_stale_sessions()
 
 
@@ -94,8 +86,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") and not is_root():
         pytest.skip("needs root")
-    if support_netns._session is not None:
-        support_netns._session.current_test = item.nodeid
+    current = current_session()
+    if current is not None:
+        current.current_test = item.nodeid
 
 
 @pytest.fixture(autouse=True)
@@ -105,14 +98,14 @@ def pybridge_leak_watch(request: pytest.FixtureRequest) -> Iterator[None]:
     Function-scoped fixtures are torn down before this one, wider-scoped ones after the check,
     so what shows up here was made by the test (or its own fixtures) and not removed.
     """
-    if not is_root() or support_netns._session is None:
+    if not is_root() or current_session() is None:
         yield
         return
     before = quick_inventory()
     yield
     new = settle(baseline=before) if quick_inventory() - before else set()
     if new:
-        s = support_netns._session
+        s = current_session()
         for item in new:
             s.names.setdefault(item.split()[-1], request.node.nodeid)
         warnings.warn(LeakWarning(f"{request.node.nodeid} left behind: {', '.join(sorted(new))}"))
@@ -120,7 +113,7 @@ def pybridge_leak_watch(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.hookimpl(trylast=True)  # after session-scoped fixtures are torn down
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    s = support_netns._session
+    s = current_session()
     if s is None or not is_root():
         return
     try:
@@ -164,7 +157,7 @@ def _need_root() -> None:
 @pytest.fixture(scope="session")
 def test_prefix() -> str:
     """This session's name prefix (`pbt` + 4 hex); every created name should contain it."""
-    return support_netns.session().prefix
+    return support_session.session().prefix
 
 
 @pytest.fixture

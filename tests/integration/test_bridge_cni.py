@@ -15,7 +15,8 @@ import pytest
 from cni_bridge import firewall
 from cni_bridge.attachment import Attachment
 from tests.support.cnitool import CniTool
-from tests.support.netns import unique_name, unique_subnet
+from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
 
 pytestmark = pytest.mark.usefixtures("netns")
 

@@ -19,7 +19,8 @@ from cni_bridge.ipam.config import parse_ipam_config
 from cni_bridge.ipam.store import LeaseStore
 from tests.support.cli import cli, cli_sources
 from tests.support.cnitool import CniTool
-from tests.support.netns import unique_name, unique_subnet
+from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
 
 
 # --- status / gc on the real kernel ------------------------------------------------------------

@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 
 from tests.support.cnitool import CniTool
-from tests.support.netns import Netns, run, unique_name, unique_subnet, wait_for
+from tests.support.host import run, wait_for
+from tests.support.netns import Netns
+from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
 from tests.support.runtime_checks import (GO, PYBRIDGE, TestNetwork, bridge_ports, container_view,
                                           iptables_lines, network_factory, nft_table_text)
 

@@ -36,7 +36,11 @@ from cni_bridge.modes.sublink import temp_name
 from tests.support import hostsnap
 from tests.support.cnitool import CniTool, PluginCall
 from tests.support.daemon import fastpath_daemon
-from tests.support.netns import Netns, Uplink, run, unique_name, unique_subnet
+from tests.support.host import run
+from tests.support.netns import Netns
+from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
+from tests.support.topology import Uplink
 
 
 CRASH_LINE = re.compile(r"pybridge crashpoint: (\d+) (\S+)")

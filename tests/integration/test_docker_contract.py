@@ -22,9 +22,11 @@ from cni_bridge.docker.context import Driver
 from cni_bridge.firewall import table_name
 from tests.support import hostsnap
 from tests.support.dockerd import driver_settings, plugin_call, socket_answers
+from tests.support.host import run
 from tests.support.paths import VENV_BIN
-from tests.support.netns import run, unique_name, unique_subnet
 from tests.support.plugin_client import Plugin
+from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
 
 
 def test_default_pool_skips_host_routes(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ import pytest
 from cni_bridge import firewall
 from tests.support.cnitool import CniTool
 from tests.support.examples import FILES, plugins_of
-from tests.support.netns import unique_name, unique_subnet
+from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
 
 
 def _rewrite(doc: dict[str, Any], data_dir: Path, uplink: str | None) -> dict[str, Any]:

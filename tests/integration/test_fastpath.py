@@ -27,7 +27,7 @@ from cni_bridge.cni.handler import Response
 from cni_bridge.fastpath import client as wire
 from cni_bridge.fastpath.launcher import write_launchers
 from cni_bridge.fastpath.server import FastPathServer, start_in_thread
-from tests.support.netns import unique_subnet
+from tests.support.subnets import unique_subnet
 
 
 RUN_DIR_DEFAULT = os.environ.get("PYBRIDGE_RUN_DIR", "/run/cni-bridge")

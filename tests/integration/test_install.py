@@ -15,8 +15,9 @@ import pytest
 
 from tests.support.cnitool import CniTool
 from tests.support.dockerd import socket_answers
-from tests.support.netns import unique_name, unique_subnet
 from tests.support.paths import INSTALL_SH as INSTALL
+from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
 
 
 def run_install(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.support.cnitool import CniTool
-from tests.support.netns import Netns, unique_name
+from tests.support.netns import Netns
+from tests.support.session import unique_name
 from tests.support.runtime_checks import (GO, PYBRIDGE, TestNetwork, bridge_ports, iptables_lines,
                                           network_factory)
 

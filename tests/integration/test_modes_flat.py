@@ -21,7 +21,11 @@ from cni_bridge.config import parse_network
 from cni_bridge.modes import uplink as uplinks
 from tests.support.cnitool import CniCallError, CniTool
 from tests.support.examples import EXAMPLES
-from tests.support.netns import Netns, Uplink, lease_files, run, unique_name
+from tests.support.host import run
+from tests.support.leaks import lease_files
+from tests.support.netns import Netns
+from tests.support.session import unique_name
+from tests.support.topology import Uplink
 
 
 def example(name: str, cni: CniTool, bridge: str, subnet: ipaddress.IPv4Network, **options: Any) -> dict[str, Any]:

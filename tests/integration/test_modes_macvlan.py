@@ -25,7 +25,11 @@ from cni_bridge.errors import PluginError
 from cni_bridge.modes import ipvlan, sublink
 from tests.support.cnitool import CniCallError, CniTool
 from tests.support.examples import EXAMPLES
-from tests.support.netns import Netns, Uplink, lease_files, run, unique_name
+from tests.support.host import run
+from tests.support.leaks import lease_files
+from tests.support.netns import Netns
+from tests.support.session import unique_name
+from tests.support.topology import Uplink
 
 
 # ----- helpers -----------------------------------------------------------------------------

@@ -36,7 +36,9 @@ from tests.support.cli import cli, cli_sources
 from tests.support.cnitool import CniTool, bridge_conflist
 from tests.support.dockerd import plugin_call
 from tests.support.hostsnap import LEASE_HINTS
-from tests.support.netns import Netns, register_data_dir, unique_name, unique_subnet
+from tests.support.netns import Netns
+from tests.support.session import register_data_dir, unique_name
+from tests.support.subnets import unique_subnet
 
 GATEWAY_OPTS = {"RequestAddressType": "com.docker.network.gateway"}
 

@@ -18,18 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import netns as support_netns
+from tests.support import session as support_session
 from tests.support.cnitool import CniTool, bridge_conflist
+from tests.support.host import run, wait_for
 from tests.support.hostsnap import assert_unchanged, diff, mine, snapshot
-from tests.support.netns import (
-    IFNAMSIZ,
-    lease_files,
-    run,
-    unique_name,
-    unique_subnet,
-    wait_for,
-)
+from tests.support.leaks import lease_files
 from tests.support.paths import REPO
+from tests.support.session import IFNAMSIZ, unique_name
+from tests.support.subnets import unique_subnet
 
 GO_PLUGINS = Path("/usr/lib/cni")
 needs_go_plugins = pytest.mark.skipif(
@@ -39,7 +35,7 @@ needs_go_plugins = pytest.mark.skipif(
 
 def test_netns_factory(netns) -> None:
     ns = netns()
-    assert ns.exists() and ns.path == f"/run/netns/{ns.name}" and ns.name.startswith(support_netns.session().prefix)
+    assert ns.exists() and ns.path == f"/run/netns/{ns.name}" and ns.name.startswith(support_session.session().prefix)
     assert ns.link_names() == ["lo"] and "UP" in ns.ip_json("link", "show", "lo")[0]["flags"]
     assert ns.run("cat", "/proc/net/dev").returncode == 0
     assert ns.ping("127.0.0.1") and ns.ping("::1")
@@ -66,7 +62,7 @@ def test_ping_tolerates_a_neighbour_entry_left_failed(netns) -> None:
 
 
 def test_uplink(uplink) -> None:
-    assert uplink.host_if.startswith(support_netns.session().prefix) and len(uplink.host_if) <= IFNAMSIZ
+    assert uplink.host_if.startswith(support_session.session().prefix) and len(uplink.host_if) <= IFNAMSIZ
     host = run(["ip", "-j", "addr", "show", "dev", uplink.host_if]).stdout
     assert str(uplink.host_ip) in host and str(uplink.host_ip6) in host
     assert uplink.outside.addresses(uplink.outside_if, family=4) == [f"{uplink.outside_ip}/24"]
@@ -191,7 +187,8 @@ def test_snapshot_of_a_namespace_is_stable_under_traffic(netns) -> None:
 INNER_TESTS = """
 import subprocess
 import pytest
-from tests.support.netns import create_netns, register_data_dir
+from tests.support.netns import create_netns
+from tests.support.session import register_data_dir
 
 @pytest.fixture(scope="session")
 def shared_ns():
@@ -257,4 +254,4 @@ def test_failed_tests_clean_up_and_leaks_fail_the_session(tmp_path: Path) -> Non
     assert not lease_path.exists() and not lease_path.with_name("owner.ctr+eth0").exists()
     assert lease_path.with_name("lock").exists()  # bookkeeping is not a leak
     assert "owner.ctr+eth0" in out
-    assert not (support_netns.REGISTRY_DIR / f"{inner_prefix}.json").exists()
+    assert not (support_session.REGISTRY_DIR / f"{inner_prefix}.json").exists()

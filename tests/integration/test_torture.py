@@ -68,8 +68,11 @@ from cni_bridge.ipam.lease import parse_lease_name
 from tests.support import hostsnap
 from tests.support.cnitool import CniRun, CniTool, bridge_conflist
 from tests.support.dockerd import plugin_call
-from tests.support.netns import (Netns, _ip_json, lease_files, register_data_dir, run, session, unique_name,
-                                  unique_subnet)
+from tests.support.host import ip_json, run
+from tests.support.leaks import lease_files
+from tests.support.netns import Netns
+from tests.support.session import register_data_dir, session, unique_name
+from tests.support.subnets import unique_subnet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -113,7 +116,7 @@ def host_veth(container_id: str, ifname: str) -> str:
 def links_on(bridge: str) -> set[str]:
     """Ports of `bridge` (none when it does not exist yet, or any more)."""
     try:
-        return {link["ifname"] for link in _ip_json("link", "show", "master", bridge)}
+        return {link["ifname"] for link in ip_json("link", "show", "master", bridge)}
     except RuntimeError as exc:
         if "Device does not exist" not in str(exc):
             raise
@@ -121,7 +124,7 @@ def links_on(bridge: str) -> set[str]:
 
 
 def host_links() -> set[str]:
-    return {link["ifname"] for link in _ip_json("link", "show")}
+    return {link["ifname"] for link in ip_json("link", "show")}
 
 
 def leased(store: Path) -> set[IPAddress]:

@@ -24,8 +24,8 @@ from tests.support.cnitool import CniTool
 from tests.support.containerd import (CniInstall, Containerd, containerd_missing, install_blocker,
                                       install_cni)
 from tests.support.images import build_rootfs_tar, busybox_available
-from tests.support.netns import unique_name
 from tests.support.podman import IMAGE, Podman, podman_missing
+from tests.support.session import unique_name
 from tests.support.runtime_checks import (TestNetwork, bridge_ports, new_network, nft_table_text,
                                           remove_bridge)
 

@@ -20,8 +20,10 @@ from typing import Iterator
 import pytest
 
 from tests.support import dockerd as support
-from tests.support.netns import is_root, session, unique_name, unique_subnet
+from tests.support.host import is_root
 from tests.support.paths import REPO
+from tests.support.session import session, unique_name
+from tests.support.subnets import unique_subnet
 
 MAKE_BASE = REPO / "plugin-spec" / "make-base-image.sh"
 BASE_CACHE = Path(os.environ.get("PYBRIDGE_BASE_CACHE", "/var/cache/pybridge/base-bookworm.tar"))

@@ -27,7 +27,7 @@ from tests.support import dockerd as docker_support
 from tests.support import hostsnap
 from tests.support.docker_scenario import Net, Scenario, assert_network_gone, bridge_of, leased, link_exists
 from tests.support.hostsnap import LEASE_HINTS
-from tests.support.netns import unique_name
+from tests.support.session import unique_name
 
 
 def restart_driver(drv: docker_support.DriverProcess, crash_after: str | None = None) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.netns import run
+from tests.support.host import run
 from tests.support.podman import umount_below
 
 __all__ = ["Containerd", "CtrError", "CniInstall", "containerd_missing", "install_blocker", "install_cni"]

@@ -16,7 +16,10 @@ from pathlib import Path
 from cni_bridge.firewall import table_name
 from cni_bridge.ipam.lease import parse_lease_name
 from tests.support import dockerd as support
-from tests.support.netns import OUTSIDE_POOL4, Netns, create_netns, run, unique_name, unique_subnet
+from tests.support.host import run
+from tests.support.netns import Netns, create_netns
+from tests.support.session import unique_name
+from tests.support.subnets import OUTSIDE_POOL4, unique_subnet
 
 __all__ = ["Net", "Scenario", "assert_network_gone", "bridge_of", "leased", "link_exists", "link_names",
            "nft_tables", "state_mentions"]

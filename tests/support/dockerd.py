@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from tests.support.netns import REGISTRY_DIR, Netns, create_netns, run, unique_name, unique_subnet
+from tests.support.host import run
+from tests.support.netns import Netns, create_netns
 from tests.support.paths import VENV_BIN
+from tests.support.session import REGISTRY_DIR, unique_name
+from tests.support.subnets import unique_subnet
 
 DOCKERD = Path("/usr/sbin/dockerd")
 DOCKER_CLI = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else (shutil.which("docker") or "docker")
@@ -220,7 +223,7 @@ def docker_engine(scratch: Path) -> Iterator[DockerEngine]:
 def scratch_engine(tag: str = "docker") -> Iterator[DockerEngine]:
     """docker_engine() in a fresh /var/tmp/<session prefix>-<tag>-* directory (removed after),
     with the busybox image imported: the body of a test module's `engine` fixture."""
-    from tests.support.netns import session
+    from tests.support.session import session
     scratch = Path(tempfile.mkdtemp(prefix=f"{session().prefix}-{tag}-", dir="/var/tmp"))
     try:
         with docker_engine(scratch) as engine:
@@ -255,7 +258,8 @@ def driver_settings(tmp_path: Path, default_pool4: str = "10.213.252.0/22") -> A
     import ipaddress
 
     from cni_bridge.docker.context import Settings
-    from tests.support.netns import is_root, register_data_dir
+    from tests.support.host import is_root
+    from tests.support.session import register_data_dir
     leases = tmp_path / "leases"
     leases.mkdir()
     if is_root():

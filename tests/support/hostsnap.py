@@ -22,7 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.netns import _ip_json, foreign_patterns, run, session
+from tests.support.host import ip_json, run
+from tests.support.session import foreign_patterns, session
 
 __all__ = ["HostSnapshot", "LEASE_HINTS", "SECTIONS", "assert_unchanged", "diff", "mine", "snapshot"]
 
@@ -54,7 +55,7 @@ def _in_ns(netns: str | None, argv: Sequence[str]) -> list[str]:
 def _links(netns: str | None) -> tuple[list[str], dict[str, str]]:
     """Lines `name kind=K master=M up|down mtu=N`, and name -> ' [master]' annotations."""
     lines, annot = [], {}
-    for link in _ip_json("-d", "link", "show", netns=netns):
+    for link in ip_json("-d", "link", "show", netns=netns):
         name = link["ifname"]
         kind = link.get("linkinfo", {}).get("info_kind", "") or "-"
         master = link.get("master", "")
@@ -66,7 +67,7 @@ def _links(netns: str | None) -> tuple[list[str], dict[str, str]]:
 
 def _addresses(netns: str | None, annot: dict[str, str]) -> list[str]:
     lines = []
-    for link in _ip_json("addr", "show", netns=netns):
+    for link in ip_json("addr", "show", netns=netns):
         name = link["ifname"]
         for a in link.get("addr_info", []):
             lines.append(f"{name}{annot.get(name, '')} {a.get('family')} {a.get('local')}/{a.get('prefixlen')}"
@@ -91,7 +92,7 @@ def _route_line(fam: str, r: dict[str, Any], annot: dict[str, str]) -> str:
 def _routes(netns: str | None, annot: dict[str, str]) -> list[str]:
     lines = []
     for fam, flag in (("inet", "-4"), ("inet6", "-6")):
-        for r in _ip_json(flag, "route", "show", "table", "main", netns=netns):
+        for r in ip_json(flag, "route", "show", "table", "main", netns=netns):
             lines.append(_route_line(fam, r, annot))
     return sorted(lines)
 

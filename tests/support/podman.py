@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.netns import run
+from tests.support.host import run
 
 __all__ = ["Podman", "PodmanError", "podman_missing", "umount_below"]
 

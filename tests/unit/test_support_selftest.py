@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import netns as support_netns
+from tests.support import session as support_session
+from tests.support.subnets import routes_on_host
 from tests.support.cnitool import (
     CniCallError,
     CniTool,
@@ -30,8 +31,9 @@ from tests.support.cnitool import (
     parse_cni_args,
 )
 from tests.support.hostsnap import HostSnapshot, diff, normalize_iptables_save, normalize_nft
-from tests.support.netns import IFNAMSIZ, unique_name, unique_subnet
 from tests.support.paths import REPO
+from tests.support.session import IFNAMSIZ, unique_name
+from tests.support.subnets import unique_subnet
 
 
 # ----- part 1: cnitool against a fake plugin ------------------------------------------------
@@ -250,7 +252,7 @@ def test_cli(fake: Fake, tmp_path: Path) -> None:
 def test_unique_names_fit_the_kernel() -> None:
     names = [unique_name(k) for k in ("br", "ns", "veth", "a-very-long-kind", "", "NET")] + [
         unique_name("x") for _ in range(50)]
-    prefix = support_netns.session().prefix
+    prefix = support_session.session().prefix
     assert len(set(names)) == len(names)
     for n in names:
         assert len(n.encode()) <= IFNAMSIZ and n.startswith(prefix) and re.fullmatch(r"[a-z0-9]+", n)
@@ -261,7 +263,7 @@ def test_unique_subnets_are_distinct_and_unrouted() -> None:
     assert len(set(nets)) == len(nets)
     assert all(n.prefixlen == (24 if n.version == 4 else 64) for n in nets)
     assert all(n.subnet_of(ipaddress.ip_network("10.128.0.0/9")) for n in nets if n.version == 4)
-    routes = support_netns._routes_on_host()
+    routes = routes_on_host()
     assert not any(n.overlaps(r) for n in nets for r in routes if r.version == n.version)
 
 
@@ -295,7 +297,7 @@ def test_normalize_nft_and_iptables() -> None:
 
 def test_diff_is_readable_and_ignores_other_live_sessions() -> None:
     other = "pbt" + secrets.token_hex(2)
-    reg = support_netns.REGISTRY_DIR / f"{other}.json"
+    reg = support_session.REGISTRY_DIR / f"{other}.json"
     a = HostSnapshot(None, {"links": ["eth0 kind=- master=- up mtu=1500"], "routes": []})
     b = HostSnapshot(None, {"links": ["eth0 kind=- master=- up mtu=1500", f"veth9 kind=veth master={other}br1 up mtu=1500"],
                             "routes": ["inet unicast 10.9.9.0/24 dev x"]})
@@ -303,9 +305,9 @@ def test_diff_is_readable_and_ignores_other_live_sessions() -> None:
         f"links: + veth9 kind=veth master={other}br1 up mtu=1500", "routes: + inet unicast 10.9.9.0/24 dev x"]
     assert diff(b, a, ignore=[r"10\.9\.9\."], ignore_foreign=False) == [
         f"links: - veth9 kind=veth master={other}br1 up mtu=1500"]
-    if not os.access(support_netns.REGISTRY_DIR.parent, os.W_OK):
+    if not os.access(support_session.REGISTRY_DIR.parent, os.W_OK):
         return
-    support_netns.REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+    support_session.REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
     try:  # a live (this pid) foreign session: its lines vanish from the diff
         reg.write_text(json.dumps({"prefix": other, "pid": os.getpid(), "subnets": ["10.9.9.0/24"]}))
         assert diff(a, b) == []

@@ -25,7 +25,10 @@ from cni_bridge.cni.handler import handle
 from cni_bridge.config import parse_network
 from cni_bridge.modes import uplink as uplinks
 from tests.support.cnitool import CniCallError, CniTool, PluginCall, parse_cni_args
-from tests.support.netns import Netns, Uplink, register_data_dir, run, unique_name
+from tests.support.host import run
+from tests.support.netns import Netns
+from tests.support.session import register_data_dir, unique_name
+from tests.support.topology import Uplink
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import netns as tn
 from tests.support.cnitool import CniTool, bridge_conflist
+from tests.support.leaks import lease_files
+from tests.support.netns import create_netns
+from tests.support.session import register_data_dir, unique_name
+from tests.support.subnets import unique_subnet
 
 GO_BRIDGE = Path("/usr/lib/cni/bridge")
 
@@ -23,13 +26,13 @@ GO_BRIDGE = Path("/usr/lib/cni/bridge")
 @pytest.mark.skipif(not GO_BRIDGE.exists(), reason="needs containernetworking-plugins (/usr/lib/cni/bridge)")
 def test_go_bridge_uses_pybridge_ipam(tmp_path: Path) -> None:
     tool = CniTool(tmp_path / "cache", timeout=30)
-    data_dir = tn.register_data_dir(tmp_path / "leases")
-    subnet = tn.unique_subnet(4, 28)
-    bridge = tn.unique_name("br")
-    conf = bridge_conflist(tn.unique_name("net"), bridge=bridge, subnets=[str(subnet)],
+    data_dir = register_data_dir(tmp_path / "leases")
+    subnet = unique_subnet(4, 28)
+    bridge = unique_name("br")
+    conf = bridge_conflist(unique_name("net"), bridge=bridge, subnets=[str(subnet)],
                            data_dir=data_dir, ipam_type="pybridge-ipam", cni_version="1.0.0")
     conf["plugins"][0]["path"] = str(GO_BRIDGE)  # documentation only; CNI_PATH decides
-    namespaces = [tn.create_netns() for _ in range(2)]
+    namespaces = [create_netns() for _ in range(2)]
     try:
         results = [tool.add(conf, ns.path, container_id=f"ctr{i}").result for i, ns in enumerate(namespaces)]
         addresses = [r["ips"][0]["address"] for r in results]
@@ -45,7 +48,7 @@ def test_go_bridge_uses_pybridge_ipam(tmp_path: Path) -> None:
         tool.check(conf, namespaces[0].path, container_id="ctr0")
         for i, ns in enumerate(namespaces):
             tool.delete(conf, ns.path, container_id=f"ctr{i}")
-        assert tn.lease_files(data_dir) == []
+        assert lease_files(data_dir) == []
     finally:
         tool.cleanup()
         for ns in namespaces:
