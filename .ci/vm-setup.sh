@@ -2,7 +2,8 @@
 # .ci/vm-setup.sh — install what the kernel-VM tests (tests/guest/test_boot_guest.py,
 # tests/guest/kernel/) need: QEMU, Debian's full kernel (ipvlan, 8021q, dummy as
 # modules), busybox/file/kmod for virtme-ng's initramfs, and virtme-ng 1.42 in a
-# venv at /opt/vng (what ../shared/kernel-vm/run-in-vm.sh expects via VM_VENV).
+# venv at /opt/vng (where tests/guest/run-in-vm.sh, the guest runner, looks by default;
+# VM_VENV overrides it).
 #
 # Run as root on a Debian 12 machine, non-interactively. Idempotent: it only
 # touches what is missing, and returns in well under a second when all is done.
@@ -70,4 +71,10 @@ else
   log "venv: $VNG_VENV ready (virtme-ng $have)"
 fi
 
-log "ready in $(( $(date +%s) - t0 )) s (run the guest with VM_VENV=$VNG_VENV ../shared/kernel-vm/run-in-vm.sh)"
+# --- 4. The runner -----------------------------------------------------------
+runner=$(cd "$(dirname "$0")/.." && pwd)/tests/guest/run-in-vm.sh
+bash -n "$runner" || die "$runner does not parse"
+[ -x "$runner" ] || chmod +x "$runner"
+vm_venv=""
+[ "$VNG_VENV" = /opt/vng ] || vm_venv="VM_VENV=$VNG_VENV "
+log "ready in $(( $(date +%s) - t0 )) s (run the guest with ${vm_venv}tests/guest/run-in-vm.sh CMD)"

@@ -1,7 +1,7 @@
 """Run tests/guest/kernel (ipvlan, 802.1q vlan, dummy) inside a QEMU guest booting Debian's full kernel.
 
 Why: this host's kernel has none of those link types, so one guest is booted (via
-../shared/kernel-vm/run-in-vm.sh, virtme-ng in /opt/vng) and `pytest tests/guest/kernel` runs there;
+tests/guest/run-in-vm.sh, virtme-ng in /opt/vng) and `pytest tests/guest/kernel` runs there;
 this test passes iff that in-guest run passes and ran at least one test. The guest's output is
 printed (shown on failure, or always with `-rP`/`-s`).
 
@@ -9,7 +9,7 @@ Prerequisites come from `bash .ci/vm-setup.sh` (as root). Without them this test
 except in CI (CI=true), where it fails instead.
 
 Knobs (environment): VM_VENV (default /opt/vng), VM_TIMEOUT (seconds for boot + suite, default
-420), VM_MEM / VM_CPUS (defaults 1G / 1), VM_KERNEL, PYBRIDGE_VM_RUNNER (path of run-in-vm.sh),
+420), VM_MEM / VM_CPUS (defaults 1G / 1), VM_KERNEL, PYBRIDGE_VM_RUNNER (another run-in-vm.sh),
 PYBRIDGE_VM_TEST_TIMEOUT (per in-guest test, default 120), PYBRIDGE_VM_PYTEST_ARGS (extra
 arguments for the in-guest pytest, e.g. `-k vlan`).
 """
@@ -35,7 +35,7 @@ from tests.support.paths import REPO as ROOT
 
 pytestmark = pytest.mark.vm
 
-RUNNER = Path(os.environ.get("PYBRIDGE_VM_RUNNER", ROOT.parent / "shared" / "kernel-vm" / "run-in-vm.sh"))
+RUNNER = Path(os.environ.get("PYBRIDGE_VM_RUNNER", Path(__file__).with_name("run-in-vm.sh")))
 VENV = Path(os.environ.get("VM_VENV", "/opt/vng"))
 VM_TIMEOUT = int(os.environ.get("VM_TIMEOUT", "420"))  # keep + 60 below addopts --timeout=600
 TEST_TIMEOUT = int(os.environ.get("PYBRIDGE_VM_TEST_TIMEOUT", "120"))
@@ -58,7 +58,7 @@ def missing_prerequisites() -> list[str]:
     """What the guest needs and this host lacks (empty when a guest can be booted)."""
     missing = []
     if not RUNNER.is_file():
-        missing.append(f"{RUNNER} (the shared kernel-vm runner)")
+        missing.append(f"{RUNNER} (the guest runner)")
     if not os.access(VENV / "bin" / "vng", os.X_OK):
         missing.append(f"{VENV}/bin/vng (virtme-ng 1.42 venv)")
     kernels = [os.environ["VM_KERNEL"]] if os.environ.get("VM_KERNEL") else glob.glob("/boot/vmlinuz-*")
