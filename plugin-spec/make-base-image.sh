@@ -57,13 +57,21 @@ default_mirror() {
   echo "${m:-http://deb.debian.org/debian}"
 }
 
+# The debootstrap target while make_rootfs_tar runs, removed on any way out (die exits the
+# script). Not a RETURN trap on a local: bash keeps that trap set after the function returns
+# and runs it again when the caller returns, where the local is gone ("dir: unbound variable"
+# under set -u, after the cache was written).
+ROOTFS_TMP=""
+cleanup() { [ -z "$ROOTFS_TMP" ] || rm -rf "$ROOTFS_TMP"; }
+trap cleanup EXIT
+
 make_rootfs_tar() {
   command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap" 3
   [ "$(id -u)" = 0 ] || die "debootstrap needs root" 3
   local dir mirror
   mirror=${MIRROR:-$(default_mirror)}
-  dir=$(mktemp -d /var/tmp/pybridge-rootfs.XXXXXX)
-  trap 'rm -rf "$dir"' RETURN
+  ROOTFS_TMP=$(mktemp -d /var/tmp/pybridge-rootfs.XXXXXX)
+  dir=$ROOTFS_TMP
   log "debootstrap $SUITE from $mirror (a few minutes) ..."
   debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$dir/root" "$mirror" \
     >"$dir/debootstrap.log" 2>&1 || { tail -n 30 "$dir/debootstrap.log" >&2; die "debootstrap failed"; }
@@ -74,6 +82,8 @@ make_rootfs_tar() {
   tar --numeric-owner -C "$dir/root" -cf "$CACHE.tmp" .
   mv "$CACHE.tmp" "$CACHE"
   log "rootfs cached in $CACHE ($(du -h "$CACHE" | cut -f1))"
+  cleanup
+  ROOTFS_TMP=""
 }
 
 make_base() {
