@@ -14,93 +14,17 @@ import ipaddress
 import re
 import subprocess
 import sysconfig
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.cnitool import CniTool
-from tests.support.containerd import (CniInstall, Containerd, containerd_missing, install_blocker,
-                                      install_cni)
-from tests.support.images import build_rootfs_tar, busybox_available
-from tests.support.podman import IMAGE, Podman, podman_missing
+from tests.support.containerd import LIBCNI_DIR, CtrNet
+from tests.support.podman import IMAGE
+from tests.support.runtime_checks import bridge_ports, nft_table_text
 from tests.support.session import unique_name
-from tests.support.runtime_checks import (TestNetwork, bridge_ports, new_network, nft_table_text,
-                                          remove_bridge)
 
 pytestmark = [pytest.mark.containerd, pytest.mark.timeout(300)]
-
-LIBCNI_DIR = Path("/var/lib/cni")  # go-cni's libcni cache (results/<net>-<id>-<ifname>)
-
-
-@pytest.fixture(scope="module")
-def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
-    """A private containerd with the busybox image imported (built with podman, saved as OCI)."""
-    reason = containerd_missing() or podman_missing() or busybox_available()
-    if reason:
-        pytest.skip(reason)
-    base = tmp_path_factory.mktemp("containerd")
-    pm = Podman(base / "pm")
-    try:
-        pm.import_rootfs(build_rootfs_tar(base / "rootfs.tar"))
-        archive = pm.save_oci_archive(IMAGE, base / "busybox.oci.tar")
-    finally:
-        pm.destroy()
-    ctrd = Containerd(base / "ctrd", namespace=unique_name("ns"))
-    try:
-        ctrd.start()
-        ctrd.import_image(archive)
-        yield ctrd
-    finally:
-        ctrd.stop()
-
-
-@dataclass
-class CtrNet:
-    ctrd: Containerd
-    net: TestNetwork
-    inst: CniInstall
-
-    def cid(self, name: str) -> str:
-        """The CNI_CONTAINERID ctr uses: '<namespace>-<container id>'."""
-        return f"{self.ctrd.namespace}-{name}"
-
-    def run(self, *args: str, timeout: float = 90.0) -> str:
-        return self.ctrd.ctr("run", *self.ctrd.run_args(), *args, timeout=timeout).stdout
-
-    def exec(self, name: str, *argv: str) -> str:
-        return self.ctrd.ctr("tasks", "exec", "--exec-id", unique_name("x"), name, *argv).stdout
-
-    def ipv4(self, name: str) -> str:
-        out = self.exec(name, "ip", "-o", "-4", "addr", "show", "dev", "eth0")
-        m = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
-        assert m, out
-        return m.group(1)
-
-
-@pytest.fixture
-def ctr_net(containerd: Containerd, tmp_path: Path) -> Iterator[CtrNet]:
-    """A masquerading pybridge network installed first in /etc/cni/net.d for ctr.
-
-    Teardown (even on failure): remove containers, DEL every attachment libcni cached for this
-    network (what a runtime-side GC would do), remove the install and the bridge.
-    """
-    net = new_network(tmp_path / "data", ip_masq=True, is_default_gateway=True)
-    reason = install_blocker(net.name)
-    if reason:  # pybridge really installed here, or a foreign config would be first
-        pytest.skip(f"cannot put a test config first for ctr: {reason}")
-    try:
-        with install_cni(net.conflist, tmp_path) as inst:
-            yield CtrNet(containerd, net, inst)
-            for cid in containerd.containers():
-                containerd.remove_container(cid)
-            tool = CniTool(LIBCNI_DIR)
-            for entry in tool.cached_attachments(net.name):
-                tool.delete(net.conflist, "", container_id=entry.container_id, ifname=entry.ifname,
-                            keep_going=True, raise_on_error=False)
-    finally:
-        remove_bridge(net.bridge)
 
 
 def assert_released(cn: CtrNet) -> None:

@@ -1,8 +1,9 @@
 """The pybridge Docker driver against a real Docker Engine (Debian's docker.io 20.10).
 
-A private dockerd runs in its own network namespace (tests/support/dockerd.py) with the FORWARD
-policy set to DROP as on Docker hosts; the driver (`.venv/bin/cni-bridge serve`) runs in the same
-namespace on /run/docker/plugins/pybridge.sock. Containers use the local image localbusybox:1.
+A private dockerd runs in its own network and mount namespaces (tests/support/dockerd.py) with the
+FORWARD policy set to DROP as on Docker hosts; the driver (`.venv/bin/cni-bridge serve`) runs in
+the same namespaces on pybridge.sock in the dockerd's private plugin directory (what it sees as
+/run/docker/plugins). Containers use the local image localbusybox:1.
 """
 
 from __future__ import annotations
@@ -286,9 +287,9 @@ def test_publishing_ports_is_refused_clearly(dk: Scenario) -> None:
 
 
 def test_driver_never_answers_html(dk: Scenario) -> None:
-    status, body = support.plugin_call(support.PLUGIN_SOCKET, "NetworkDriver.Join", {"NetworkID": "x"})
+    status, body = support.plugin_call(dk.driver.socket, "NetworkDriver.Join", {"NetworkID": "x"})
     assert status == 500 and "EndpointID is required" in body["Err"]
-    mode = os.stat(support.PLUGIN_SOCKET).st_mode & 0o777
+    mode = os.stat(dk.driver.socket).st_mode & 0o777
     assert mode == 0o660
 
 

@@ -13,14 +13,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.support import dockerd as support
-from tests.support.host import is_root
 from tests.support.paths import REPO
 from tests.support.session import session, unique_name
 from tests.support.subnets import unique_subnet
@@ -32,10 +30,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def _missing() -> str | None:
-    if not is_root():
-        return "needs root"
-    if not support.DOCKERD.exists() and not os.path.exists(support.DEFAULT_DOCKER_SOCKET):
-        return "no Docker Engine (apt-get install docker.io)"
+    reason = support.engine_missing()
+    if reason:
+        return reason
     if not BASE_CACHE.exists() and shutil.which("debootstrap") is None:
         return "no debootstrap to make the base image (apt-get install debootstrap)"
     return None
@@ -48,13 +45,8 @@ def engine() -> Iterator[support.DockerEngine]:
         if os.environ.get("CI"):
             pytest.fail(f"prerequisite missing in CI: {reason}")
         pytest.skip(reason)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{session().prefix}-dkimg-", dir="/var/tmp"))
-    try:
-        with support.docker_engine(scratch) as eng:
-            support.ensure_image(eng)
-            yield eng
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with support.scratch_engine("dkimg") as eng:
+        yield eng
 
 
 def _sh(argv: list[str], engine: support.DockerEngine, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -78,7 +70,8 @@ def image(engine: support.DockerEngine) -> Iterator[str]:
 
 def test_driver_from_image_serves_dockerd(engine: support.DockerEngine, image: str, tmp_path: Path) -> None:
     name = f"{session().prefix}drv"
-    sock = Path("/run/docker/plugins") / f"{name}.sock"
+    in_container = support.PLUGIN_DIR / f"{name}.sock"   # dockerd's plugin directory, mounted below
+    sock = engine.plugin_dir / f"{name}.sock"            # the same socket, seen from here
     state = tmp_path / "state"
     leases = tmp_path / "leases"
     subnet = unique_subnet(4, 24)
@@ -87,9 +80,9 @@ def test_driver_from_image_serves_dockerd(engine: support.DockerEngine, image: s
     ctr = unique_name("dctr")
     try:
         run = ["run", "-d", "--name", driver, "--network", "host",
-               "-v", "/run/docker/plugins:/run/docker/plugins",
+               "-v", f"{support.PLUGIN_DIR}:{support.PLUGIN_DIR}",
                "-v", f"{state}:/var/lib/cni-bridge", "-v", f"{leases}:/var/lib/cni/pybridge"]
-        serve = [image, "--socket", str(sock), "--workers", "1", "--default-pool", str(unique_subnet(4, 20))]
+        serve = [image, "--socket", str(in_container), "--workers", "1", "--default-pool", str(unique_subnet(4, 20))]
         proc = engine.docker(*run, "--privileged", *serve, check=False)
         if proc.returncode != 0 and "unable to apply caps" in proc.stderr:
             # This machine (itself a sandbox) lacks CAP_SYS_RESOURCE, so runc cannot grant

@@ -197,7 +197,7 @@ def simulate_reboot(dk: Scenario, net: Net) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(shim, signal.SIGKILL)
     dk.engine._forget_dead_containerd()
-    docker_support._unmount_below(dk.engine.root / "exec")   # the sandboxes' namespaces
+    dk.engine.unmount_below(dk.engine.root / "exec")   # the sandboxes' namespaces
     dk.engine.host_run("ip", "link", "del", bridge_of(dk, net), check=False)
     dk.engine.host_run("nft", "flush", "ruleset")
 

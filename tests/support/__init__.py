@@ -1,9 +1,17 @@
 """Shared test infrastructure for pybridge's tests (no test module imports another: what two
 test modules share lives here or in a conftest fixture).
 
-* `tests.support.cnitool`  - a CNI runtime driver with libcni semantics (also a CLI)
-* `tests.support.netns`    - namespaces, unique names/subnets, the uplink topology, leak checks
-* `tests.support.hostsnap` - before/after snapshots of host networking state
+* `cnitool`   - a CNI runtime driver with libcni semantics (also a CLI)
+* `host`      - running commands (`run`, `ip_json`), `is_root`, `wait_for`
+* `session`   - this session's prefix and registry: `unique_name`, `register_data_dir`
+* `subnets`   - `unique_subnet` (no overlap with the host's routes or other live sessions)
+* `netns`     - `Netns` / `create_netns`: namespaces a test owns
+* `topology`  - `Uplink` / `create_uplink`: the NIC stand-in with an "outside" namespace
+* `leaks`     - what a session left behind (`find_leaks`, `remove_leaks`, lease files)
+* `hostsnap`  - before/after snapshots of host networking state
+* `mountns`   - private mount namespaces (the runtimes' plugin and CNI directories)
+* `dockerd`, `docker_scenario`, `plugin_client`, `containerd`, `podman`, `images`,
+  `runtime_checks`, `daemon`, `cli`, `examples`, `ipam_config`, `fuzzing`, `paths`
 
 Kept import-light (no pytest import here) because benchmarks run `python -m
 tests.support.cnitool`. `requires_root` (resolved lazily) is the `root` marker, for a test file

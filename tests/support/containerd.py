@@ -1,4 +1,4 @@
-"""A private containerd for `ctr run --cni` tests, and the /etc/cni install ctr insists on.
+"""A private containerd for `ctr run --cni` tests, and the CNI directories ctr insists on.
 
 Why: containerd's `ctr run --cni` (go-cni + libcni) is the second runtime family pybridge must
 serve, and it has a behaviour podman lacks: after the task is gone it sends DEL with
@@ -7,33 +7,39 @@ CNI_NETNS="" (host state must still be released), and `ctr run -d` never sends D
 The daemon is private (root, state, socket under a temp dir; CRI plugin disabled so it cannot
 collide with Docker's containerd; `native` snapshotter so no overlay mounts are left behind).
 ctr has no option for the CNI directories: it reads the first config (lexical order) in
-/etc/cni/net.d and finds plugins in /opt/cni/bin or /usr/lib/cni. `install_cni()` therefore
-writes `00-<name>.conflist` there and an /opt/cni/bin/pybridge wrapper that records each call's
-CNI_COMMAND / CNI_NETNS in a log and then execs the venv's `pybridge`; both are removed again.
+/etc/cni/net.d and finds plugins in /opt/cni/bin or /usr/lib/cni, where an installed pybridge has
+its own. `install_cni()` therefore writes the test's `00-<name>.conflist` and a `pybridge` wrapper
+(it records each call's CNI_COMMAND / CNI_NETNS in a log and then execs the venv's `pybridge`)
+into directories of the test, and `Containerd.cni` runs every ctr command in a mount namespace of
+its own where those directories are /etc/cni/net.d and /opt/cni/bin (tests/support/mountns.py):
+the host's configs and plugins are neither used nor touched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sysconfig
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.support.host import run
-from tests.support.podman import umount_below
+from tests.support.mountns import PrivateMounts, umount_below
+from tests.support.runtime_checks import TestNetwork
+from tests.support.session import unique_name
 
-__all__ = ["Containerd", "CtrError", "CniInstall", "containerd_missing", "install_blocker", "install_cni"]
+__all__ = ["LIBCNI_DIR", "Containerd", "CtrError", "CtrNet", "CniInstall", "containerd_missing", "install_cni"]
 
-CONF_DIR = Path("/etc/cni/net.d")
-BIN_DIR = Path("/opt/cni/bin")
+LIBCNI_DIR = Path("/var/lib/cni")   # go-cni's libcni cache (results/<net>-<id>-<ifname>)
+CONF_DIR = Path("/etc/cni/net.d")   # where ctr reads network configs
+BIN_DIR = Path("/opt/cni/bin")      # where ctr looks for plugins first (then /usr/lib/cni)
 SNAPSHOTTER = "native"
 
 CONFIG_TEMPLATE = """\
@@ -74,6 +80,7 @@ class Containerd:
     def __init__(self, base: str | os.PathLike, namespace: str) -> None:
         self.base = Path(base)
         self.namespace = namespace
+        self.cni: PrivateMounts | None = None   # the CNI directories ctr sees (CniInstall.mounts)
         self.socket = self.base / "containerd.sock"
         self.config = self.base / "config.toml"
         self.log = self.base / "containerd.log"
@@ -106,6 +113,8 @@ class Containerd:
     def ctr(self, *args: str, check: bool = True, timeout: float = 90.0,
             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         argv = ["ctr", "--address", str(self.socket), "-n", self.namespace, *args]
+        if self.cni is not None:
+            argv = self.cni.wrap(argv)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
         full_env.update(env or {})
         return run(argv, check=check, timeout=timeout, env=full_env, error=CtrError)
@@ -165,11 +174,12 @@ class Containerd:
 # ----- the CNI install ctr needs -------------------------------------------------------------
 @dataclass
 class CniInstall:
-    """What install_cni() put in place; `calls()` reads the wrapper's log."""
+    """What install_cni() wrote; `mounts` shows it to ctr as /etc/cni/net.d and /opt/cni/bin,
+    `calls()` reads the wrapper's log."""
 
     conf_path: Path
     call_log: Path
-    created: list[Path] = field(default_factory=list)
+    mounts: PrivateMounts = field(default_factory=PrivateMounts)
 
     def calls(self) -> list[dict[str, str]]:
         """One dict per pybridge exec: {command, netns, id, ifname}."""
@@ -187,63 +197,48 @@ class CniInstall:
 
 
 WRAPPER = """#!/bin/sh
-# pybridge test wrapper (removed when the test ends): log the call, then run the venv's pybridge.
+# pybridge test wrapper: log the call, then run the venv's pybridge.
 printf '{{"command":"%s","netns":"%s","id":"%s","ifname":"%s"}}\\n' \\
     "$CNI_COMMAND" "$CNI_NETNS" "$CNI_CONTAINERID" "$CNI_IFNAME" >> '{log}'
 exec '{target}' "$@"
 """
 
 
-def install_blocker(network: str) -> str | None:
-    """Why install_cni() would refuse for `network` (None: it can install)."""
-    wrapper = BIN_DIR / "pybridge"
-    if wrapper.exists() or wrapper.is_symlink():
-        return (f"{wrapper} already exists (installed pybridge or another test session); "
-                "refusing to replace it")
-    first = f"00-{network}.conflist"
-    earlier = sorted(p.name for p in CONF_DIR.glob("*") if p.suffix in (".conf", ".conflist", ".json")
-                     and p.name < first) if CONF_DIR.is_dir() else []
-    if earlier:
-        return f"{CONF_DIR} has configs that sort before ours: {earlier}"
-    return None
+def install_cni(conflist: Mapping[str, Any], base: str | os.PathLike) -> CniInstall:
+    """`conflist` alone in `base/cni/net.d`, a logging `pybridge` alone in `base/cni/bin`; set
+    `Containerd.cni` to the result's `mounts` for ctr to use them."""
+    base = Path(base)
+    conf_dir, bin_dir = base / "cni" / "net.d", base / "cni" / "bin"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    conf_path = conf_dir / f"00-{conflist['name']}.conflist"
+    conf_path.write_text(json.dumps(conflist, indent=2))
+    call_log = base / "pybridge-calls.log"
+    wrapper = bin_dir / "pybridge"
+    wrapper.write_text(WRAPPER.format(log=call_log, target=Path(sysconfig.get_path("scripts")) / "pybridge"))
+    wrapper.chmod(0o755)
+    return CniInstall(conf_path, call_log, PrivateMounts(binds={CONF_DIR: conf_dir, BIN_DIR: bin_dir}))
 
 
-@contextlib.contextmanager
-def install_cni(conflist: Mapping[str, Any], log_dir: str | os.PathLike) -> Iterator[CniInstall]:
-    """Put `conflist` first in /etc/cni/net.d and a logging `pybridge` in /opt/cni/bin.
+@dataclass
+class CtrNet:
+    """One test's pybridge network under `ctrd`, and the CNI install ctr uses for it."""
+    ctrd: Containerd
+    net: TestNetwork
+    inst: CniInstall
 
-    Refuses (CtrError) when /opt/cni/bin/pybridge already exists and is not ours, or when a
-    config sorting before ours exists: the test would then not be testing pybridge.
-    """
-    conf_path = CONF_DIR / f"00-{conflist['name']}.conflist"
-    call_log = Path(log_dir) / "pybridge-calls.log"
-    target = Path(sysconfig.get_path("scripts")) / "pybridge"
-    wrapper = BIN_DIR / "pybridge"
-    inst = CniInstall(conf_path, call_log)
-    reason = install_blocker(conflist["name"])
-    if reason:
-        raise CtrError(reason)
-    try:
-        for d in (CONF_DIR, BIN_DIR):
-            missing = []
-            p = d
-            while not p.exists():
-                missing.append(p)
-                p = p.parent
-            d.mkdir(parents=True, exist_ok=True)
-            inst.created.extend(reversed(missing))  # deepest last, removed first
-        tmp = conf_path.with_name("." + conf_path.name + ".tmp")
-        tmp.write_text(json.dumps(conflist, indent=2))
-        os.replace(tmp, conf_path)
-        wtmp = BIN_DIR / ".pybridge.pbt.tmp"
-        wtmp.write_text(WRAPPER.format(log=call_log, target=target))
-        wtmp.chmod(0o755)
-        os.replace(wtmp, wrapper)
-        yield inst
-    finally:
-        conf_path.unlink(missing_ok=True)
-        if wrapper.is_file() and str(call_log) in wrapper.read_text(errors="replace"):
-            wrapper.unlink()
-        for d in sorted(inst.created, key=lambda p: len(str(p)), reverse=True):
-            with contextlib.suppress(OSError):
-                d.rmdir()  # only if empty
+    def cid(self, name: str) -> str:
+        """The CNI_CONTAINERID ctr uses: '<namespace>-<container id>'."""
+        return f"{self.ctrd.namespace}-{name}"
+
+    def run(self, *args: str, timeout: float = 90.0) -> str:
+        return self.ctrd.ctr("run", *self.ctrd.run_args(), *args, timeout=timeout).stdout
+
+    def exec(self, name: str, *argv: str) -> str:
+        return self.ctrd.ctr("tasks", "exec", "--exec-id", unique_name("x"), name, *argv).stdout
+
+    def ipv4(self, name: str) -> str:
+        out = self.exec(name, "ip", "-o", "-4", "addr", "show", "dev", "eth0")
+        m = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
+        assert m, out
+        return m.group(1)

@@ -4,13 +4,21 @@ Why a private dockerd in its own network namespace: dockerd rewrites the host's 
 (FORWARD policy DROP, DOCKER chains, NAT) and creates docker0. Other engineers' test sessions
 share this host at the same moment, and their bridges forward through that FORWARD chain
 (br_netfilter is on). Started with `nsenter --net`, dockerd, its containers and our driver see
-only the namespace; the root namespace is left alone. A dockerd that is already running (or
-PYBRIDGE_TEST_DOCKER_HOST) is used as it is instead, in the host namespace; the tests that must
-restart dockerd are skipped then.
+only the namespace; the root namespace is left alone.
 
-The driver always listens on /run/docker/plugins/pybridge.sock (dockerd discovers plugins only
-there), runs from the repository's venv, and keeps its state and leases under the test's
-directory. Everything started here is stopped at session end.
+Why also its own mount namespace (tests/support/mountns.py): dockerd finds plugins only in
+/run/docker/plugins (sockets) and /etc/docker/plugins, /usr/lib/docker/plugins (spec files), where
+an installed pybridge (or the host's Docker setup) has its own. In the private dockerd's view
+/run/docker/plugins is the test's directory and the spec directories are empty, so the test's
+driver serves it and an installed driver is neither used nor touched; /run/containerd is empty
+too (dockerd starts its own containerd instead of sharing the host's) and /etc/docker/daemon.json
+is not read. So a host where Docker and pybridge are installed runs every test, like a fresh one.
+
+The driver runs from the repository's venv and keeps its state and leases under the test's
+directory. Everything started here is stopped at session end. PYBRIDGE_TEST_DOCKER_HOST=URL
+tests a running engine instead, in the host's namespaces; the driver then needs the host's
+/run/docker/plugins/pybridge.sock (skipped while another driver owns it), and the tests that must
+restart dockerd are skipped.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tests.support.host import run
+from tests.support.mountns import MountNamespace, PrivateMounts, umount_below
 from tests.support.netns import Netns, create_netns
 from tests.support.paths import VENV_BIN
 from tests.support.session import REGISTRY_DIR, unique_name
@@ -38,9 +47,12 @@ from tests.support.subnets import unique_subnet
 
 DOCKERD = Path("/usr/sbin/dockerd")
 DOCKER_CLI = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else (shutil.which("docker") or "docker")
-PLUGIN_SOCKET = Path("/run/docker/plugins/pybridge.sock")
+PLUGIN_DIR = Path("/run/docker/plugins")   # where dockerd finds plugin sockets
+PLUGIN_SOCKET = PLUGIN_DIR / "pybridge.sock"
+# What the private dockerd must not see: other plugin specs, and the host's containerd (which
+# dockerd would use instead of starting its own).
+HIDDEN_FROM_DOCKERD = (Path("/etc/docker/plugins"), Path("/usr/lib/docker/plugins"), Path("/run/containerd"))
 DOCKER_CT = "application/vnd.docker.plugins.v1.2+json"  # libnetwork's plugin content type
-DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 IMAGE = "localbusybox:1"
 BUSYBOX_APPLETS = ("sh", "ip", "ping", "ping6", "ifconfig", "route", "cat", "ls", "sleep", "nc", "wget",
                    "udhcpc", "hostname", "echo", "true")
@@ -97,17 +109,30 @@ class DockerEngine:
     netns: Netns | None = None      # None: the host namespace (an engine we did not start)
     proc: subprocess.Popen | None = None
     args: list[str] = field(default_factory=list)
+    mounts: MountNamespace | None = None  # None: the host's mount namespace (an engine we did not start)
 
     @property
     def ours(self) -> bool:
         return self.proc is not None
 
+    @property
+    def plugin_dir(self) -> Path:
+        """The directory this dockerd finds plugin sockets in, as a path on the host."""
+        return self.root / "plugins" if self.mounts is not None else PLUGIN_DIR
+
     def nsenter(self) -> list[str]:
-        return ["nsenter", f"--net={self.netns.path}", "--"] if self.netns else []
+        """Prefix that runs a command in dockerd's network and mount namespaces."""
+        options = ([f"--mount={self.mounts.path}"] if self.mounts is not None else []) + \
+                  ([f"--net={self.netns.path}"] if self.netns is not None else [])
+        return ["nsenter", *options, "--"] if options else []
 
     def host_run(self, *argv: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """A command on dockerd's host side (its namespace)."""
+        """A command on dockerd's host side (its namespaces)."""
         return run([*self.nsenter(), *argv], check=check, timeout=timeout)
+
+    def unmount_below(self, path: Path) -> None:
+        """Overlay and netns mounts a killed dockerd leaves under `path`, in dockerd's view."""
+        umount_below(path, self.nsenter())
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "DOCKER_HOST": self.host}
@@ -176,32 +201,35 @@ class DockerEngine:
             return ""
 
 
-def _unmount_below(path: Path) -> None:
-    """Overlay and netns mounts a killed dockerd leaves under its directories."""
-    with open("/proc/mounts") as f:
-        points = [line.split()[1] for line in f]
-    for point in sorted((p for p in points if p.startswith(str(path) + "/")), key=len, reverse=True):
-        run(["umount", "-l", point], check=False)
+def engine_missing() -> str | None:
+    """Why no engine can be tested here (None: docker_engine() can make or find one)."""
+    if os.environ.get("PYBRIDGE_TEST_DOCKER_HOST") or DOCKERD.exists():
+        return None
+    return f"no Docker Engine: {DOCKERD} not installed (apt-get install docker.io)"
 
 
 @contextlib.contextmanager
 def docker_engine(scratch: Path) -> Iterator[DockerEngine]:
-    """An engine to test against: the running one if any, else a private one in a namespace."""
+    """A private dockerd in its own network and mount namespaces, with its data, sockets and
+    plugin directory under `scratch` (or the engine PYBRIDGE_TEST_DOCKER_HOST names)."""
     forced = os.environ.get("PYBRIDGE_TEST_DOCKER_HOST")
-    existing = DockerEngine(forced or f"unix://{DEFAULT_DOCKER_SOCKET}", scratch)
-    if forced or (os.path.exists(DEFAULT_DOCKER_SOCKET) and existing.alive()):
-        yield existing
+    if forced:
+        yield DockerEngine(forced, scratch)
         return
     if not DOCKERD.exists():
         raise FileNotFoundError(f"{DOCKERD} not installed (apt-get install docker.io)")
-    ns = create_netns(unique_name("dk"))
     root = scratch
+    (root / "plugins").mkdir(parents=True, exist_ok=True)
+    (root / "daemon.json").write_text("{}\n")   # not the host's /etc/docker/daemon.json
+    ns = create_netns(unique_name("dk"))
+    mounts = MountNamespace(root, PrivateMounts(binds={PLUGIN_DIR: root / "plugins"}, hide=HIDDEN_FROM_DOCKERD))
     sock = root / "docker.sock"
-    engine = DockerEngine(f"unix://{sock}", root, ns)
-    engine.args = [str(DOCKERD), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-                   "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"),
+    engine = DockerEngine(f"unix://{sock}", root, ns, mounts=mounts)
+    engine.args = [str(DOCKERD), "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"),
+                   "--exec-root", str(root / "exec"), "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"),
                    "--bridge", "none", "--shutdown-timeout", "3", "--userland-proxy=false"]
     try:
+        mounts.create()
         engine.start()
         # Docker hosts usually end up with FORWARD policy DROP; make sure we test under it.
         engine.host_run("iptables", "-w", "-P", "FORWARD", "DROP", check=False)
@@ -213,7 +241,9 @@ def docker_engine(scratch: Path) -> Iterator[DockerEngine]:
             if ids:
                 engine.docker("rm", "-f", *ids, check=False, timeout=60)
         engine.stop()
-        _unmount_below(root)
+        engine.unmount_below(root)
+        mounts.delete()
+        umount_below(root)
         ns.delete()
         shutil.rmtree(root / "data", ignore_errors=True)
         shutil.rmtree(root / "exec", ignore_errors=True)
@@ -271,7 +301,7 @@ def driver_settings(tmp_path: Path, default_pool4: str = "10.213.252.0/22") -> A
 
 @dataclass
 class DriverProcess:
-    """`cni-bridge serve` from the venv, in dockerd's namespace, on the well-known socket."""
+    """`cni-bridge serve` from the venv, in dockerd's namespaces, on `socket`."""
     engine: DockerEngine
     root: Path
     default_pool: str
@@ -337,7 +367,8 @@ class DriverProcess:
 
 
 class DriverBusy(RuntimeError):
-    """Another test session (or a real driver) owns the well-known plugin socket."""
+    """Another test session (or an installed driver) owns the host's plugin socket, which a driver
+    for an engine the tests did not start needs."""
 
 
 @contextlib.contextmanager
@@ -358,11 +389,16 @@ def _socket_claim() -> Iterator[None]:
 
 @contextlib.contextmanager
 def pybridge_driver(engine: DockerEngine, scratch: Path) -> Iterator[DriverProcess]:
-    with _socket_claim():
-        if socket_answers(PLUGIN_SOCKET):
-            raise DriverBusy(f"another pybridge driver already serves {PLUGIN_SOCKET}")
+    """`cni-bridge serve` from the checkout as `engine`'s pybridge driver, in its namespaces, on
+    pybridge.sock in its plugin directory: the engine's own, or the host's for an engine the
+    tests did not start (DriverBusy while another session or an installed driver has it)."""
+    with contextlib.ExitStack() as stack:
+        if engine.mounts is None:
+            stack.enter_context(_socket_claim())
+            if socket_answers(PLUGIN_SOCKET):
+                raise DriverBusy(f"another pybridge driver already serves {PLUGIN_SOCKET}")
         scratch.mkdir(parents=True, exist_ok=True)
-        driver = DriverProcess(engine, scratch, str(unique_subnet(4, 20)))
+        driver = DriverProcess(engine, scratch, str(unique_subnet(4, 20)), socket=engine.plugin_dir / "pybridge.sock")
         driver.start()
         try:
             yield driver

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.host import run
+from tests.support.mountns import umount_below
 
-__all__ = ["Podman", "PodmanError", "podman_missing", "umount_below"]
+__all__ = ["Podman", "PodmanError", "podman_missing"]
 
 IMAGE = "localhost/pbtbusybox:1"
 
@@ -136,14 +137,3 @@ class Podman:
             pass
         umount_below(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
-
-
-def umount_below(base: Path) -> None:
-    """Lazy-unmount whatever is still mounted below `base` (deepest first)."""
-    try:
-        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-    except OSError:
-        return
-    prefix = str(base.resolve()) + "/"
-    for m in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", m], capture_output=True, check=False)

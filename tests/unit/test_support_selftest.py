@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from tests.support import session as support_session
-from tests.support.subnets import routes_on_host
 from tests.support.cnitool import (
     CniCallError,
     CniTool,
@@ -33,6 +32,7 @@ from tests.support.cnitool import (
 from tests.support.hostsnap import HostSnapshot, diff, normalize_iptables_save, normalize_nft
 from tests.support.paths import REPO
 from tests.support.session import IFNAMSIZ, unique_name
+from tests.support.subnets import routes_on_host
 from tests.support.subnets import unique_subnet
 
 
