@@ -42,7 +42,6 @@ from tests.support.leaks import (Leak, find_leaks, nft_tables, quick_inventory, 
                                   sweep_stale_sessions)
 from tests.support.netns import Netns, create_netns  # noqa: E402
 from tests.support.paths import VENV_BIN  # noqa: E402
-from tests.support.plugin_client import Plugin, plugin_for  # noqa: E402
 from tests.support.session import current_session, register_data_dir  # noqa: E402
 from tests.support.topology import Uplink, create_uplink  # noqa: E402
 
@@ -271,7 +270,10 @@ def served_driver(tmp_path: Path) -> Iterator[tuple[Path, Any, list[subprocess.P
 
 
 @pytest.fixture
-def plugin(tmp_path: Path) -> Plugin:
+def plugin(tmp_path: Path) -> Any:
     """The Docker driver's Flask app, state and leases under tmp, called like libnetwork does
-    (tests/support/plugin_client.py); no socket, no kernel work until a test asks for it."""
+    (tests/support/plugin_client.py: a `Plugin`); no socket, no kernel work until a test asks."""
+    # Imported here, not at the top: Flask and the driver cost ~0.3 s to import, ~3 s in the
+    # emulated guest, whose pytest loads this conftest too.
+    from tests.support.plugin_client import plugin_for
     return plugin_for(tmp_path)
