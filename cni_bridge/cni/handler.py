@@ -194,8 +194,8 @@ def cmd_status(req: CniRequest) -> None:
     spec = _spec(req)
     ipam_client.status(req)
     if spec.mode == "bridge" and spec.ip_masq:
-        from cni_bridge import firewall
-        if not firewall.nft.available():
+        from cni_bridge.kernel.nft import nft
+        if not nft.available():
             raise PluginError(50, "masquerade is configured but nftables is not available")
     return None
 

@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from cni_bridge import netlink, validate
+from cni_bridge import validate
+from cni_bridge.kernel import netlink
 from cni_bridge.docker import network
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import DEFAULT_PREFIX, Driver

@@ -21,7 +21,8 @@ import re
 from types import ModuleType
 from typing import Any
 
-from cni_bridge import modes, netlink
+from cni_bridge import modes
+from cni_bridge.kernel import netlink
 from cni_bridge.crashpoint import step
 from cni_bridge.attachment import Addressing, Attachment, IpConfig
 from cni_bridge.config import NetworkSpec, parse_network

@@ -33,6 +33,7 @@ import time
 from typing import Callable, Iterable
 
 from cni_bridge.fastpath import client as wire
+from cni_bridge.kernel import libc
 
 log = logging.getLogger("cni_bridge.fastpath")
 
@@ -115,9 +116,9 @@ def warm_up() -> None:
     import cni_bridge.cni.versions  # noqa: F401
     import cni_bridge.config  # noqa: F401
     import cni_bridge.firewall  # noqa: F401
+    import cni_bridge.kernel.netlink  # noqa: F401
     import cni_bridge.modes  # noqa: F401
     import cni_bridge.modes.bridge  # noqa: F401
-    import cni_bridge.netlink  # noqa: F401
     try:
         import cni_bridge.ipam.plugin  # noqa: F401
     except ImportError as exc:  # the file IPAM is optional for serving other IPAMs
@@ -335,16 +336,6 @@ class FastPathServer:
             pass
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives busy threads their own malloc arenas (up to 8 per CPU); with 32 workers that
-    doubles the resident memory for nothing. Only for the stand-alone daemon process."""
-    try:
-        import ctypes
-        ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def start_in_thread(socket_path: str | None = None, **kwargs) -> FastPathServer:
     """One call for `cni-bridge serve`: warm the imports, bind, serve in a daemon thread.
     The returned server has `.stop()` and `.stats`."""
@@ -374,14 +365,9 @@ def spawn(socket_path: str | None = None, log_level: str = "WARNING") -> FastPat
     """Start `python -m cni_bridge.fastpath.server` and wait until it listens. The child gets
     SIGTERM if this process dies (PR_SET_PDEATHSIG), so it never outlives the driver."""
     path = socket_path or default_socket_path()
-
-    def die_with_parent() -> None:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
     proc = subprocess.Popen([sys.executable, "-m", "cni_bridge.fastpath.server", "--socket", path,
                              "--log-level", log_level], stdout=subprocess.PIPE, text=True,
-                            preexec_fn=die_with_parent)
+                            preexec_fn=libc.die_with_parent)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("ready"):
@@ -399,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
-    limit_malloc_arenas()
+    libc.limit_malloc_arenas()
     warm_up()
     server = FastPathServer(args.socket)
     server.bind()

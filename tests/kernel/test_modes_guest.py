@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cni_bridge import netlink
+from cni_bridge.kernel import netlink
 from cni_bridge.cni.handler import handle
 from cni_bridge.config import parse_network
 from cni_bridge.modes import uplink as uplinks
