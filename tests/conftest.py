@@ -26,9 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # so `tests.support` imports without pythonpath settings
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests.support import daemon, dockerd  # noqa: E402
 from tests.support import netns as support_netns  # noqa: E402
 from tests.support.cnitool import CniTool  # noqa: E402
-from tests.support import daemon, dockerd  # noqa: E402
 from tests.support.dockerd import VENV_BIN, driver_settings, socket_answers  # noqa: E402
 from tests.support.netns import (  # noqa: E402
     Leak,

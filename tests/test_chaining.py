@@ -21,8 +21,15 @@ import pytest
 from tests.support import requires_root
 from tests.support.cnitool import CniTool, load_netconf
 from tests.support.netns import Netns, Uplink, foreign_patterns, unique_name, wait_for
-from tests.support.runtime_checks import (GO, PYBRIDGE, TestNetwork, bridge_ports, iptables_lines,
-                                          network_factory, nft_table_text)
+from tests.support.runtime_checks import (
+    GO,
+    PYBRIDGE,
+    TestNetwork,
+    bridge_ports,
+    iptables_lines,
+    network_factory,
+    nft_table_text,
+)
 
 pytestmark = [requires_root, pytest.mark.timeout(180)]
 

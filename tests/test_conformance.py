@@ -21,8 +21,16 @@ import pytest
 from tests.support import requires_root
 from tests.support.cnitool import CniTool
 from tests.support.netns import Netns, run, unique_name, unique_subnet, wait_for
-from tests.support.runtime_checks import (GO, PYBRIDGE, TestNetwork, bridge_ports, container_view,
-                                          iptables_lines, network_factory, nft_table_text)
+from tests.support.runtime_checks import (
+    GO,
+    PYBRIDGE,
+    TestNetwork,
+    bridge_ports,
+    container_view,
+    iptables_lines,
+    network_factory,
+    nft_table_text,
+)
 
 pytestmark = [requires_root, pytest.mark.timeout(120),
               pytest.mark.skipif(not Path("/usr/lib/cni/bridge").exists(),

@@ -8,9 +8,9 @@ and `ctr run -d` never sends DEL at all, which is what CNI GC (spec 1.1) is for.
 from __future__ import annotations
 
 import copy
-import json
 import importlib.util
 import ipaddress
+import json
 import re
 import subprocess
 import sysconfig
@@ -22,13 +22,11 @@ import pytest
 
 from tests.support import requires_root
 from tests.support.cnitool import CniTool
-from tests.support.containerd import (CniInstall, Containerd, containerd_missing, install_blocker,
-                                      install_cni)
+from tests.support.containerd import CniInstall, Containerd, containerd_missing, install_blocker, install_cni
 from tests.support.images import build_rootfs_tar, busybox_available
 from tests.support.netns import unique_name
 from tests.support.podman import IMAGE, Podman, podman_missing
-from tests.support.runtime_checks import (TestNetwork, bridge_ports, new_network, nft_table_text,
-                                          remove_bridge)
+from tests.support.runtime_checks import TestNetwork, bridge_ports, new_network, nft_table_text, remove_bridge
 
 pytestmark = [pytest.mark.containerd, requires_root, pytest.mark.timeout(300)]
 

@@ -21,8 +21,7 @@ import pytest
 from cni_bridge.firewall import table_name
 from cni_bridge.ipam.lease import parse_lease_name
 from tests.support import dockerd as support
-from tests.support.netns import (OUTSIDE_POOL4, Netns, create_netns, run, unique_name,
-                                 unique_subnet)
+from tests.support.netns import OUTSIDE_POOL4, Netns, create_netns, run, unique_name, unique_subnet
 
 pytestmark = [pytest.mark.docker, pytest.mark.requires_root]
 

@@ -19,8 +19,7 @@ import pytest
 from tests.support import requires_root
 from tests.support.cnitool import CniTool
 from tests.support.netns import Netns, unique_name
-from tests.support.runtime_checks import (GO, PYBRIDGE, TestNetwork, bridge_ports, iptables_lines,
-                                          network_factory)
+from tests.support.runtime_checks import GO, PYBRIDGE, TestNetwork, bridge_ports, iptables_lines, network_factory
 
 pytestmark = [requires_root, pytest.mark.timeout(120),
               pytest.mark.skipif(not Path("/usr/lib/cni/portmap").exists(),

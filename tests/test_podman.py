@@ -20,8 +20,7 @@ from tests.support import requires_root
 from tests.support.images import build_rootfs_tar, busybox_available
 from tests.support.netns import unique_name
 from tests.support.podman import IMAGE, Podman, podman_missing
-from tests.support.runtime_checks import (TestNetwork, bridge_ports, masq_table, network_factory,
-                                          nft_table_text)
+from tests.support.runtime_checks import TestNetwork, bridge_ports, masq_table, network_factory, nft_table_text
 
 pytestmark = [pytest.mark.podman, requires_root, pytest.mark.timeout(300)]
 

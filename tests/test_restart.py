@@ -44,9 +44,9 @@ from tests.support.cnitool import CniTool, bridge_conflist
 from tests.support.dockerd import plugin_call
 from tests.support.netns import Netns, register_data_dir, unique_name, unique_subnet
 from tests.test_cli import _sources, cli
+
 # The private dockerd + driver of the Docker engine tests (one per session), and their helpers.
-from tests.test_docker_engine import (Net, Scenario, assert_network_gone, bridge_of, dk,  # noqa: F401
-                                      leased, link_exists)
+from tests.test_docker_engine import Net, Scenario, assert_network_gone, bridge_of, dk, leased, link_exists  # noqa: F401
 
 CRASH_ENV = "PYBRIDGE_CRASH_AFTER"
 GATEWAY_OPTS = {"RequestAddressType": "com.docker.network.gateway"}

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import requires_root
 from tests.support import netns as support_netns
+from tests.support import requires_root
 from tests.support.cnitool import (
     CniCallError,
     CniTool,

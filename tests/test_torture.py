@@ -68,8 +68,16 @@ from cni_bridge.ipam.lease import parse_lease_name
 from tests.support import hostsnap, requires_root
 from tests.support.cnitool import CniRun, CniTool, bridge_conflist
 from tests.support.dockerd import plugin_call
-from tests.support.netns import (Netns, _ip_json, lease_files, register_data_dir, run, session, unique_name,
-                                  unique_subnet)
+from tests.support.netns import (
+    Netns,
+    _ip_json,
+    lease_files,
+    register_data_dir,
+    run,
+    session,
+    unique_name,
+    unique_subnet,
+)
 
 pytestmark = [requires_root, pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -17,10 +17,9 @@ from typing import Any, Callable, Mapping
 
 from cni_bridge import validate
 from cni_bridge.cni import ipam_client
+from cni_bridge.cni.protocol import CniRequest, dumps, error_object, error_version, parse_request, version_object
 from cni_bridge.crashpoint import step
-from cni_bridge.cni.protocol import (CniRequest, dumps, error_object, error_version, parse_request,
-                                    version_object)
-from cni_bridge.errors import PluginError, INTERNAL, INVALID_CONFIG
+from cni_bridge.errors import INTERNAL, INVALID_CONFIG, PluginError
 
 PLUGIN = "pybridge"
 IPAM_PLUGIN = "pybridge-ipam"

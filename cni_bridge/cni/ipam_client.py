@@ -9,7 +9,7 @@ import subprocess
 from typing import Any
 
 from cni_bridge.cni.protocol import CniRequest
-from cni_bridge.errors import PluginError, INVALID_CONFIG, INTERNAL
+from cni_bridge.errors import INTERNAL, INVALID_CONFIG, PluginError
 
 IN_PROCESS_TYPE = "pybridge-ipam"
 

@@ -7,8 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from cni_bridge.errors import (PluginError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG,
-                               INVALID_ENV)
+from cni_bridge.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV, PluginError
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = "1.1.0"

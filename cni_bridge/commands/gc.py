@@ -58,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _release_lease(net, ep) -> Callable[[], None]:
     def fix() -> None:
         from cni_bridge import firewall
-        from cni_bridge.kernel import netlink
         from cni_bridge.ipam.store import LeaseStore
+        from cni_bridge.kernel import netlink
         from cni_bridge.locks import network_lock
         with netlink.root() as host:
             if ep.host_ifname and host.link(ep.host_ifname) is not None:

@@ -38,7 +38,8 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
 
 
 def collect(args: argparse.Namespace):
-    from cni_bridge.inventory import DEFAULT_CONF_DIR, collect as collect_inventory
+    from cni_bridge.inventory import DEFAULT_CONF_DIR
+    from cni_bridge.inventory import collect as collect_inventory
     from cni_bridge.ipam.config import DEFAULT_DATA_DIR
     return collect_inventory(data_dirs=args.data_dir or [DEFAULT_DATA_DIR],
                              conf_dirs=args.conf_dir or [DEFAULT_CONF_DIR],

@@ -26,10 +26,9 @@ CNI error 11 "try again" (the daemon may or may not have carried the request out
 retries or cleans up with DEL, both of which are idempotent). A request is never run twice.
 """
 
+import _socket
 import posix
 import sys
-
-import _socket
 
 MAGIC = b"PBF1"
 READY = b"R"

@@ -13,8 +13,15 @@ The callers' API is re-exported here (`firewall.add_members(...)`).
 """
 
 from cni_bridge.firewall.forward import forward_accept
-from cni_bridge.firewall.masquerade import (Masquerade, add_members, delete_table, members, pybridge_tables,
-                                            remove_members, table_exists)
+from cni_bridge.firewall.masquerade import (
+                                            Masquerade,
+                                            add_members,
+                                            delete_table,
+                                            members,
+                                            pybridge_tables,
+                                            remove_members,
+                                            table_exists,
+)
 from cni_bridge.firewall.names import RULE_COMMENT_PREFIX, table_name
 
 __all__ = ["Masquerade", "RULE_COMMENT_PREFIX", "add_members", "delete_table", "forward_accept", "members",

@@ -10,15 +10,21 @@ import ipaddress
 from typing import Any
 
 from cni_bridge import firewall
-from cni_bridge.kernel import netlink
-from cni_bridge.crashpoint import step
 from cni_bridge.attachment import Addressing, Attachment, IPAddress, build_result, interface_entry
 from cni_bridge.config import NetworkSpec
-from cni_bridge.errors import PluginError, INTERNAL, config_error
-from cni_bridge.locks import network_lock
-from cni_bridge.modes.common import (Undo, check_container, configure_container, container_interface,
-                                     open_netns, with_default_routes)
+from cni_bridge.crashpoint import step
+from cni_bridge.errors import INTERNAL, PluginError, config_error
+from cni_bridge.kernel import netlink
 from cni_bridge.kernel.netlink import Link, Netlink
+from cni_bridge.locks import network_lock
+from cni_bridge.modes.common import (
+    Undo,
+    check_container,
+    configure_container,
+    container_interface,
+    open_netns,
+    with_default_routes,
+)
 
 
 def masquerade(spec: NetworkSpec, addressing: Addressing | None = None, *,

@@ -25,8 +25,19 @@ from hypothesis import strategies as st
 
 from cni_bridge.cni.handler import IPAM_PLUGIN, PLUGIN, Response, handle
 from cni_bridge.cni.protocol import COMMANDS, KNOWN_ARGS, SUPPORTED_VERSIONS, version_tuple
-from tests.fuzz.common import (IPAM_HINTS, assert_cni_error, assert_cni_result, files_unchanged_if, fuzz,
-                               host_unchanged, json_objects, json_values, key_junk, mutations, stdin_bytes)
+from tests.fuzz.common import (
+    IPAM_HINTS,
+    assert_cni_error,
+    assert_cni_result,
+    files_unchanged_if,
+    fuzz,
+    host_unchanged,
+    json_objects,
+    json_values,
+    key_junk,
+    mutations,
+    stdin_bytes,
+)
 from tests.support.netns import NETNS_DIR, Netns, register_data_dir, session, unique_name, unique_subnet
 from tests.support.netns import run as sh
 

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.cnitool import bridge_conflist
-from tests.support.netns import (Netns, lease_files, register_data_dir, run, unique_name,
-                                 unique_subnet)
+from tests.support.netns import Netns, lease_files, register_data_dir, run, unique_name, unique_subnet
 
 __all__ = ["TestNetwork", "bridge_ports", "container_view", "iptables_lines", "masq_table",
            "new_network", "nft_table_text", "remove_bridge", "subnet_offset"]
