@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+import cni_bridge
+
 TEMPLATE = """#!{python} -IS
 # pybridge CNI launcher (written by cni_bridge.fastpath.launcher; regenerate, do not edit)
 import sys
@@ -28,7 +30,6 @@ PROGRAMS = ("pybridge", "pybridge-ipam")
 
 def package_root() -> str:
     """The directory that contains the `cni_bridge` package (site-packages or the source tree)."""
-    import cni_bridge
     return os.path.dirname(os.path.dirname(os.path.abspath(cni_bridge.__file__)))
 
 

@@ -32,10 +32,24 @@ import threading
 import time
 from typing import Callable, Iterable
 
+# What a request may need is imported with this module, not during the first ADD (the handler
+# imports the modes and the IPAM store lazily, for the exec'd in-process path).
+import cni_bridge.cni.versions  # noqa: F401
+import cni_bridge.config  # noqa: F401
+import cni_bridge.firewall  # noqa: F401
+import cni_bridge.kernel.netlink  # noqa: F401
+import cni_bridge.modes  # noqa: F401
+import cni_bridge.modes.bridge  # noqa: F401
+from cni_bridge.cni.handler import handle as _default_handle
 from cni_bridge.fastpath import client as wire
 from cni_bridge.kernel import libc
 
 log = logging.getLogger("cni_bridge.fastpath")
+
+try:
+    import cni_bridge.ipam.plugin  # noqa: F401
+except ImportError as exc:  # the file IPAM is optional for serving other IPAMs
+    log.warning("fast path: cannot preload the file IPAM: %s", exc)
 
 READ_TIMEOUT = 10.0       # a client has this long to send its request and, later, `G`
 WRITE_TIMEOUT = 30.0
@@ -103,26 +117,6 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 
 def _netns_inode() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
-
-
-def _default_handle(plugin: str, env: dict[str, str], stdin: bytes):
-    from cni_bridge.cni.handler import handle
-    return handle(plugin, env, stdin)
-
-
-def warm_up() -> None:
-    """Import everything a request may need now, not during the first ADD."""
-    import cni_bridge.cni.handler  # noqa: F401
-    import cni_bridge.cni.versions  # noqa: F401
-    import cni_bridge.config  # noqa: F401
-    import cni_bridge.firewall  # noqa: F401
-    import cni_bridge.kernel.netlink  # noqa: F401
-    import cni_bridge.modes  # noqa: F401
-    import cni_bridge.modes.bridge  # noqa: F401
-    try:
-        import cni_bridge.ipam.plugin  # noqa: F401
-    except ImportError as exc:  # the file IPAM is optional for serving other IPAMs
-        log.warning("fast path: cannot preload the file IPAM: %s", exc)
 
 
 class FastPathServer:
@@ -337,9 +331,8 @@ class FastPathServer:
 
 
 def start_in_thread(socket_path: str | None = None, **kwargs) -> FastPathServer:
-    """One call for `cni-bridge serve`: warm the imports, bind, serve in a daemon thread.
-    The returned server has `.stop()` and `.stats`."""
-    warm_up()
+    """One call for `cni-bridge serve`: bind, serve in a daemon thread (what a request needs
+    was imported with this module). The returned server has `.stop()` and `.stats`."""
     return FastPathServer(socket_path, **kwargs).start_in_thread()
 
 
@@ -386,7 +379,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
     libc.limit_malloc_arenas()
-    warm_up()
     server = FastPathServer(args.socket)
     server.bind()
 

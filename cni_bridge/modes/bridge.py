@@ -17,6 +17,7 @@ from cni_bridge.errors import INTERNAL, PluginError, config_error
 from cni_bridge.kernel import netlink
 from cni_bridge.kernel.netlink import Link, Netlink
 from cni_bridge.locks import network_lock
+from cni_bridge.modes import uplink
 from cni_bridge.modes.common import (
     Undo,
     check_container,
@@ -88,7 +89,6 @@ def ensure_bridge(host: Netlink, spec: NetworkSpec) -> Link:
     pin_mac(host, bridge)
     step("bridge-mac-pinned")
     if spec.uplink:
-        from cni_bridge.modes import uplink  # flat / vlan uplinks: only loaded when used
         uplink.attach(host, spec, bridge)
         step("uplink")
     return bridge
@@ -209,7 +209,6 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
                 undo.push(lambda: host.delete_link(spec.bridge))
             pin_mac(host, bridge)
             if spec.uplink:
-                from cni_bridge.modes import uplink
                 undo.push(lambda: uplink.detach(host, spec))
                 uplink.attach(host, spec, bridge)
             before = set(host.addresses(bridge.index))
@@ -232,7 +231,6 @@ def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
         firewall.delete_table(spec.name, spec.bridge)
     with netlink.root() as host:
         if spec.uplink:
-            from cni_bridge.modes import uplink
             uplink.detach(host, spec)
         if created.get("bridge_created"):
             host.delete_link(spec.bridge)
