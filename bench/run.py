@@ -15,6 +15,7 @@ Order: ADD/DEL latency on empty networks (both plugins' calls interleaved); 32 p
 scaling: pybridge's ladder 0/250/500/1000 alone on the host, its containers detached, Go's
 ladder alone, then pybridge's attached again next to Go's (a stress point, reported); Docker
 `docker run` to first ping against the built-in bridge driver; the daemon's memory and idle CPU.
+(pip's console scripts against the launchers: bench/entry_points.py.)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -569,7 +570,7 @@ def shared_rows(results: dict[str, Any], g0: float | None, p0: float | None) -> 
     rows = [(f"ADD with both plugins' containers on the host ({where}) / with 0",
              f"{fmt(gs)} / {fmt(g0)} = ×{ratio(gs, g0):.2f}", f"{fmt(ps)} / {fmt(p0)} = ×{ratio(ps, p0):.2f}",
              None, "(stress, info)", ""),
-             (f"… / empty network of the same plugin, same rounds", f"{fmt(gs)} / {fmt(ge)} = ×{ratio(gs, ge):.2f}",
+             ("… / empty network of the same plugin, same rounds", f"{fmt(gs)} / {fmt(ge)} = ×{ratio(gs, ge):.2f}",
               f"{fmt(ps)} / {fmt(pe)} = ×{ratio(ps, pe):.2f}", None, "(stress, info)", "")]
     dm = results.get("daemon_ms", {})
     if shared.get("daemon_ms", {}).get(py) and _has(dm, 0):

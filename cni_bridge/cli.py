@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from cni_bridge.logsetup import configure
+
 SUBCOMMANDS = ("serve", "status", "gc", "ipam")
 
 
@@ -36,7 +38,6 @@ def main(argv: list[str] | None = None) -> None:
     if not getattr(args, "func", None):
         parser.print_help()
         sys.exit(2)
-    from cni_bridge.logsetup import configure
     configure(debug=args.debug or None, path=args.global_log_file)
     try:
         code = args.func(args)

@@ -237,7 +237,7 @@ def netns_map(host, extra_dirs: Iterable[str] = ()) -> dict[int, str]:
 
 def _container_side(netns_path: str, *, index: int | None = None, name: str | None = None) -> Container:
     """Look at one interface inside a namespace (by index for veth peers, else by name)."""
-    from cni_bridge import netlink
+    from cni_bridge.kernel import netlink
     container = Container(netns_path, name)
     try:
         with netlink.netns(netns_path) as ns:
@@ -264,12 +264,14 @@ class _Host:
 
 
 def _host_view(with_netns: bool, problems: list[str]) -> _Host:
-    from cni_bridge import firewall, netlink
+    from cni_bridge import firewall
+    from cni_bridge.kernel import netlink
+    from cni_bridge.kernel.nft import nft
     with netlink.root() as host:
         details = host.all_link_details()
         nsmap = netns_map(host) if with_netns else {}
     tables = set(firewall.pybridge_tables())
-    if not firewall.nft.available():
+    if not nft.available():
         problems.append("nftables is not available: masquerade state unknown")
     return _Host({d.link.name: d for d in details}, {d.link.index: d for d in details}, nsmap, tables)
 
@@ -282,7 +284,7 @@ def _link_summary(net: Network, host: _Host) -> None:
     if details is None:
         return
     net.bridge_up = details.link.up
-    from cni_bridge import netlink
+    from cni_bridge.kernel import netlink
     with netlink.root() as h:
         net.bridge_addresses = [str(a) for a in h.addresses(details.link.index)
                                 if not (a.version == 6 and a.ip.is_link_local)]

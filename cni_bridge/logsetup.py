@@ -74,7 +74,7 @@ def emit_to_file(line: str, path: str | None = None) -> None:
 def configure(*, debug: bool | None = None, path: str | None = None, name: str = "cni_bridge") -> None:
     """Logging for the CLI: `name`'s logger to stderr (+ the log file), INFO or DEBUG.
     Imports `logging` here, not at module level (the exec'd plugin never calls this)."""
-    import logging
+    import logging  # lazy: see above
 
     debug = debug_enabled() if debug is None else debug
     path = path if path not in (None, "", "-") else log_file()

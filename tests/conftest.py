@@ -38,8 +38,15 @@ from tests.support import session as support_session  # noqa: E402
 from tests.support.cnitool import CniTool  # noqa: E402
 from tests.support.dockerd import driver_settings, socket_answers  # noqa: E402
 from tests.support.host import is_root  # noqa: E402
-from tests.support.leaks import (Leak, find_leaks, nft_tables, quick_inventory, remove_leaks, settle,  # noqa: E402
-                                  sweep_stale_sessions)
+from tests.support.leaks import (  # noqa: E402
+    Leak,
+    find_leaks,
+    nft_tables,
+    quick_inventory,
+    remove_leaks,
+    settle,
+    sweep_stale_sessions,
+)
 from tests.support.netns import Netns, create_netns  # noqa: E402
 from tests.support.paths import VENV_BIN  # noqa: E402
 from tests.support.session import current_session, register_data_dir  # noqa: E402

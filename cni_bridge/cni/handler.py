@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import sys
 import time
 import traceback
@@ -17,10 +18,9 @@ from typing import Any, Callable, Mapping
 
 from cni_bridge import validate
 from cni_bridge.cni import ipam_client
+from cni_bridge.cni.protocol import CniRequest, dumps, error_object, error_version, parse_request, version_object
 from cni_bridge.crashpoint import step
-from cni_bridge.cni.protocol import (CniRequest, dumps, error_object, error_version, parse_request,
-                                    version_object)
-from cni_bridge.errors import PluginError, INTERNAL, INVALID_CONFIG
+from cni_bridge.errors import INTERNAL, INVALID_CONFIG, PluginError
 
 PLUGIN = "pybridge"
 IPAM_PLUGIN = "pybridge-ipam"
@@ -66,13 +66,16 @@ def handle(plugin: str, env: Mapping[str, str], stdin: bytes) -> Response:
 
 
 # --- pybridge ----------------------------------------------------------------------------------
+# Imports marked "lazy" stay in the functions: the exec'd plugin runs this module in-process when
+# the daemon is absent, and VERSION or pybridge-ipam must not pay for the main plugin's modules
+# (the modes import pyroute2, ~140 ms).
 def _spec(req: CniRequest):
-    from cni_bridge.config import parse_network
+    from cni_bridge.config import parse_network  # lazy
     return parse_network(req.config)
 
 
 def _attachment(req: CniRequest):
-    from cni_bridge.attachment import Attachment
+    from cni_bridge.attachment import Attachment  # lazy
     mac = req.runtime_config().get("mac") or req.args.get("MAC") or None
     if mac is not None:
         validate_mac(mac)
@@ -80,7 +83,6 @@ def _attachment(req: CniRequest):
 
 
 def validate_mac(mac: object) -> str:
-    import re
     if not isinstance(mac, str) or not re.fullmatch(r"(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}", mac):
         raise PluginError(INVALID_CONFIG, f"invalid MAC address {str(mac)[:40]!r}")
     if int(mac[:2], 16) & 1:
@@ -100,15 +102,15 @@ def _prev(req: CniRequest) -> dict[str, Any] | None:
 def _checked_prev(req: CniRequest) -> dict[str, Any] | None:
     """ADD and CHECK use prevResult's fields: a malformed one is error 7 before any work (DEL
     stays lenient: it must clean up whatever prevResult looks like)."""
-    from cni_bridge.cni.versions import check_result
+    from cni_bridge.cni.versions import check_result  # lazy
     prev = _prev(req)
     return None if prev is None else check_result(prev, "prevResult")
 
 
 def cmd_add(req: CniRequest) -> dict[str, Any]:
-    from cni_bridge import modes
-    from cni_bridge.attachment import Addressing
-    from cni_bridge.cni.versions import convert, merge_prev
+    from cni_bridge import modes  # lazy
+    from cni_bridge.attachment import Addressing  # lazy
+    from cni_bridge.cni.versions import convert, merge_prev  # lazy
     spec = _spec(req)
     att = _attachment(req)
     prev = _checked_prev(req)
@@ -133,7 +135,7 @@ def cmd_add(req: CniRequest) -> dict[str, Any]:
 
 
 def _addresses_to_release(req: CniRequest) -> list:
-    from cni_bridge.attachment import Addressing
+    from cni_bridge.attachment import Addressing  # lazy
     found = list(ipam_client.leased_addresses(req))
     prev = _prev(req)
     if prev:
@@ -145,7 +147,7 @@ def _addresses_to_release(req: CniRequest) -> list:
 
 
 def cmd_del(req: CniRequest) -> None:
-    from cni_bridge import modes
+    from cni_bridge import modes  # lazy
     spec = _spec(req)
     att = _attachment(req)
     if att.netns and not validate.could_be_netns(att.netns):
@@ -158,7 +160,7 @@ def cmd_del(req: CniRequest) -> None:
 
 
 def cmd_check(req: CniRequest) -> None:
-    from cni_bridge import modes
+    from cni_bridge import modes  # lazy
     spec = _spec(req)
     prev = _checked_prev(req)
     if prev is None:
@@ -174,11 +176,10 @@ def cmd_check(req: CniRequest) -> None:
 def cmd_gc(req: CniRequest) -> None:
     """Spec 1.1 GC: release leases, host veths and masquerade entries of attachments that are not
     in cni.dev/valid-attachments. An absent key means: release nothing."""
-    from cni_bridge import modes
-    from cni_bridge.attachment import Attachment
+    from cni_bridge import modes  # lazy
+    from cni_bridge.attachment import Attachment  # lazy
     spec = _spec(req)
-    from cni_bridge.ipam.plugin import valid_attachments
-    valid = valid_attachments(req.config)
+    valid = ipam_client.file_ipam().valid_attachments(req.config)
     if valid is None:
         return None
     driver = modes.driver(spec.mode)
@@ -194,8 +195,8 @@ def cmd_status(req: CniRequest) -> None:
     spec = _spec(req)
     ipam_client.status(req)
     if spec.mode == "bridge" and spec.ip_masq:
-        from cni_bridge import firewall
-        if not firewall.nft.available():
+        from cni_bridge.kernel.nft import nft  # lazy: loads libnftables
+        if not nft.available():
             raise PluginError(50, "masquerade is configured but nftables is not available")
     return None
 
@@ -206,30 +207,25 @@ MAIN_COMMANDS: dict[str, Callable[[CniRequest], Any]] = {
 
 # --- pybridge-ipam -----------------------------------------------------------------------------
 def ipam_add(req: CniRequest) -> dict[str, Any]:
-    from cni_bridge.cni.versions import convert
-    from cni_bridge.ipam import plugin
-    result = plugin.ipam_add(req.config["name"], req.container_id, req.ifname, req.config, req.args)
+    from cni_bridge.cni.versions import convert  # lazy
+    result = ipam_client.file_ipam().ipam_add(req.config["name"], req.container_id, req.ifname, req.config, req.args)
     return convert(result, req.version)
 
 
 def ipam_del(req: CniRequest) -> None:
-    from cni_bridge.ipam import plugin
-    plugin.ipam_del(req.config["name"], req.container_id, req.ifname, req.config)
+    ipam_client.file_ipam().ipam_del(req.config["name"], req.container_id, req.ifname, req.config)
 
 
 def ipam_check(req: CniRequest) -> None:
-    from cni_bridge.ipam import plugin
-    plugin.ipam_check(req.config["name"], req.container_id, req.ifname, req.config)
+    ipam_client.file_ipam().ipam_check(req.config["name"], req.container_id, req.ifname, req.config)
 
 
 def ipam_gc(req: CniRequest) -> None:
-    from cni_bridge.ipam import plugin
-    plugin.ipam_gc(req.config["name"], req.config)
+    ipam_client.file_ipam().ipam_gc(req.config["name"], req.config)
 
 
 def ipam_status(req: CniRequest) -> None:
-    from cni_bridge.ipam import plugin
-    plugin.ipam_status(req.config["name"], req.config)
+    ipam_client.file_ipam().ipam_status(req.config["name"], req.config)
 
 
 IPAM_COMMANDS: dict[str, Callable[[CniRequest], Any]] = {

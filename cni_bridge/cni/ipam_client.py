@@ -9,7 +9,7 @@ import subprocess
 from typing import Any
 
 from cni_bridge.cni.protocol import CniRequest
-from cni_bridge.errors import PluginError, INVALID_CONFIG, INTERNAL
+from cni_bridge.errors import INTERNAL, INVALID_CONFIG, PluginError
 
 IN_PROCESS_TYPE = "pybridge-ipam"
 
@@ -28,6 +28,14 @@ def ipam_type(config: dict[str, Any]) -> str | None:
 
 def in_process(config: dict[str, Any]) -> bool:
     return ipam_type(config) == IN_PROCESS_TYPE
+
+
+def file_ipam():
+    """The in-process pybridge-ipam (cni_bridge.ipam.plugin), imported on first use: the lease
+    store costs ~20 ms per exec'd in-process call, which VERSION and networks with another IPAM
+    (exec'd instead) do not pay."""
+    from cni_bridge.ipam import plugin  # lazy: see above
+    return plugin
 
 
 def _exec(req: CniRequest, command: str, extra_env: dict[str, str] | None = None) -> dict[str, Any] | None:
@@ -62,8 +70,7 @@ def _exec(req: CniRequest, command: str, extra_env: dict[str, str] | None = None
 
 def add(req: CniRequest) -> dict[str, Any]:
     if in_process(req.config):
-        from cni_bridge.ipam import plugin
-        return plugin.ipam_add(req.config["name"], req.container_id, req.ifname, req.config, req.args)
+        return file_ipam().ipam_add(req.config["name"], req.container_id, req.ifname, req.config, req.args)
     if ipam_type(req.config) is None:
         return {"ips": [], "routes": []}
     return _exec(req, "ADD") or {}
@@ -71,16 +78,14 @@ def add(req: CniRequest) -> dict[str, Any]:
 
 def delete(req: CniRequest) -> None:
     if in_process(req.config):
-        from cni_bridge.ipam import plugin
-        plugin.ipam_del(req.config["name"], req.container_id, req.ifname, req.config)
+        file_ipam().ipam_del(req.config["name"], req.container_id, req.ifname, req.config)
     elif ipam_type(req.config) is not None:
         _exec(req, "DEL")
 
 
 def check(req: CniRequest) -> None:
     if in_process(req.config):
-        from cni_bridge.ipam import plugin
-        plugin.ipam_check(req.config["name"], req.container_id, req.ifname, req.config)
+        file_ipam().ipam_check(req.config["name"], req.container_id, req.ifname, req.config)
     elif ipam_type(req.config) is not None:
         _exec(req, "CHECK")
 
@@ -89,17 +94,15 @@ def leased_addresses(req: CniRequest) -> list:
     """Addresses the store holds for this attachment (in-process IPAM only), before release."""
     if not in_process(req.config):
         return []
-    from cni_bridge.ipam import plugin
-    from cni_bridge.ipam.store import LeaseStore
-    store = LeaseStore(plugin.data_dir(req.config), req.config["name"])
+    from cni_bridge.ipam.store import LeaseStore  # lazy: as in file_ipam
+    store = LeaseStore(file_ipam().data_dir(req.config), req.config["name"])
     return [lease.address for lease in store.leases_of(req.container_id, req.ifname)]
 
 
 def gc(req: CniRequest) -> list:
     """Returns the released leases (in-process) so that the caller can clean their host state."""
     if in_process(req.config):
-        from cni_bridge.ipam import plugin
-        return plugin.ipam_gc(req.config["name"], req.config)
+        return file_ipam().ipam_gc(req.config["name"], req.config)
     if ipam_type(req.config) is not None:
         _exec(req, "GC")
     return []
@@ -107,7 +110,6 @@ def gc(req: CniRequest) -> list:
 
 def status(req: CniRequest) -> None:
     if in_process(req.config):
-        from cni_bridge.ipam import plugin
-        plugin.ipam_status(req.config["name"], req.config)
+        file_ipam().ipam_status(req.config["name"], req.config)
     elif ipam_type(req.config) is not None:
         _exec(req, "STATUS")

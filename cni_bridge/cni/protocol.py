@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from cni_bridge.errors import (PluginError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG,
-                               INVALID_ENV)
+from cni_bridge import validate
+from cni_bridge.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV, PluginError
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = "1.1.0"
@@ -101,7 +101,6 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
             except PluginError:
                 req.config = {}
         return req
-    from cni_bridge import validate  # stdlib-only module
     if command in ("ADD", "DEL", "CHECK"):
         req.container_id = validate.container_id(env.get("CNI_CONTAINERID", ""))
         req.ifname = validate.ifname(env.get("CNI_IFNAME", ""), "CNI_IFNAME", from_env=True)

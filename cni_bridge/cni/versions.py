@@ -70,7 +70,7 @@ def _objects(result: dict[str, Any], key: str, what: str) -> list[dict[str, Any]
 def check_result(result: Any, what: str = "prevResult") -> dict[str, Any]:
     """A result another plugin wrote (prevResult): the shape every version shares, checked
     before any field is used, so junk is error 7 and never a crash half-way through ADD."""
-    from cni_bridge.attachment import Addressing
+    from cni_bridge.attachment import Addressing  # lazy: pybridge-ipam's in-process exec never needs it
     if not isinstance(result, dict):
         raise config_error(f"{what} must be a JSON object")
     interfaces = _objects(result, "interfaces", what)

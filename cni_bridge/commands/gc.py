@@ -57,8 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _release_lease(net, ep) -> Callable[[], None]:
     def fix() -> None:
-        from cni_bridge import firewall, netlink
+        from cni_bridge import firewall
         from cni_bridge.ipam.store import LeaseStore
+        from cni_bridge.kernel import netlink
         from cni_bridge.locks import network_lock
         with netlink.root() as host:
             if ep.host_ifname and host.link(ep.host_ifname) is not None:
@@ -73,7 +74,8 @@ def _release_lease(net, ep) -> Callable[[], None]:
 
 def _remove_element(net, owner: str) -> Callable[[], None]:
     def fix() -> None:
-        from cni_bridge import firewall, netlink
+        from cni_bridge import firewall
+        from cni_bridge.kernel import netlink
         from cni_bridge.locks import network_lock
         with network_lock(net.name):
             with netlink.root() as host:
@@ -97,7 +99,7 @@ def _delete_table(net) -> Callable[[], None]:
 
 def _delete_link(name: str) -> Callable[[], None]:
     def fix() -> None:
-        from cni_bridge import netlink
+        from cni_bridge.kernel import netlink
         with netlink.root() as host:
             host.delete_link(name)
     return fix
@@ -145,7 +147,7 @@ def _host_links() -> dict[str, object]:
     """Host link details by name (read once per run)."""
     global _LINKS
     if _LINKS is None:
-        from cni_bridge import netlink
+        from cni_bridge.kernel import netlink
         with netlink.root() as host:
             _LINKS = {d.link.name: d for d in host.all_link_details()}
     return _LINKS

@@ -17,12 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+from cni_bridge.errors import PluginError
+from cni_bridge.ipam.config import DEFAULT_DATA_DIR
+
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("cni_bridge.cli")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from cni_bridge.ipam.config import DEFAULT_DATA_DIR
     p = subparsers.add_parser(
         "ipam", help="list or release IPAM leases",
         description="Inspect and edit the pybridge-ipam lease store (one directory per network "
@@ -69,7 +71,7 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    from cni_bridge.errors import PluginError
+    # lazy, like run_release's: the lease store (~10 ms) is not for every command that builds the parser
     from cni_bridge.ipam.store import LeaseStore, list_networks
     try:
         names = [args.network] if args.network else list_networks(args.data_dir)
@@ -89,8 +91,7 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from cni_bridge.errors import PluginError
-    from cni_bridge.ipam.store import LeaseStore
+    from cni_bridge.ipam.store import LeaseStore  # lazy: see run_ls
     if args.ifname and not args.container:
         print("cni-bridge ipam release: --ifname needs --container", file=sys.stderr)
         return EXIT_USAGE

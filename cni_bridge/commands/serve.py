@@ -7,12 +7,12 @@ import ipaddress
 import sys
 from pathlib import Path
 
+from cni_bridge.docker.context import DEFAULT_POOL4, DEFAULT_POOL6, SOCKET_PATH, Settings
+from cni_bridge.ipam.config import DEFAULT_DATA_DIR
+from cni_bridge.state import DEFAULT_STATE_DIR
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from cni_bridge.docker.context import DEFAULT_POOL4, DEFAULT_POOL6, SOCKET_PATH
-    from cni_bridge.ipam.config import DEFAULT_DATA_DIR
-    from cni_bridge.state import DEFAULT_STATE_DIR
-
     p = subparsers.add_parser(
         "serve", help="run the Docker network and IPAM driver (pybridge)",
         description="Serve the libnetwork remote NetworkDriver and IpamDriver `pybridge` with gunicorn "
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cni_bridge.docker.context import Settings
+    # gunicorn and flask: only `serve` loads them, not every cni-bridge command (all build the parser)
     from cni_bridge.docker.server import serve
 
     if args.workers < 1 or args.threads < 1:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     # --- CNI fast path (issue 7, cni_bridge/fastpath): a child process next to gunicorn -------
     fastpath = None
     if args.cni_fastpath != "off":
-        from cni_bridge.fastpath.server import spawn
+        from cni_bridge.fastpath.server import spawn  # it preloads pyroute2 & co.: `serve` only
         try:
             fastpath = spawn(args.cni_fastpath, log_level=args.log_level.upper())
         except (OSError, RuntimeError) as exc:  # the plugins still work (in-process), slower

@@ -15,14 +15,16 @@ import sys
 import time
 from pathlib import Path
 
+from cni_bridge.inventory import DEFAULT_CNI_CACHE_DIR, DEFAULT_CONF_DIR
+from cni_bridge.inventory import collect as collect_inventory
+from cni_bridge.ipam.config import DEFAULT_DATA_DIR
+from cni_bridge.state import DEFAULT_STATE_DIR
+
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
     """Where to look; shared by status and gc."""
-    from cni_bridge.inventory import DEFAULT_CNI_CACHE_DIR, DEFAULT_CONF_DIR
-    from cni_bridge.ipam.config import DEFAULT_DATA_DIR
-    from cni_bridge.state import DEFAULT_STATE_DIR
     p.add_argument("networks", nargs="*", metavar="NETWORK", help="only these networks (default: all found)")
     p.add_argument("--data-dir", type=Path, action="append", default=None, metavar="DIR",
                    help=f"IPAM lease store (repeatable; default {DEFAULT_DATA_DIR}, plus every ipam.dataDir "
@@ -38,8 +40,6 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
 
 
 def collect(args: argparse.Namespace):
-    from cni_bridge.inventory import DEFAULT_CONF_DIR, collect as collect_inventory
-    from cni_bridge.ipam.config import DEFAULT_DATA_DIR
     return collect_inventory(data_dirs=args.data_dir or [DEFAULT_DATA_DIR],
                              conf_dirs=args.conf_dir or [DEFAULT_CONF_DIR],
                              state_dir=args.state_dir, cache_dir=args.cni_cache_dir,

@@ -20,13 +20,14 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from cni_bridge import netlink, validate
+from cni_bridge import validate
 from cni_bridge.docker import network
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import DEFAULT_PREFIX, Driver
-from cni_bridge.errors import PluginError, TRY_AGAIN, config_error
+from cni_bridge.errors import TRY_AGAIN, PluginError, config_error
 from cni_bridge.ipam.config import IpamConfig, parse_ipam_config
 from cni_bridge.ipam.store import LeaseStore
+from cni_bridge.kernel import netlink
 from cni_bridge.state import pool_key
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

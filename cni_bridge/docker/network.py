@@ -21,15 +21,16 @@ import re
 from types import ModuleType
 from typing import Any
 
-from cni_bridge import modes, netlink
-from cni_bridge.crashpoint import step
+from cni_bridge import modes
 from cni_bridge.attachment import Addressing, Attachment, IpConfig
 from cni_bridge.config import NetworkSpec, parse_network
+from cni_bridge.crashpoint import step
 from cni_bridge.docker import options as docker_options
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import Driver
+from cni_bridge.errors import INTERNAL, PluginError, config_error
+from cni_bridge.kernel import netlink
 from cni_bridge.modes.uplink import vlan_port_name
-from cni_bridge.errors import PluginError, INTERNAL, config_error
 
 log = logging.getLogger("cni_bridge.docker")
 

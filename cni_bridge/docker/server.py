@@ -19,7 +19,9 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from cni_bridge.docker.context import Settings
+from cni_bridge.docker.app import create_app
+from cni_bridge.docker.context import Driver, Settings
+from cni_bridge.docker.network import recover
 
 log = logging.getLogger("cni_bridge.docker")
 
@@ -68,10 +70,6 @@ def setup_logging(log_file: str, level: str) -> None:
 
 def serve(settings: Settings, socket_path: Path, *, workers: int, threads: int, log_file: str,
           log_level: str = "info", pidfile: str | None = None) -> int:
-    from cni_bridge.docker.app import create_app
-    from cni_bridge.docker.context import Driver
-    from cni_bridge.docker.network import recover
-
     setup_logging(log_file, log_level)
     socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     if socket_in_use(socket_path):

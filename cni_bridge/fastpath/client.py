@@ -6,7 +6,8 @@ Imports nothing beyond `sys` and `posix` (loaded at interpreter start) and the C
 `from __future__ import annotations` 0.2 ms. Hence a small binary wire format instead of JSON,
 and `posix` instead of `os`. The launchers call `main()` here directly (not through the
 `cni_bridge.cni` package): measured per VERSION call through a warm daemon, 16.2 ms -> 13.5 ms
-in one run (a bare interpreter start took ~11 ms in it).
+in one run (a bare interpreter start took ~11 ms in it). pip's console scripts enter here too
+(`pybridge()`, `pybridge_ipam()`); bench/entry_points.py compares the two.
 
 Wire format (version 1, all integers big-endian), one request per connection:
 
@@ -26,10 +27,9 @@ CNI error 11 "try again" (the daemon may or may not have carried the request out
 retries or cleans up with DEL, both of which are idempotent). A request is never run twice.
 """
 
+import _socket
 import posix
 import sys
-
-import _socket
 
 MAGIC = b"PBF1"
 READY = b"R"
@@ -166,10 +166,10 @@ def _decline_reason(sock, answer: bytes) -> str:
 
 def lost_reply(plugin: str, stdin: bytes, path: str, exc: BaseException) -> Reply:
     """The daemon took the request and then went away: error 11, never a second run."""
-    from cni_bridge.cni.protocol import LATEST, SUPPORTED_VERSIONS, dumps  # stdlib only
+    from cni_bridge.cni.protocol import LATEST, SUPPORTED_VERSIONS, dumps  # lazy: a rare path
     version = LATEST
     try:
-        import json
+        import json  # lazy: a rare path
         config = json.loads(stdin)
         if isinstance(config, dict) and config.get("cniVersion") in SUPPORTED_VERSIONS:
             version = config["cniVersion"]
@@ -204,15 +204,26 @@ def main(plugin: str) -> None:
     crash_test = any(key in environb for key in CRASH_ENV)
     reply = None if crash_test else forward(plugin, environb, stdin, socket_path(environb))
     if reply is None:
-        from cni_bridge.cni.entry import in_process  # the heavy path: site, pyroute2
-        reply = in_process(plugin, stdin)
+        from cni_bridge.cni.entry import in_process  # lazy: the heavy path (site, maybe pyroute2)
+        response = in_process(plugin, stdin)
+        reply = Reply(response.stdout, response.log, response.exit_code, "in-process")
     sys.stdout.buffer.write(reply.stdout)
     sys.stdout.flush()
     if reply.log:
         print(reply.log, file=sys.stderr)
         if environb.get(b"PYBRIDGE_LOG_FILE", b"-") not in (b"", b"-"):
-            from cni_bridge.logsetup import emit_to_file  # only when a log file is configured
+            from cni_bridge.logsetup import emit_to_file  # lazy: only when a log file is configured
             emit_to_file(reply.log)
     if environb.get(DEBUG_ENV.encode()) == b"1":
         print(f"pybridge fastpath: served by {reply.served_by}", file=sys.stderr)
     sys.exit(reply.exit_code)
+
+
+def pybridge() -> None:
+    """pip's console script `pybridge` (pyproject [project.scripts]): the launchers' path."""
+    main("pybridge")
+
+
+def pybridge_ipam() -> None:
+    """pip's console script `pybridge-ipam`."""
+    main("pybridge-ipam")

@@ -4,7 +4,8 @@ Why not the pip console scripts: their interpreter runs `site`, which in an edit
 imports pathlib & co. for the editable finder (~16 ms per exec here, more than the whole fast
 path). The launchers start the venv's real interpreter with `-I -S` (isolated: no PYTHONPATH, no
 user site, no cwd on sys.path; no site) and put only the directory holding `cni_bridge` on
-sys.path. The in-process fallback runs `site.main()` itself before importing pyroute2.
+sys.path. The in-process fallback runs `site.main()` itself before importing pyroute2. pip's console
+scripts enter at the same client function; bench/entry_points.py measures both.
 
     python -m cni_bridge.fastpath.launcher /opt/cni/bin [--python /path/to/venv/bin/python]
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+import cni_bridge
 
 TEMPLATE = """#!{python} -IS
 # pybridge CNI launcher (written by cni_bridge.fastpath.launcher; regenerate, do not edit)
@@ -28,7 +31,6 @@ PROGRAMS = ("pybridge", "pybridge-ipam")
 
 def package_root() -> str:
     """The directory that contains the `cni_bridge` package (site-packages or the source tree)."""
-    import cni_bridge
     return os.path.dirname(os.path.dirname(os.path.abspath(cni_bridge.__file__)))
 
 

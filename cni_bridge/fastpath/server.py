@@ -32,9 +32,24 @@ import threading
 import time
 from typing import Callable, Iterable
 
+# What a request may need is imported with this module, not during the first ADD (the handler
+# imports the modes and the IPAM store lazily, for the exec'd in-process path).
+import cni_bridge.cni.versions  # noqa: F401
+import cni_bridge.config  # noqa: F401
+import cni_bridge.firewall  # noqa: F401
+import cni_bridge.kernel.netlink  # noqa: F401
+import cni_bridge.modes  # noqa: F401
+import cni_bridge.modes.bridge  # noqa: F401
+from cni_bridge.cni.handler import handle as _default_handle
 from cni_bridge.fastpath import client as wire
+from cni_bridge.kernel import libc
 
 log = logging.getLogger("cni_bridge.fastpath")
+
+try:
+    import cni_bridge.ipam.plugin  # noqa: F401
+except ImportError as exc:  # the file IPAM is optional for serving other IPAMs
+    log.warning("fast path: cannot preload the file IPAM: %s", exc)
 
 READ_TIMEOUT = 10.0       # a client has this long to send its request and, later, `G`
 WRITE_TIMEOUT = 30.0
@@ -102,26 +117,6 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 
 def _netns_inode() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
-
-
-def _default_handle(plugin: str, env: dict[str, str], stdin: bytes):
-    from cni_bridge.cni.handler import handle
-    return handle(plugin, env, stdin)
-
-
-def warm_up() -> None:
-    """Import everything a request may need now, not during the first ADD."""
-    import cni_bridge.cni.handler  # noqa: F401
-    import cni_bridge.cni.versions  # noqa: F401
-    import cni_bridge.config  # noqa: F401
-    import cni_bridge.firewall  # noqa: F401
-    import cni_bridge.modes  # noqa: F401
-    import cni_bridge.modes.bridge  # noqa: F401
-    import cni_bridge.netlink  # noqa: F401
-    try:
-        import cni_bridge.ipam.plugin  # noqa: F401
-    except ImportError as exc:  # the file IPAM is optional for serving other IPAMs
-        log.warning("fast path: cannot preload the file IPAM: %s", exc)
 
 
 class FastPathServer:
@@ -335,20 +330,9 @@ class FastPathServer:
             pass
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives busy threads their own malloc arenas (up to 8 per CPU); with 32 workers that
-    doubles the resident memory for nothing. Only for the stand-alone daemon process."""
-    try:
-        import ctypes
-        ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def start_in_thread(socket_path: str | None = None, **kwargs) -> FastPathServer:
-    """One call for `cni-bridge serve`: warm the imports, bind, serve in a daemon thread.
-    The returned server has `.stop()` and `.stats`."""
-    warm_up()
+    """One call for `cni-bridge serve`: bind, serve in a daemon thread (what a request needs
+    was imported with this module). The returned server has `.stop()` and `.stats`."""
     return FastPathServer(socket_path, **kwargs).start_in_thread()
 
 
@@ -374,14 +358,9 @@ def spawn(socket_path: str | None = None, log_level: str = "WARNING") -> FastPat
     """Start `python -m cni_bridge.fastpath.server` and wait until it listens. The child gets
     SIGTERM if this process dies (PR_SET_PDEATHSIG), so it never outlives the driver."""
     path = socket_path or default_socket_path()
-
-    def die_with_parent() -> None:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
     proc = subprocess.Popen([sys.executable, "-m", "cni_bridge.fastpath.server", "--socket", path,
                              "--log-level", log_level], stdout=subprocess.PIPE, text=True,
-                            preexec_fn=die_with_parent)
+                            preexec_fn=libc.die_with_parent)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("ready"):
@@ -399,8 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
-    limit_malloc_arenas()
-    warm_up()
+    libc.limit_malloc_arenas()
     server = FastPathServer(args.socket)
     server.bind()
 

@@ -35,10 +35,25 @@ from cni_bridge import validate
 from cni_bridge.crashpoint import step
 from cni_bridge.errors import IO_FAILURE, NOT_AVAILABLE, TRY_AGAIN, PluginError, config_error
 from cni_bridge.ipam.config import IPAddress, IpamConfig
-from cni_bridge.ipam.fsutil import (TMP_PREFIX, flocked, fsync_dir, read_or_none, unlink_if_exists,
-                                    write_atomic, write_hint)
-from cni_bridge.ipam.lease import (OWNER_PREFIX, CorruptRecord, Lease, decode_owner, encode_owner,
-                                   lease_name, owner_name, parse_lease_name)
+from cni_bridge.ipam.fsutil import (
+    TMP_PREFIX,
+    flocked,
+    fsync_dir,
+    read_or_none,
+    unlink_if_exists,
+    write_atomic,
+    write_hint,
+)
+from cni_bridge.ipam.lease import (
+    OWNER_PREFIX,
+    CorruptRecord,
+    Lease,
+    decode_owner,
+    encode_owner,
+    lease_name,
+    owner_name,
+    parse_lease_name,
+)
 from cni_bridge.ipam.pool import MAX_BITMAP, PROBES_BEFORE_SCAN, Bitmap, Pool, probe_order
 
 __all__ = ["Lease", "LeaseStore", "list_networks"]

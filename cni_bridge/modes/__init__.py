@@ -1,7 +1,7 @@
 """Attachment drivers: one module per mode, each with add / delete / check.
 
 A mode receives a validated `NetworkSpec`, an `Attachment` and the `Addressing` IPAM handed out,
-does the kernel work through `cni_bridge.netlink` and `cni_bridge.firewall`, undoes it all if
+does the kernel work through `cni_bridge.kernel.netlink` and `cni_bridge.firewall`, undoes it all if
 anything fails, and returns a canonical result dict.
 """
 

@@ -9,15 +9,23 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from cni_bridge import firewall, netlink
-from cni_bridge.crashpoint import step
+from cni_bridge import firewall
 from cni_bridge.attachment import Addressing, Attachment, IPAddress, build_result, interface_entry
 from cni_bridge.config import NetworkSpec
-from cni_bridge.errors import PluginError, INTERNAL, config_error
+from cni_bridge.crashpoint import step
+from cni_bridge.errors import INTERNAL, PluginError, config_error
+from cni_bridge.kernel import netlink
+from cni_bridge.kernel.netlink import Link, Netlink
 from cni_bridge.locks import network_lock
-from cni_bridge.modes.common import (Undo, check_container, configure_container, container_interface,
-                                     open_netns, with_default_routes)
-from cni_bridge.netlink import Link, Netlink
+from cni_bridge.modes import uplink
+from cni_bridge.modes.common import (
+    Undo,
+    check_container,
+    configure_container,
+    container_interface,
+    open_netns,
+    with_default_routes,
+)
 
 
 def masquerade(spec: NetworkSpec, addressing: Addressing | None = None, *,
@@ -81,7 +89,6 @@ def ensure_bridge(host: Netlink, spec: NetworkSpec) -> Link:
     pin_mac(host, bridge)
     step("bridge-mac-pinned")
     if spec.uplink:
-        from cni_bridge.modes import uplink  # flat / vlan uplinks: only loaded when used
         uplink.attach(host, spec, bridge)
         step("uplink")
     return bridge
@@ -202,7 +209,6 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
                 undo.push(lambda: host.delete_link(spec.bridge))
             pin_mac(host, bridge)
             if spec.uplink:
-                from cni_bridge.modes import uplink
                 undo.push(lambda: uplink.detach(host, spec))
                 uplink.attach(host, spec, bridge)
             before = set(host.addresses(bridge.index))
@@ -225,7 +231,6 @@ def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
         firewall.delete_table(spec.name, spec.bridge)
     with netlink.root() as host:
         if spec.uplink:
-            from cni_bridge.modes import uplink
             uplink.detach(host, spec)
         if created.get("bridge_created"):
             host.delete_link(spec.bridge)

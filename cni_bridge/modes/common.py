@@ -7,11 +7,11 @@ import ipaddress
 import socket
 from typing import Callable, Iterator, NoReturn
 
-from cni_bridge import netlink
-from cni_bridge.crashpoint import step
 from cni_bridge.attachment import Addressing, Attachment, IPAddress, RouteConfig
-from cni_bridge.errors import PluginError, INTERNAL, INVALID_ENV, config_error
-from cni_bridge.netlink import Netlink, NetnsGone
+from cni_bridge.crashpoint import step
+from cni_bridge.errors import INTERNAL, INVALID_ENV, PluginError, config_error
+from cni_bridge.kernel import netlink
+from cni_bridge.kernel.netlink import Netlink, NetnsGone
 
 DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.ip_network("::/0")

@@ -12,8 +12,8 @@ from cni_bridge import validate
 from cni_bridge.attachment import Addressing, Attachment, IPAddress
 from cni_bridge.config import NetworkSpec
 from cni_bridge.errors import config_error
+from cni_bridge.kernel.netlink import Link
 from cni_bridge.modes import sublink
-from cni_bridge.netlink import Link
 
 USES_PREV_RESULT = True
 MODE_NUMBERS = {"l2": 0, "l3": 1, "l3s": 2}  # IFLA_IPVLAN_MODE

@@ -18,14 +18,21 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from cni_bridge import netlink
-from cni_bridge.crashpoint import step
 from cni_bridge.attachment import Addressing, Attachment, build_result, interface_entry
 from cni_bridge.config import NetworkSpec
-from cni_bridge.errors import PluginError, INTERNAL, config_error
-from cni_bridge.modes.common import (Undo, check_container, configure_container, container_interface,
-                                     open_netns, require_mtu_within, with_default_routes)
-from cni_bridge.netlink import Link, Netlink, NetnsGone
+from cni_bridge.crashpoint import step
+from cni_bridge.errors import INTERNAL, PluginError, config_error
+from cni_bridge.kernel import netlink
+from cni_bridge.kernel.netlink import Link, Netlink, NetnsGone
+from cni_bridge.modes.common import (
+    Undo,
+    check_container,
+    configure_container,
+    container_interface,
+    open_netns,
+    require_mtu_within,
+    with_default_routes,
+)
 
 TEMP_PREFIX = "pbl"  # + 11 hex digits of Attachment.host_ifname: 14 bytes
 

@@ -20,11 +20,11 @@ import errno
 import hashlib
 from typing import Iterator
 
-from cni_bridge import netlink
 from cni_bridge.config import NetworkSpec
-from cni_bridge.errors import PluginError, INTERNAL, config_error
+from cni_bridge.errors import INTERNAL, PluginError, config_error
+from cni_bridge.kernel import netlink
+from cni_bridge.kernel.netlink import Link, LinkDetails, Netlink
 from cni_bridge.locks import network_lock
-from cni_bridge.netlink import Link, LinkDetails, Netlink
 
 IFNAMSIZ = 15
 

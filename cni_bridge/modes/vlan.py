@@ -10,8 +10,8 @@ from typing import Any
 from cni_bridge.attachment import Addressing, Attachment, IPAddress
 from cni_bridge.config import NetworkSpec
 from cni_bridge.errors import config_error
+from cni_bridge.kernel.netlink import Link
 from cni_bridge.modes import sublink
-from cni_bridge.netlink import Link
 
 
 def _explain(spec: NetworkSpec, master: Link, code: int) -> str | None:

@@ -21,8 +21,15 @@ import pytest
 from tests.support.cnitool import CniTool, load_netconf
 from tests.support.host import wait_for
 from tests.support.netns import Netns
-from tests.support.runtime_checks import (GO, PYBRIDGE, TestNetwork, bridge_ports, iptables_lines,
-                                          network_factory, nft_table_text)
+from tests.support.runtime_checks import (
+    GO,
+    PYBRIDGE,
+    TestNetwork,
+    bridge_ports,
+    iptables_lines,
+    network_factory,
+    nft_table_text,
+)
 from tests.support.session import foreign_patterns, unique_name
 from tests.support.topology import Uplink
 

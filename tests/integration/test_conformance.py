@@ -21,8 +21,16 @@ import pytest
 from tests.support.cnitool import CniTool
 from tests.support.host import run, wait_for
 from tests.support.netns import Netns
-from tests.support.runtime_checks import (GO, PYBRIDGE, TestNetwork, bridge_ports, container_view,
-                                          iptables_lines, network_factory, nft_table_text)
+from tests.support.runtime_checks import (
+    GO,
+    PYBRIDGE,
+    TestNetwork,
+    bridge_ports,
+    container_view,
+    iptables_lines,
+    network_factory,
+    nft_table_text,
+)
 from tests.support.session import unique_name
 from tests.support.subnets import unique_subnet
 

@@ -42,7 +42,6 @@ from tests.support.session import unique_name
 from tests.support.subnets import unique_subnet
 from tests.support.topology import Uplink
 
-
 CRASH_LINE = re.compile(r"pybridge crashpoint: (\d+) (\S+)")
 TRACE_LINE = re.compile(r"pybridge crashpoint trace: (\d+) (\S+)")
 CURSOR_FILES = r"/last_reserved\.\d+ = "

@@ -29,7 +29,6 @@ from cni_bridge.fastpath.launcher import write_launchers
 from cni_bridge.fastpath.server import FastPathServer, start_in_thread
 from tests.support.subnets import unique_subnet
 
-
 RUN_DIR_DEFAULT = os.environ.get("PYBRIDGE_RUN_DIR", "/run/cni-bridge")
 
 
@@ -395,7 +394,7 @@ def test_garbage_is_declined_and_the_daemon_survives(fake_daemon, frame):
 # --- concurrency and namespaces ---------------------------------------------------------------
 def test_threads_entering_namespaces_never_leak(netns):
     """netlink.netns switches only the calling thread and always switches back."""
-    from cni_bridge import netlink
+    from cni_bridge.kernel import netlink
     spaces = [netns() for _ in range(6)]
     for i, ns in enumerate(spaces):
         ns.run("ip", "link", "add", f"pbbmark{i}", "type", "veth", "peer", "name", f"pbbpeer{i}")

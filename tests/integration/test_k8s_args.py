@@ -18,8 +18,7 @@ import pytest
 
 from tests.support.cnitool import CniTool
 from tests.support.netns import Netns
-from tests.support.runtime_checks import (GO, PYBRIDGE, TestNetwork, bridge_ports, iptables_lines,
-                                          network_factory)
+from tests.support.runtime_checks import GO, PYBRIDGE, TestNetwork, bridge_ports, iptables_lines, network_factory
 from tests.support.session import unique_name
 
 pytestmark = [pytest.mark.timeout(120),

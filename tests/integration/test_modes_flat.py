@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from cni_bridge import netlink
 from cni_bridge.config import parse_network
+from cni_bridge.kernel import netlink
 from cni_bridge.modes import uplink as uplinks
 from tests.support.cnitool import CniCallError, CniTool
 from tests.support.examples import EXAMPLES

@@ -185,7 +185,7 @@ def test_unknown_master_fails_cleanly(cni: CniTool, uplink: Uplink, netns: Calla
 def test_default_master_is_the_default_route_interface(netns: Callable[..., Netns], uplink: Uplink) -> None:
     """Without `master`, the interface of the default route (checked in a namespace that plays
     the host, so the real default route is never involved)."""
-    from cni_bridge import netlink
+    from cni_bridge.kernel import netlink
     out = uplink.outside
     out.ip("route", "add", "default", "via", str(uplink.outside_ip + 1), "dev", uplink.outside_if)
     spec = parse_network({"name": "n", "mode": "macvlan"})

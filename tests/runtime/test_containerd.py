@@ -8,9 +8,9 @@ and `ctr run -d` never sends DEL at all, which is what CNI GC (spec 1.1) is for.
 from __future__ import annotations
 
 import copy
-import json
 import importlib.util
 import ipaddress
+import json
 import re
 import subprocess
 import sysconfig

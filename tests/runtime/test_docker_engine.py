@@ -17,8 +17,16 @@ import pytest
 
 from cni_bridge.firewall import table_name
 from tests.support import dockerd as support
-from tests.support.docker_scenario import (Net, Scenario, bridge_of, leased, link_exists, link_names, nft_tables,
-                                           state_mentions)
+from tests.support.docker_scenario import (
+    Net,
+    Scenario,
+    bridge_of,
+    leased,
+    link_exists,
+    link_names,
+    nft_tables,
+    state_mentions,
+)
 from tests.support.host import run
 from tests.support.session import unique_name
 from tests.support.subnets import unique_subnet

@@ -18,8 +18,7 @@ import pytest
 
 from tests.support.images import build_rootfs_tar, busybox_available
 from tests.support.podman import IMAGE, Podman, podman_missing
-from tests.support.runtime_checks import (TestNetwork, bridge_ports, masq_table, network_factory,
-                                          nft_table_text)
+from tests.support.runtime_checks import TestNetwork, bridge_ports, masq_table, network_factory, nft_table_text
 from tests.support.session import unique_name
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(300)]

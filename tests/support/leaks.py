@@ -23,8 +23,7 @@ from pathlib import Path
 
 from tests.support.host import NETNS_DIR, ip_json, run
 from tests.support.netns import kill_netns_pids
-from tests.support.session import (IPNetwork, current_session, foreign_patterns, session, sessions_on_host,
-                                   subnet_regex)
+from tests.support.session import IPNetwork, current_session, foreign_patterns, session, sessions_on_host, subnet_regex
 
 __all__ = ["KNOWN_STATE_DIRS", "Leak", "find_leaks", "lease_files", "nft_tables", "quick_inventory",
            "register_lease_detector", "remove_leaks", "settle", "sweep_stale_sessions"]

@@ -32,9 +32,7 @@ from tests.support.cnitool import (
 from tests.support.hostsnap import HostSnapshot, diff, normalize_iptables_save, normalize_nft
 from tests.support.paths import REPO
 from tests.support.session import IFNAMSIZ, unique_name
-from tests.support.subnets import routes_on_host
-from tests.support.subnets import unique_subnet
-
+from tests.support.subnets import routes_on_host, unique_subnet
 
 # ----- part 1: cnitool against a fake plugin ------------------------------------------------
 FAKE_PLUGIN = r'''#!{python}

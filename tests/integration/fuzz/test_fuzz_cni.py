@@ -25,14 +25,24 @@ from hypothesis import strategies as st
 
 from cni_bridge.cni.handler import IPAM_PLUGIN, PLUGIN, Response, handle
 from cni_bridge.cni.protocol import COMMANDS, KNOWN_ARGS, SUPPORTED_VERSIONS, version_tuple
-from tests.support.fuzzing import (IPAM_HINTS, assert_cni_error, assert_cni_result, files_unchanged_if, fuzz,
-                               host_unchanged, json_objects, json_values, key_junk, mutations, stdin_bytes)
+from tests.support.fuzzing import (
+    IPAM_HINTS,
+    assert_cni_error,
+    assert_cni_result,
+    files_unchanged_if,
+    fuzz,
+    host_unchanged,
+    json_objects,
+    json_values,
+    key_junk,
+    mutations,
+    stdin_bytes,
+)
 from tests.support.host import NETNS_DIR
 from tests.support.host import run as sh
 from tests.support.netns import Netns
 from tests.support.session import register_data_dir, session, unique_name
 from tests.support.subnets import unique_subnet
-
 
 CONFIG_KEYS = ("cniVersion", "name", "type", "mode", "bridge", "mtu", "isGateway", "ipMasq", "dns",
                "prevResult", "runtimeConfig", "args", "vlanId", "uplink", "master", "hairpinMode")

@@ -26,12 +26,21 @@ from hypothesis import strategies as st
 
 from cni_bridge.docker.app import HANDLERS, create_app
 from tests.support.dockerd import driver_settings
-from tests.support.fuzzing import (BAD_ADDRESSES, DATA_DIR_JUNK, IPAM_HINTS, assert_no_traceback, files_unchanged_if,
-                               fuzz, host_unchanged, key_junk, mutations, stdin_bytes)
+from tests.support.fuzzing import (
+    BAD_ADDRESSES,
+    DATA_DIR_JUNK,
+    IPAM_HINTS,
+    assert_no_traceback,
+    files_unchanged_if,
+    fuzz,
+    host_unchanged,
+    key_junk,
+    mutations,
+    stdin_bytes,
+)
 from tests.support.host import run as sh
 from tests.support.session import session, unique_name
 from tests.support.subnets import unique_subnet
-
 
 METHODS = sorted(HANDLERS)
 BODY_KEYS = ("EndpointID", "PoolID", "Pool", "SubPool", "V6", "Options", "Interface", "Address",

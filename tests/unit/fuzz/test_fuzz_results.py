@@ -21,8 +21,16 @@ from cni_bridge.attachment import Addressing, IpConfig, RouteConfig, build_resul
 from cni_bridge.cni.protocol import SUPPORTED_VERSIONS
 from cni_bridge.cni.versions import check_result, convert, merge_prev
 from cni_bridge.errors import PluginError
-from tests.support.fuzzing import (V11_INTERFACE_KEYS, V11_ROUTE_KEYS, assert_cni_result, fuzz, json_objects,
-                               json_values, key_junk, mutations)
+from tests.support.fuzzing import (
+    V11_INTERFACE_KEYS,
+    V11_ROUTE_KEYS,
+    assert_cni_result,
+    fuzz,
+    json_objects,
+    json_values,
+    key_junk,
+    mutations,
+)
 
 versions = st.sampled_from(SUPPORTED_VERSIONS)
 macs = st.sampled_from(["02:00:00:00:00:01", "0a:58:0a:f4:00:07", "ff:ff:ff:ff:ff:fe"])

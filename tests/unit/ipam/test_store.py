@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cni_bridge.errors import INVALID_CONFIG, INVALID_ENV, IO_FAILURE, NOT_AVAILABLE, TRY_AGAIN, PluginError
-from cni_bridge.ipam import fsutil, store as store_mod
+from cni_bridge.ipam import fsutil
+from cni_bridge.ipam import store as store_mod
 from cni_bridge.ipam.store import LeaseStore, list_networks
 from tests.support.ipam_config import NETWORK, config, ip
 

@@ -1,14 +1,12 @@
-"""Minimal rtnetlink wire client for the per-ADD hot path; used by cni_bridge/netlink.py (and
-its NetlinkSocket by firewall.py, for the nftables reads DEL needs).
+"""The raw rtnetlink requests of the per-ADD hot path: links, veth pairs, addresses, routes and
+the netconf forwarding read, on a plain NETLINK_ROUTE socket.
 
 Why: pyroute2 0.9 drives every request through an asyncio event loop and decodes every
 attribute of every reply; that is ~0.5-1 ms of Python per request, ~10 ms per ADD. The dozen
-requests an ADD makes are simple, so they are encoded here with `struct` (~20-50 µs each) on a
-plain NETLINK_ROUTE socket. The socket is bound to the namespace of the thread that created it
-(netlink.netns creates it while switched), exactly like pyroute2's.
-
-Errors are raised as pyroute2's NetlinkError (same `.code`), so callers need not care which
-path served them. Everything else (rare or complex requests) stays on pyroute2.
+requests an ADD makes are simple, so they are encoded here with `struct` (~20-50 µs each). The
+socket is bound to the namespace of the thread that created it (netlink.netns creates it while
+switched), exactly like pyroute2's. Everything else (rare or complex requests) stays on pyroute2
+(handle.py).
 """
 
 from __future__ import annotations
@@ -16,19 +14,16 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import Iterator
 
-from pyroute2.netlink.exceptions import NetlinkError
+from cni_bridge.kernel.nlsock import F_ACK, F_CREATE, F_DUMP, F_EXCL, NetlinkError, NetlinkSocket, attr, attrs
 
 NETLINK_ROUTE = 0
 NETLINK_GET_STRICT_CHK = 12
 SOL_NETLINK = 270
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE = 24
 RTM_GETNETCONF, NETCONFA_IFINDEX, NETCONFA_FORWARDING, NETCONFA_IFINDEX_ALL = 82, 1, 2, -1
-F_REQUEST, F_ACK, F_EXCL, F_CREATE, F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 10, 18
 IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK = 26, 28, 29
@@ -41,33 +36,14 @@ IFA_F_NODAD = 0x02
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
 RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 4, 0, 1
 
-_HDR = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_NLA = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 
 
-# A link as the tuple netlink.Link is built from: (index, name, kind, mac, mtu, master, up).
+# A link as the tuple links.Link is built from: (index, name, kind, mac, mtu, master, up).
 LinkTuple = tuple[int, str, str, str, int, "int | None", bool]
-
-
-def attr(kind: int, data: bytes) -> bytes:
-    length = 4 + len(data)
-    return _NLA.pack(length, kind) + data + b"\0" * (-length % 4)
-
-
-def attrs(buf: bytes, offset: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    end = len(buf)
-    while offset + 4 <= end:
-        length, kind = _NLA.unpack_from(buf, offset)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = buf[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return out
 
 
 def _cstr(value: str) -> bytes:
@@ -90,85 +66,6 @@ def parse_link(payload: bytes) -> LinkTuple:
     return (index, a.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace"), kind,
             _mac(a.get(IFLA_ADDRESS)), _U32.unpack(a[IFLA_MTU])[0] if IFLA_MTU in a else 0,
             master or None, bool(flags & IFF_UP))
-
-
-def _errno(payload: bytes) -> int:
-    """The errno an NLMSG_ERROR / NLMSG_DONE carries (0: ack, end of dump)."""
-    return -struct.unpack_from("=i", payload, 0)[0] if len(payload) >= 4 else 0
-
-
-class NetlinkSocket:
-    """One raw netlink socket (NETLINK_ROUTE, NETLINK_NETFILTER, ...); synchronous requests."""
-
-    def __init__(self, protocol: int) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, msg_type: int, flags: int, body: bytes) -> int:
-        """Send one request; returns its sequence number for replies()."""
-        return self.send_all([(msg_type, flags, body)])[0]
-
-    def send_all(self, messages: list[tuple[int, int, bytes]]) -> list[int]:
-        """Send several requests in one datagram (an nfnetlink batch must arrive that way);
-        returns their sequence numbers."""
-        buf = b""
-        seqs = []
-        for msg_type, flags, body in messages:
-            self.seq += 1
-            seqs.append(self.seq)
-            buf += _HDR.pack(_HDR.size + len(body), msg_type, flags | F_REQUEST, self.seq, 0) + body
-        self.sock.send(buf)
-        return seqs
-
-    def _received(self) -> Iterator[tuple[int, int, bytes]]:
-        """(type, sequence number, payload) of each message in the next datagram."""
-        data = self.sock.recv(1 << 20)
-        offset = 0
-        while offset + _HDR.size <= len(data):
-            length, kind, _flags, rseq, _pid = _HDR.unpack_from(data, offset)
-            if length < _HDR.size:
-                raise NetlinkError(71, "malformed netlink reply")  # EPROTO
-            yield kind, rseq, data[offset + _HDR.size:offset + length]
-            offset += (length + 3) & ~3
-
-    def replies(self, seq: int) -> Iterator[bytes]:
-        """Payloads of the replies to request `seq`, up to its ack or DONE. Messages of other
-        requests (what an earlier caller left unread) are skipped. A caller that stops early
-        must close the socket (the rest of a dump would still be queued on it)."""
-        while True:
-            for kind, rseq, payload in self._received():
-                if rseq != seq:
-                    continue
-                if kind in (NLMSG_ERROR, NLMSG_DONE):  # both carry an errno (0: ack / end)
-                    code = _errno(payload)
-                    if code:
-                        raise NetlinkError(code)
-                    return
-                yield payload
-
-    def acks(self, seqs: set[int], abort_seq: int | None = None) -> None:
-        """Wait for the ack (or error) of every request in `seqs`; raise the first error. A
-        response to `abort_seq` (e.g. a batch header the kernel refused) ends the wait too."""
-        pending, first_error = set(seqs), 0
-        while pending:
-            for kind, rseq, payload in self._received():
-                if kind != NLMSG_ERROR or (rseq not in pending and rseq != abort_seq):
-                    continue
-                first_error = first_error or _errno(payload)
-                if rseq == abort_seq:
-                    pending.clear()
-                pending.discard(rseq)
-        if first_error:
-            raise NetlinkError(first_error)
-
-    def request(self, msg_type: int, flags: int, body: bytes) -> list[bytes]:
-        """Send one request; return the payloads of the replies (after the ack or DONE)."""
-        return list(self.replies(self.send(msg_type, flags, body)))
 
 
 class Rtnl(NetlinkSocket):

@@ -1,44 +1,14 @@
-"""The only module that talks netlink (pyroute2) or writes sysctls.
-
-Why thread-level `setns` instead of pyroute2's `netns=` argument: pyroute2 0.9 forks a helper
-process to open a socket in another namespace (milliseconds, and it *creates* the namespace when
-the path is missing). `setns(2)` with CLONE_NEWNET only affects the calling thread, and a netlink
-socket stays bound to the namespace it was created in, so we switch the thread, open the socket,
-and switch back at once. That is safe in the multi-threaded daemon too.
-"""
+"""Links of one namespace: lookups, bridges, veth pairs, child links of a NIC (macvlan, ipvlan,
+vlan), moving a link into another namespace, and the details CHECK and `status` read."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
-import ipaddress
-import os
-import socket
-import threading
 from dataclasses import dataclass, replace
-from typing import Iterator
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
-
-from cni_bridge import _rtnl
-from cni_bridge.errors import PluginError, INTERNAL, INVALID_CONFIG
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-_netns_lock = threading.Lock()
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-__all__ = ["NetlinkError", "Link", "root", "netns", "NetnsGone"]
-
-
-class NetnsGone(Exception):
-    """The namespace path does not exist or is not a network namespace any more."""
+from cni_bridge.errors import INVALID_CONFIG, PluginError
+from cni_bridge.kernel.handle import Handle
+from cni_bridge.kernel.nlsock import NetlinkError
 
 
 @dataclass(frozen=True)
@@ -62,54 +32,7 @@ class LinkDetails:
     vlan_id: int | None
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def root() -> "Netlink":
-    """A netlink handle in the caller's (host) namespace."""
-    return Netlink(None, raw=_rtnl.Rtnl())
-
-
-@contextlib.contextmanager
-def netns(path: str) -> Iterator["Netlink"]:
-    """A netlink handle inside the namespace at `path`; raises NetnsGone if it is not there."""
-    try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block us
-    except OSError as exc:
-        raise NetnsGone(f"network namespace {path}: {exc.strerror}") from None
-    try:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            try:
-                _setns(target)
-            except OSError as exc:
-                raise NetnsGone(f"{path} is not a network namespace: {exc.strerror}") from None
-            try:
-                handle = Netlink(None, ns_fd=target, raw=_rtnl.Rtnl())
-            finally:
-                _setns(own)
-        finally:
-            os.close(own)
-        try:
-            yield handle
-        finally:
-            handle.close()
-    finally:
-        os.close(target)
-
-
-def netns_exists(path: str) -> bool:
-    try:
-        with netns(path):
-            return True
-    except NetnsGone:
-        return False
-
-
-def _details_from_msg(msg) -> "LinkDetails":
+def _details_from_msg(msg) -> LinkDetails:
     info = msg.get("IFLA_LINKINFO")
     data = (info.get("IFLA_INFO_DATA") if info else None) or None
     mode: str | int | None = None
@@ -137,47 +60,9 @@ def _link_from_msg(msg) -> Link:
     )
 
 
-class Netlink:
-    """Typed wrappers over the handful of rtnetlink calls the modes need."""
+class Links(Handle):
+    """The link requests of a namespace handle (see netlink.Netlink)."""
 
-    def __init__(self, ipr: IPRoute | None, ns_fd: int | None = None, raw: "_rtnl.Rtnl | None" = None) -> None:
-        self._ipr = ipr
-        self.ns_fd = ns_fd
-        # The hot per-ADD requests go through `raw` (cni_bridge/_rtnl.py, ~20x cheaper than
-        # pyroute2 0.9); everything else uses pyroute2, opened on first use.
-        self.raw = raw if raw is not None else _rtnl.Rtnl()  # bound to the calling thread's ns
-
-    @property
-    def ipr(self) -> IPRoute:
-        """pyroute2 handle in this handle's namespace, created on first use (~1 ms)."""
-        if self._ipr is None:
-            if self.ns_fd is None:
-                self._ipr = IPRoute()
-            else:
-                own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    _setns(self.ns_fd)
-                    try:
-                        self._ipr = IPRoute()
-                    finally:
-                        _setns(own)
-                finally:
-                    os.close(own)
-        return self._ipr
-
-    def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-        if self.raw is not None:
-            self.raw.close()
-
-    def __enter__(self) -> "Netlink":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- links -----------------------------------------------------------------------------
     def link(self, name: str) -> Link | None:
         # RTM_GETLINK with IFLA_IFNAME: the kernel looks the name up. (get_links(ifname=) dumps
         # every link and filters in Python: O(links), ~0.5 s with 1,000 containers attached.)
@@ -222,7 +107,7 @@ class Netlink:
             self.ipr.link("set", index=existing.index, flags=0x100, change=0x100)
         return existing
 
-    def create_veth_into(self, host_name: str, peer_name: str, target: "Netlink", *, mtu: int | None,
+    def create_veth_into(self, host_name: str, peer_name: str, target: Handle, *, mtu: int | None,
                          master: int | None, peer_mac: str | None = None) -> Link:
         """Veth pair, host end enslaved and up, peer created directly in the target netns."""
         self.raw.add_veth(host_name, peer_name, peer_ns_fd=target.ns_fd, mtu=mtu, master=master,
@@ -279,18 +164,6 @@ class Netlink:
                 raise
             self.raw.set_up(index)
 
-    def ensure_forwarding(self, version: int) -> None:
-        """IP forwarding on for a family, read in this handle's namespace; written (via /proc/sys,
-        which resolves the calling thread's namespace: call it on the host handle) only when
-        netlink says it is off, i.e. once per boot, not on every ADD."""
-        family = socket.AF_INET if version == 4 else socket.AF_INET6
-        try:
-            if self.raw.forwarding(family):
-                return
-        except NetlinkError:
-            pass
-        ensure_sysctl("net.ipv4.ip_forward" if version == 4 else "net.ipv6.conf.all.forwarding", "1")
-
     def set_hairpin(self, index: int, on: bool) -> None:
         self.ipr.link("set", index=index, kind="bridge_slave", mode=1 if on else 0)
 
@@ -303,50 +176,6 @@ class Netlink:
             if exc.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
                 return False
             raise
-
-    # --- addresses -------------------------------------------------------------------------
-    def addresses(self, index: int, family: int = 0) -> list[IPInterface]:
-        """Addresses of one interface; `family` 0 (both), 2 or 10. The kernel dumps only that
-        interface's addresses (strict netlink), so the cost is flat in the interfaces attached."""
-        return [ipaddress.ip_interface((ipaddress.ip_address(packed), prefixlen))
-                for packed, prefixlen in self.raw.addresses(index, family)]
-
-    def add_address(self, index: int, iface: IPInterface) -> None:
-        """Add an address; already present is fine. IPv6 skips DAD so it is usable at once
-        (IFA_F_NODAD); IPv4 gets the subnet's broadcast address below /31."""
-        try:
-            self.raw.add_address(index, iface)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
-
-    def delete_address(self, index: int, iface: IPInterface) -> None:
-        try:
-            self.ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        except NetlinkError as exc:
-            if exc.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
-                raise
-
-    # --- routes ----------------------------------------------------------------------------
-    def add_route(self, dst: IPNetwork, gateway: IPAddress | None, index: int | None = None) -> None:
-        try:
-            self.raw.add_route(dst, gateway, index)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
-
-    def routes(self, family: int) -> list[tuple[IPNetwork, IPAddress | None, int | None]]:
-        """Main-table routes as (dst, gateway, oif)."""
-        out = []
-        for msg in self.ipr.get_routes(family=family, table=254):
-            dst = msg.get("RTA_DST")
-            plen = msg["dst_len"]
-            if dst is None:
-                dst = "0.0.0.0" if family == 2 else "::"
-            gw = msg.get("RTA_GATEWAY")
-            out.append((ipaddress.ip_network(f"{dst}/{plen}", strict=False),
-                        ipaddress.ip_address(gw) if gw else None, msg.get("RTA_OIF")))
-        return out
 
     # --- child links of a NIC (macvlan / ipvlan / vlan modes, vlan uplinks) ----------------
     def default_route_link(self) -> Link | None:
@@ -363,12 +192,12 @@ class Netlink:
                     return self.link_by_index(oif)
         return None
 
-    def move_link(self, index: int, target: "Netlink", new_name: str) -> None:
+    def move_link(self, index: int, target: Handle, new_name: str) -> None:
         """Move a link into `target`'s namespace and rename it there, in one RTM_SETLINK
         (the kernel renames after the move, so a host link of the same name never collides)."""
         self.ipr.link("set", index=index, net_ns_fd=target.ns_fd, ifname=new_name)
 
-    def link_details(self, name: str) -> "LinkDetails | None":
+    def link_details(self, name: str) -> LinkDetails | None:
         """Kind-specific facts CHECK compares: parent index, macvlan/ipvlan mode, vlan id."""
         try:  # RTM_GETLINK by name (the kernel looks it up; get_links(ifname=) would dump all)
             msgs = self.ipr.link("get", ifname=name)
@@ -381,7 +210,7 @@ class Netlink:
         return _details_from_msg(msgs[0])
 
     # --- read-only discovery (cni-bridge status / gc; cni_bridge/inventory.py) -------------
-    def all_link_details(self) -> list["LinkDetails"]:
+    def all_link_details(self) -> list[LinkDetails]:
         """Every link of this namespace with its parent / peer (one dump, not one per link)."""
         return [_details_from_msg(msg) for msg in self.ipr.get_links()]
 
@@ -394,44 +223,3 @@ class Netlink:
             return None
         nsid = reply.get("nsid") if isinstance(reply, dict) else None
         return None if nsid is None or nsid < 0 or nsid >= 0xFFFFFFFF else int(nsid)
-
-    def set_sysctl(self, path: str, value: str) -> bool:
-        """Write a per-namespace sysctl (`path` below /proc/sys, with slashes, since interface names
-        may contain dots) in this handle's namespace; best effort: False on failure.
-        /proc/sys/net resolves the namespace of the calling thread, hence the short setns."""
-        def write() -> bool:
-            try:
-                with open("/proc/sys/" + path, "w") as f:
-                    f.write(value)
-                return True
-            except OSError:
-                return False
-        if self.ns_fd is None:
-            return write()
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(self.ns_fd)
-            try:
-                return write()
-            finally:
-                _setns(own)
-        finally:
-            os.close(own)
-
-
-# --- sysctls -------------------------------------------------------------------------------
-def ensure_sysctl(name: str, value: str) -> None:
-    """Write a sysctl only when it differs: a write costs more than a read and may be audited."""
-    path = "/proc/sys/" + name.replace(".", "/")
-    try:
-        with open(path) as f:
-            if f.read().strip() == value:
-                return
-        with open(path, "w") as f:
-            f.write(value)
-    except OSError as exc:
-        raise PluginError(INTERNAL, f"cannot set sysctl {name}={value}", exc.strerror or str(exc)) from None
-
-
-def netlink_error_text(exc: NetlinkError) -> str:
-    return f"{os.strerror(exc.code)} (errno {exc.code})"

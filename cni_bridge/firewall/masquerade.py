@@ -1,0 +1,243 @@
+"""Masquerade: one nftables table per network (`inet pybridge_<id>`) holding a set of container
+addresses per family and a single masquerade rule per family that matches the set.
+
+The rule count is therefore flat in the number of containers; ADD and DEL only add or remove a
+set element. The table goes away with the network's last container, and with it the network's
+FORWARD accept rules (forward.py) when it has a bridge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from cni_bridge.errors import INTERNAL, PluginError
+from cni_bridge.firewall.forward import forward_accept
+from cni_bridge.firewall.names import table_name
+from cni_bridge.kernel.nfnetlink import SetElements
+from cni_bridge.kernel.nft import NftError, nft
+from cni_bridge.kernel.nlsock import NetlinkError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Masquerade:
+    """What one network's masquerade needs: its name, its bridge and its subnets."""
+    network: str
+    bridge: str | None
+    subnets: tuple[IPNetwork, ...]
+
+    @property
+    def table(self) -> str:
+        return table_name(self.network)
+
+
+def _elements(addrs: Iterable[IPAddress], version: int) -> list[str]:
+    return [str(a) for a in addrs if a.version == version]
+
+
+def _rule_lines(m: Masquerade) -> list[str]:
+    t = f"inet {m.table}"
+    lines = []
+    v4 = [str(s) for s in m.subnets if s.version == 4]
+    v6 = [str(s) for s in m.subnets if s.version == 6]
+    if v4:
+        lines.append(f"add rule {t} postrouting ip saddr @masq4 ip daddr != {{ {', '.join(v4)} }} "
+                     f"ip daddr != 224.0.0.0/4 masquerade")
+    if v6:
+        lines.append(f"add rule {t} postrouting ip6 saddr @masq6 ip6 daddr != {{ {', '.join(v6)} }} "
+                     f"ip6 daddr != ff00::/8 masquerade")
+    return lines
+
+
+def table_exists(network: str) -> bool:
+    try:
+        nft.run(f"list table inet {table_name(network)}")
+        return True
+    except NftError:
+        return False
+
+
+def _rules_signature(m: Masquerade) -> str:
+    """Name of an (empty-ish) set created together with the rules for exactly these subnets."""
+    subnets = ",".join(sorted(str(s) for s in m.subnets))
+    return "r_" + hashlib.sha1(subnets.encode()).hexdigest()[:12]
+
+
+_MARKER = ipaddress.ip_address("127.0.0.1")  # the one element of a rules-signature set
+
+
+def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
+    """Ensure the network's table, sets and rules exist and that `addrs` are in the sets, each
+    element tagged with its owner (the attachment's host-side name) so that DEL and GC can
+    remove it without knowing the address. One atomic batch; idempotent.
+
+    Fast path (every ADD but a network's first): one transaction that adds the elements plus a
+    marker element to the set `r_<hash of the subnets>`, which exists only if the rules were
+    written for exactly these subnets. Flat whatever the set size, because adding elements
+    needs no ruleset cache, whereas listing the table or rewriting the chain makes libnftables
+    fetch every element (~5 ms with 1,000 containers). Sent as a raw nfnetlink batch (~0.05 ms;
+    the same `add element` through libnftables, the fallback, ~0.4 ms). If the marker set is missing
+    (first container, subnets changed, table removed: a keyed read says so first), the full
+    script below rebuilds the table and the chain."""
+    t = f"inet {m.table}"
+    signature = _rules_signature(m)
+    by_set = {set_name: [(a, owner) for a in addrs if a.version == version]
+              for version, set_name in ((4, "masq4"), (6, "masq6"))}
+    by_set = {set_name: items for set_name, items in by_set.items() if items}
+    elements = [f"add element {t} {set_name} {{ " + ", ".join(f'{a} comment "{o}"' for a, o in items) + " }"
+                for set_name, items in by_set.items()]  # the same, for libnftables
+    if by_set:
+        marker_missing = False
+        try:  # the same transaction as raw nfnetlink; libnftables below if that is refused
+            with SetElements(m.table) as writer:
+                marker_missing = not writer.has_set(signature)
+                if not marker_missing:
+                    writer.write(True, {signature: [(_MARKER, "")], **by_set})
+                    return
+        except (NetlinkError, OSError):
+            pass
+        if not marker_missing:
+            try:
+                nft.run("\n".join([f"add element {t} {signature} {{ {_MARKER} }}", *elements]) + "\n")
+                return
+            except NftError:
+                pass
+    existing = _table_text(m.network)
+    created = existing is None
+    stale = set(re.findall(r"\bset (r_[0-9a-f]+)\b", existing or "")) - {signature}
+    script = [
+        f"add table {t}",
+        f"add set {t} masq4 {{ type ipv4_addr; }}",
+        f"add set {t} masq6 {{ type ipv6_addr; }}",
+        *(f"delete set {t} {name}" for name in sorted(stale)),
+        f"add set {t} {signature} {{ type ipv4_addr; }}",
+        f"add element {t} {signature} {{ {_MARKER} }}",
+        f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
+        f"flush chain {t} postrouting",
+        *_rule_lines(m),
+        *elements,
+    ]
+    try:
+        nft.run("\n".join(script) + "\n")
+    except NftError as exc:
+        raise PluginError(INTERNAL, f"cannot install masquerade for network {m.network}", str(exc)) from None
+    if created and m.bridge:
+        forward_accept(m.network, m.bridge, True)
+
+
+def _table_text(network: str) -> str | None:
+    try:
+        return nft.run(f"list table inet {table_name(network)}")
+    except NftError:
+        return None
+
+
+_ELEMENT_RE = re.compile(r'([0-9A-Fa-f:.]+)(?:\s+comment\s+"([^"]*)")?')
+
+
+def members(network: str) -> dict[IPAddress, str]:
+    """Addresses in the network's masquerade sets with their owner tags (empty when no table)."""
+    return _members_in(_table_text(network) or "")
+
+
+_SET_RE = re.compile(r"set masq[46]\s*\{[^}]*?elements\s*=\s*\{([^}]*)\}", re.S)
+
+
+def _members_in(table_text: str) -> dict[IPAddress, str]:
+    """Parse both sets out of one `list table` (each listing fetches the whole ruleset cache,
+    ~5 ms with 1,000 elements: one listing instead of three)."""
+    out: dict[IPAddress, str] = {}
+    for block in _SET_RE.findall(table_text):
+        for item in block.replace("\n", " ").split(","):
+            match = _ELEMENT_RE.search(item.strip())
+            if match:
+                out[ipaddress.ip_address(match.group(1))] = match.group(2) or ""
+    return out
+
+
+def _remove_known(m: Masquerade, owners: set[str], addrs: set[IPAddress]) -> bool | None:
+    """remove_members for a DEL that knows its addresses, without listing the sets: each address
+    is removed if owned by `owners` (or untagged), then the table goes if both sets are empty.
+    None when it cannot decide (table gone, nfnetlink refused): the caller lists instead.
+    Elements of `owners` under other addresses are left to GC (an ADD never leaves any)."""
+    t = f"inet {m.table}"
+    try:  # no nfnetlink (e.g. a seccomp profile), table gone: list instead
+        with SetElements(m.table) as reader:
+            doomed: dict[str, list[tuple[IPAddress, str]]] = {}
+            for addr in addrs:
+                set_name = "masq4" if addr.version == 4 else "masq6"
+                owner = reader.owner(set_name, addr)
+                if owner is not None and (owner in owners or not owner):
+                    doomed.setdefault(set_name, []).append((addr, ""))
+            if doomed:
+                reader.write(False, doomed)
+            if reader.any("masq4") or reader.any("masq6"):
+                return False
+    except (NetlinkError, OSError):
+        return None
+    try:
+        nft.run(f"delete table {t}\n")
+    except NftError as exc:
+        raise PluginError(INTERNAL, f"cannot remove masquerade table of network {m.network}", str(exc)) from None
+    if m.bridge:
+        forward_accept(m.network, m.bridge, False)
+    return True
+
+
+def remove_members(m: Masquerade, owners: Iterable[str] = (), addrs: Iterable[IPAddress] = ()) -> bool:
+    """Remove the elements of the given owners (and/or addresses); delete the whole table when
+    no element is left. Idempotent. Returns True when the table was removed. Callers hold the
+    network lock."""
+    owners, addrs = set(owners), set(addrs)
+    if owners and addrs:  # DEL: constant cost, whatever the number of containers
+        removed = _remove_known(m, owners, addrs)
+        if removed is not None:
+            return removed
+    text = _table_text(m.network)
+    if text is None:  # gone already (last DEL repeated, or removed by hand): its FORWARD rules too
+        if m.bridge:
+            forward_accept(m.network, m.bridge, False)
+        return False
+    current = _members_in(text)
+    doomed = [a for a, owner in current.items() if owner in owners or (a in addrs and not owner)]
+    remaining = set(current) - set(doomed)
+    t = f"inet {m.table}"
+    try:
+        if not remaining:
+            nft.run(f"delete table {t}\n")
+        elif doomed:
+            script = []
+            for version, set_name in ((4, "masq4"), (6, "masq6")):
+                elems = _elements(doomed, version)
+                if elems:
+                    script.append(f"delete element {t} {set_name} {{ {', '.join(elems)} }}")
+            nft.run("\n".join(script) + "\n")
+    except NftError as exc:
+        raise PluginError(INTERNAL, f"cannot remove masquerade entries of network {m.network}", str(exc)) from None
+    if not remaining and m.bridge:
+        forward_accept(m.network, m.bridge, False)
+    return not remaining
+
+
+def delete_table(network: str, bridge: str | None) -> None:
+    """Drop everything pybridge installed for a network (network removal, GC)."""
+    try:
+        nft.run(f"delete table inet {table_name(network)}\n")
+    except NftError:
+        pass
+    if bridge:
+        forward_accept(network, bridge, False)
+
+
+def pybridge_tables() -> list[str]:
+    try:
+        text = nft.run("list tables inet")
+    except (NftError, PluginError):
+        return []
+    return re.findall(r"table inet (pybridge_\S+)", text)

@@ -1,0 +1,16 @@
+"""How pybridge names what it puts in the packet filter, so that it only ever touches its own."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+RULE_COMMENT_PREFIX = "pybridge:"
+
+
+def table_name(network: str) -> str:
+    """nft identifiers allow [A-Za-z0-9_]; network names also allow '.' and '-'. A short hash
+    of the real name keeps two names that sanitise alike apart."""
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", network)[:40]
+    digest = hashlib.sha1(network.encode()).hexdigest()[:6]
+    return f"pybridge_{safe}_{digest}"

@@ -1,0 +1,173 @@
+"""nftables set elements over NETLINK_NETFILTER, without libnftables (ADD and DEL).
+
+libnftables fetches every element of the table for any listing (~20-30 ms with 1,000
+containers). DEL needs two facts only: who owns its known addresses, and whether the sets are
+empty afterwards. The kernel answers both without walking the set: a keyed GETSETELEM, and
+an element dump, read to its end (an empty set sends one empty nest).
+Adding and deleting elements is a three-message nfnetlink batch: ~0.05 ms against ~0.4-0.6 ms
+for the same `add element` / `delete element` through libnftables (parser, cache, context).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+import threading
+from typing import Iterator, Sequence
+
+from cni_bridge.kernel.nlsock import F_ACK, F_CREATE, F_DUMP, NetlinkError, NetlinkSocket, attr, attrs
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES = 12, 10
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
+NFT_MSG_GETSET, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 10, 12, 13, 14
+NFPROTO_INET, NLA_F_NESTED = 1, 0x8000
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE, NFTA_SET_ELEM_USERDATA = 1, 1, 1, 6
+NFTNL_UDATA_SET_ELEM_COMMENT = 0
+ENOENT = 2
+
+
+# Idle NETLINK_NETFILTER sockets by network namespace (inode), reused, never closed: closing one
+# makes nf_tables flush its pending transaction clean-up, which waits for an RCU grace period
+# (~10-25 ms here) whenever a commit happened just before, i.e. on every ADD and DEL.
+_idle_sockets: dict[int, list[NetlinkSocket]] = {}
+_idle_lock = threading.Lock()
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child (gunicorn workers of a preloaded app) must not share pooled netlink
+    sockets with its parent: replies would go to whichever process reads first."""
+    global _idle_sockets, _idle_lock
+    _idle_sockets, _idle_lock = {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def _netns_inode() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+class SetElements:
+    """Keyed reads and batched writes of one table's set elements over NETLINK_NETFILTER.
+    Methods raise NetlinkError (or OSError: e.g. a timeout). close() returns the socket to
+    the idle pool, unless a failure may have left it mid-conversation."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self._netns = _netns_inode()
+        with _idle_lock:
+            idle = _idle_sockets.get(self._netns)
+            nl = idle.pop() if idle else None
+        if nl is None:
+            nl = NetlinkSocket(NETLINK_NETFILTER)
+            nl.sock.settimeout(5.0)  # the kernel always answers; this only bounds a surprise
+        self.nl: NetlinkSocket | None = nl
+        self._clean = False
+
+    def __enter__(self) -> "SetElements":
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._clean = exc_type is None or exc_type is NetlinkError  # an error reply is a whole answer
+        self.close()
+
+    def close(self) -> None:
+        nl, self.nl = self.nl, None
+        if nl is None:
+            return
+        if self._clean:
+            with _idle_lock:
+                _idle_sockets.setdefault(self._netns, []).append(nl)
+        else:
+            nl.close()
+
+    def _body(self, set_name: str, extra: bytes = b"") -> bytes:
+        """nfgenmsg + table + set (+ `extra` attributes). GETSET names them with the same
+        attribute numbers (NFTA_SET_TABLE 1, NFTA_SET_NAME 2) as the element messages."""
+        return struct.pack("=BBH", NFPROTO_INET, 0, 0) \
+            + attr(NFTA_SET_ELEM_LIST_TABLE, self.table.encode() + b"\0") \
+            + attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0") + extra
+
+    def _replies(self, flags: int, set_name: str, extra: bytes = b"") -> Iterator[dict[int, bytes]]:
+        """Send GETSETELEM; yield each reply's attributes (after the 4-byte nfgenmsg)."""
+        seq = self.nl.send((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, flags, self._body(set_name, extra))
+        for payload in self.nl.replies(seq):
+            yield attrs(payload, 4)
+
+    def has_set(self, set_name: str) -> bool:
+        """Whether the table has this set: a keyed GETSET (a read, so a missing set costs
+        nothing; a write batch that fails is aborted by the kernel after an RCU grace period,
+        ~20 ms here)."""
+        try:
+            self.nl.request((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET, F_ACK, self._body(set_name))
+            return True
+        except NetlinkError as exc:
+            if exc.code == ENOENT:
+                return False
+            raise
+
+    def write(self, add: bool, elements: dict[str, Sequence[tuple[IPAddress, str]]]) -> None:
+        """One atomic batch: add (`add element`: an existing element is no error) or delete the
+        given (address, owner comment) elements, per set name. All or nothing: ENOENT when a set
+        or the table is missing (an add) or an element is (a delete)."""
+        msg_type = (NFNL_SUBSYS_NFTABLES << 8) | (NFT_MSG_NEWSETELEM if add else NFT_MSG_DELSETELEM)
+        flags = F_ACK | (F_CREATE if add else 0)
+        batch = struct.pack("=BB", 0, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)  # res_id: big-endian
+        messages = [(NFNL_MSG_BATCH_BEGIN, 0, batch)]
+        for set_name, items in elements.items():
+            listed = b"".join(attr(NFTA_LIST_ELEM | NLA_F_NESTED, _element(addr, owner if add else ""))
+                              for addr, owner in items)
+            messages.append((msg_type, flags, self._body(
+                set_name, attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, listed))))
+        messages.append((NFNL_MSG_BATCH_END, 0, batch))
+        seqs = self.nl.send_all(messages)
+        self.nl.acks(set(seqs[1:-1]), abort_seq=seqs[0])
+
+    def owner(self, set_name: str, addr: IPAddress) -> str | None:
+        """The comment (owner) of `addr`'s element; None when it is not in the set."""
+        elements = attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED,
+                        attr(NFTA_LIST_ELEM | NLA_F_NESTED, _element(addr, "")))
+        comment = None
+        try:
+            for reply in self._replies(F_ACK, set_name, elements):  # read up to the ack
+                listed = attrs(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b""), 0)
+                elem = attrs(listed.get(NFTA_LIST_ELEM, b""), 0)
+                comment = _udata_comment(elem.get(NFTA_SET_ELEM_USERDATA, b""))
+        except NetlinkError as exc:
+            if exc.code == ENOENT:  # no such element
+                return None
+            raise
+        return comment
+
+    def any(self, set_name: str) -> bool:
+        """Whether the set has an element (an empty set dumps an empty nest). The dump is read
+        to its end so that the socket can be reused (the kernel fills ~30 elements per message
+        only as they are read). Raises ENOENT when the set or table is gone."""
+        found = False
+        for reply in self._replies(F_DUMP, set_name):
+            found = found or bool(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS))
+        return found
+
+
+def _element(addr: IPAddress, owner: str) -> bytes:
+    """The attributes of one set element: its key, and the owner as an nft comment."""
+    out = attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attr(NFTA_DATA_VALUE, addr.packed))
+    if owner:  # libnftnl user data: (type, length, NUL-terminated value), as `nft` writes it
+        value = owner.encode()[:127] + b"\0"
+        out += attr(NFTA_SET_ELEM_USERDATA, bytes([NFTNL_UDATA_SET_ELEM_COMMENT, len(value)]) + value)
+    return out
+
+
+def _udata_comment(udata: bytes) -> str:
+    """libnftnl user data: (u8 type, u8 length, value) records; the comment is NUL-terminated."""
+    offset = 0
+    while offset + 2 <= len(udata):
+        kind, length = udata[offset], udata[offset + 1]
+        if kind == NFTNL_UDATA_SET_ELEM_COMMENT:
+            return udata[offset + 2:offset + 2 + length].split(b"\0", 1)[0].decode(errors="replace")
+        offset += 2 + length
+    return ""
