@@ -212,6 +212,8 @@ def ensure_private_dir(path: Path, *, levels: int = 1) -> None:
     while not os.path.isdir(current):
         missing.append(current)
         current = current.parent
+    if missing:  # nothing is created in a directory we would refuse
+        check_private_dir(current, levels=max(0, levels - len(missing)))
     for directory in reversed(missing):
         try:
             os.mkdir(directory, 0o755)

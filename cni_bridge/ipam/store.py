@@ -346,10 +346,10 @@ class LeaseStore:
 
     def _pick(self, index: int, pool: Pool) -> tuple[IPAddress, Bitmap | None]:
         """Next free address of a set after its round-robin cursor; error 11 when it is full."""
-        raw_cursor = read_or_none(self.dir / f"last_reserved.{index}")
         try:
+            raw_cursor = read_or_none(self.dir / f"last_reserved.{index}")
             cursor = ipaddress.ip_address(raw_cursor.decode().strip()) if raw_cursor else None
-        except (ValueError, UnicodeDecodeError):
+        except (OSError, ValueError):  # a hint that is not a plain file, or garbage: start over
             cursor = None
         start = pool.start_after(cursor)
         if pool.size <= MAX_BITMAP:
