@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from cni_bridge.attachment import Addressing, Attachment, IPAddress
+from cni_bridge.attachment import Attachment, IPAddress
 from cni_bridge.config import NetworkSpec
 from cni_bridge.modes import sublink
 from cni_bridge.modes.common import Lease

@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from cni_bridge.attachment import Addressing, Attachment, IPAddress
+from cni_bridge.attachment import Attachment, IPAddress
 from cni_bridge.config import NetworkSpec
 from cni_bridge.errors import config_error
 from cni_bridge.modes import sublink

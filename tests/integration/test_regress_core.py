@@ -110,19 +110,12 @@ def daemon_runtime(fastpath_daemon: tuple[str, str], bin_dir: Path) -> Iterator[
 
 
 @pytest.fixture
-def bridges() -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        subprocess.run(["ip", "link", "del", name], capture_output=True)
-
-
-@pytest.fixture
-def network(test_prefix: str, tmp_path: Path, bridges: list[str]) -> Callable[..., dict[str, Any]]:
+def network(test_prefix: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., dict[str, Any]]:
+    """Factory of bridge network configs (ipMasq off); their bridges are deleted at the end."""
     def make(tag: str, ipam_type: str = "pybridge-ipam") -> dict[str, Any]:
         data_dir = register_data_dir(tmp_path / f"ipam-{tag}")
         name = f"{test_prefix}{tag}"
-        bridges.append(name[:15])
+        request.addfinalizer(lambda: subprocess.run(["ip", "link", "del", name[:15]], capture_output=True))
         return {"cniVersion": "1.0.0", "name": name, "type": "pybridge", "bridge": name[:15],
                 "isGateway": True, "ipMasq": False,
                 "ipam": {"type": ipam_type, "ranges": [[{"subnet": str(unique_subnet(4))}]],
