@@ -12,8 +12,9 @@ Before dying the process writes `pybridge crashpoint: <n> <name>` to stderr, so 
 which step it killed and when it has run out of steps (the operation then simply succeeds).
 PYBRIDGE_CRASH_TRACE=1 lists every step reached on stderr without crashing.
 
-The exec'd `pybridge` does its work in-process when the variable is set (the warm daemon
-never sees it: only CNI_* variables are forwarded), so it is the plugin process that dies.
+The exec'd `pybridge` does its work in-process when the variable is set (it never forwards such
+a request to the warm daemon, which reads only its own environment here), so it is the plugin
+process that dies.
 """
 
 from __future__ import annotations

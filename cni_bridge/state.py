@@ -133,7 +133,7 @@ def _check_kind(kind: str) -> str:
 
 def _check_key(key: str, what: str) -> str:
     """Keys become file names: Docker ids are hex, but they arrive over a socket, so check."""
-    if not isinstance(key, str) or not _KEY_RE.match(key) or ".." in key:
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or ".." in key:
         raise PluginError(IO_FAILURE, f"invalid {what} key {str(key)[:80]!r}")
     return key
 

@@ -8,25 +8,29 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import os
 import re
 import stat
+from typing import Any, Callable
 
 from cni_bridge.errors import PluginError, config_error, env_error
 
+# Every pattern is applied with fullmatch: `re.match(r"...$")` also accepts a trailing newline.
 # The CNI spec: container id "must only contain alphanumeric characters, underscore, dot and
 # hyphen" and start with an alphanumeric character; network names the same.
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-# Linux accepts almost any byte in a link name; we accept what `ip` users type and what is safe
-# in a path: at most 15 bytes, no '/', no whitespace, not '.' or '..'.
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-@:]{1,15}$")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# The kernel (dev_valid_name) refuses link names that are empty, 16 bytes or longer, "." or "..",
+# or contain '/', ':' (alias syntax) or whitespace; we accept the subset `ip` users type, which
+# is also safe in a path.
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.\-@]{1,15}")
 MAX_ID_LEN = 256
 
 
 def _check_id(value: object, what: str, make_error) -> str:
     if not isinstance(value, str) or not value:
         raise make_error(f"{what} is required")
-    if len(value) > MAX_ID_LEN or not _ID_RE.match(value) or ".." in value:
+    if len(value) > MAX_ID_LEN or not _ID_RE.fullmatch(value) or ".." in value:
         raise make_error(
             f"invalid {what} {value[:80]!r}",
             "allowed: letters, digits, '_', '.', '-'; must start with a letter or digit; "
@@ -46,16 +50,48 @@ def network_name(value: object) -> str:
 
 
 def ifname(value: object, what: str = "interface name", *, from_env: bool = False) -> str:
-    """A kernel interface name: 1-15 bytes, no '/', not '.' or '..'."""
+    """A kernel interface name (see _IFNAME_RE)."""
     make_error = env_error if from_env else config_error
     if not isinstance(value, str) or not value:
         raise make_error(f"{what} is required")
-    if value in (".", "..") or not _IFNAME_RE.match(value) or len(value.encode()) > 15:
+    if value in (".", "..") or not _IFNAME_RE.fullmatch(value) or len(value.encode()) > 15:
         raise make_error(
             f"invalid {what} {value[:80]!r}",
-            "interface names are 1-15 characters of letters, digits, '_', '.', '-', '@', ':'",
+            "interface names are 1-15 characters of letters, digits, '_', '.', '-', '@' "
+            "(not '.' or '..'; no ':', '/' or whitespace)",
         )
     return value
+
+
+# --- addresses from input ----------------------------------------------------------------------
+# `ipaddress` accepts an IPv6 zone index ("fd00::5%x"), which makes a different address object
+# (and lease file name) than "fd00::5": one address could be leased twice. Every address, network
+# and interface that comes from input is parsed here, and a zone index is refused.
+def ip_address(value: object, what: str, make_error: Callable[..., PluginError] = config_error):
+    return _ip(ipaddress.ip_address, value, what, make_error, "an IP address")
+
+
+def ip_network(value: object, what: str, make_error: Callable[..., PluginError] = config_error):
+    """A CIDR; host bits are allowed (as in host-local)."""
+    return _ip(lambda text: ipaddress.ip_network(text, strict=False), value, what, make_error, "a valid CIDR")
+
+
+def ip_interface(value: object, what: str, make_error: Callable[..., PluginError] = config_error):
+    return _ip(ipaddress.ip_interface, value, what, make_error, "an address/prefix")
+
+
+def _ip(parse: Callable[[str], Any], value: object, what: str, make_error: Callable[..., PluginError],
+        kind: str) -> Any:
+    if not isinstance(value, str):
+        raise make_error(f"{what} must be {kind} string, got {value!r:.60}")
+    text = value.strip()
+    if "%" in text:
+        raise make_error(f"{what} {value!r:.60} must not carry a zone index",
+                         "'%zone' names a link-local scope; it would make a second, different address")
+    try:
+        return parse(text)
+    except ValueError:
+        raise make_error(f"{what} {value!r:.60} is not {kind}") from None
 
 
 def netns_path(value: object) -> str:
@@ -119,4 +155,4 @@ def netns_present(path: str) -> str:
 
 
 __all__ = ["PluginError", "container_id", "network_name", "ifname", "netns_path", "netns_present",
-           "could_be_netns", "dns"]
+           "could_be_netns", "dns", "ip_address", "ip_network", "ip_interface"]

@@ -20,7 +20,7 @@ from cni_bridge import validate
 from cni_bridge.cni import ipam_client
 from cni_bridge.cni.protocol import CniRequest, dumps, error_object, error_version, parse_request, version_object
 from cni_bridge.crashpoint import step
-from cni_bridge.errors import INTERNAL, INVALID_CONFIG, PluginError
+from cni_bridge.errors import INTERNAL, INVALID_CONFIG, TRY_AGAIN, PluginError
 
 PLUGIN = "pybridge"
 IPAM_PLUGIN = "pybridge-ipam"
@@ -33,12 +33,16 @@ class Response:
     log: str  # one line for stderr
 
 
-def handle(plugin: str, env: Mapping[str, str], stdin: bytes) -> Response:
+def handle(plugin: str, env: Mapping[str, str], stdin: bytes, *,
+           caller_gone: Callable[[], bool] | None = None) -> Response:
+    """`env`: the caller's whole environment (CNI_* parameters; the rest is passed on to a
+    delegated IPAM plugin). `caller_gone`: the daemon's probe for a client that went away."""
     started = time.monotonic()
     req: CniRequest | None = None
     version = "1.1.0"
     try:
         req = parse_request(env, stdin)
+        req.caller_gone = caller_gone
         version = req.version
         if req.command == "VERSION":
             out: dict[str, Any] | None = version_object(req.config)
@@ -109,29 +113,62 @@ def _checked_prev(req: CniRequest) -> dict[str, Any] | None:
 
 def cmd_add(req: CniRequest) -> dict[str, Any]:
     from cni_bridge import modes  # lazy
-    from cni_bridge.attachment import Addressing  # lazy
-    from cni_bridge.cni.versions import convert, merge_prev  # lazy
+    from cni_bridge.locks import attachment_lock  # lazy
     spec = _spec(req)
     att = _attachment(req)
     prev = _checked_prev(req)
     driver = modes.driver(spec.mode)
     validate.netns_present(req.netns)
-    ipam_result = ipam_client.add(req)
-    try:
-        addressing = Addressing.from_result(ipam_result)
+    with attachment_lock(spec.name, att.container_id, att.ifname):
+        return _add(req, spec, att, prev, driver)
+
+
+def _add(req: CniRequest, spec, att, prev: dict[str, Any] | None, driver) -> dict[str, Any]:
+    """ADD under the attachment's lock. The mode runs IPAM (`lease`) only after it has checked
+    that the container has no interface of that name, so what a failure undoes is this ADD's
+    own: the interface did not exist, and no other ADD or DEL of it runs meanwhile."""
+    from cni_bridge.attachment import Addressing  # lazy
+    from cni_bridge.cni.versions import convert, merge_prev  # lazy
+    ipam_asked = False
+
+    def lease() -> Addressing:
+        nonlocal ipam_asked
+        ipam_asked = True  # from here, whatever IPAM holds for this attachment is ours to undo
+        addressing = Addressing.from_result(ipam_client.add(req))
         if not addressing.dns and spec.dns:
             addressing.dns = dict(spec.dns)
-        result = driver.add(spec, att, addressing, prev) if getattr(driver, "USES_PREV_RESULT", False) \
-            else driver.add(spec, att, addressing)
+        return addressing
+
+    result = None
+    try:
+        result = driver.add(spec, att, lease, prev) if getattr(driver, "USES_PREV_RESULT", False) \
+            else driver.add(spec, att, lease)
+        converted = convert(merge_prev(prev, result), req.version)
+        if req.caller_gone is not None and req.caller_gone():
+            # The runtime killed its exec'd plugin: nobody will read this result, and the
+            # runtime will not DEL what it never learnt about. Undo it before answering.
+            raise PluginError(TRY_AGAIN, "the runtime went away before it got the result; the ADD was undone",
+                              "the exec'd plugin's connection to the daemon closed during the ADD")
     except BaseException:
-        try:
-            ipam_client.delete(req)
-        except Exception as exc:  # keep the original error; say what could not be undone
-            print(f"pybridge: releasing the address after a failed ADD failed: {exc}", file=sys.stderr)
+        _undo_add(req, spec, att, driver, result, ipam_asked)
         raise
-    converted = convert(merge_prev(prev, result), req.version)
     step("result-ready")
     return converted
+
+
+def _undo_add(req: CniRequest, spec, att, driver, result: dict[str, Any] | None, ipam_asked: bool) -> None:
+    """Best effort; keeps the original error and says on stderr what could not be undone."""
+    from cni_bridge.attachment import Addressing  # lazy
+    if result is not None:  # the mode finished: its own undo did not run
+        try:
+            driver.delete(spec, att, Addressing.from_result(result).addresses())
+        except Exception as exc:
+            print(f"pybridge: removing the interface after a failed ADD failed: {exc}", file=sys.stderr)
+    if ipam_asked:
+        try:
+            ipam_client.delete(req)
+        except Exception as exc:
+            print(f"pybridge: releasing the address after a failed ADD failed: {exc}", file=sys.stderr)
 
 
 def _addresses_to_release(req: CniRequest) -> list:
@@ -148,14 +185,17 @@ def _addresses_to_release(req: CniRequest) -> list:
 
 def cmd_del(req: CniRequest) -> None:
     from cni_bridge import modes  # lazy
+    from cni_bridge.locks import attachment_lock  # lazy
     spec = _spec(req)
     att = _attachment(req)
     if att.netns and not validate.could_be_netns(att.netns):
         # DEL succeeds without the namespace; a path that cannot be one is never opened (a FIFO
         # would block the plugin forever).
         att = dataclasses.replace(att, netns=None)
-    modes.driver(spec.mode).delete(spec, att, _addresses_to_release(req))
-    ipam_client.delete(req)
+    driver = modes.driver(spec.mode)
+    with attachment_lock(spec.name, att.container_id, att.ifname):  # after an ADD still running
+        driver.delete(spec, att, _addresses_to_release(req))
+        ipam_client.delete(req)
     return None
 
 

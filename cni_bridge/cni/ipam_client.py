@@ -1,5 +1,7 @@
 """Delegated IPAM per the CNI spec: `pybridge-ipam` is served in-process (no exec); any other
-`ipam.type` is executed from CNI_PATH with the same environment and the network config on stdin."""
+`ipam.type` is executed from CNI_PATH with the caller's environment (the runtime's, also when
+the daemon serves the request: the fast path forwards it) and the network config on stdin.
+An exec that does not finish within EXEC_TIMEOUT is killed and answered with error 11."""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ import os
 import subprocess
 from typing import Any
 
-from cni_bridge.cni.protocol import CniRequest
-from cni_bridge.errors import INTERNAL, INVALID_CONFIG, PluginError
+from cni_bridge.cni.protocol import CniRequest, load_json
+from cni_bridge.errors import INTERNAL, INVALID_CONFIG, TRY_AGAIN, PluginError
 
 IN_PROCESS_TYPE = "pybridge-ipam"
+EXEC_TIMEOUT = 60.0  # seconds; host-local answers in milliseconds
 
 
 def ipam_type(config: dict[str, Any]) -> str | None:
@@ -45,16 +48,21 @@ def _exec(req: CniRequest, command: str, extra_env: dict[str, str] | None = None
     if binary is None:
         raise PluginError(INVALID_CONFIG, f"IPAM plugin {kind!r} not found in CNI_PATH",
                           ":".join(req.path) or "(CNI_PATH is empty)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env = {k: v for k, v in req.env.items() if not k.startswith("CNI_")}
     env.update({"CNI_COMMAND": command, "CNI_CONTAINERID": req.container_id, "CNI_NETNS": req.netns,
                 "CNI_IFNAME": req.ifname, "CNI_PATH": ":".join(req.path),
                 "CNI_ARGS": ";".join(f"{k}={v}" for k, v in req.args.items())})
     env.update(extra_env or {})
-    proc = subprocess.run([binary], input=json.dumps(req.config).encode(), env=env, capture_output=True)
+    try:
+        proc = subprocess.run([binary], input=json.dumps(req.config).encode(), env=env, capture_output=True,
+                              timeout=EXEC_TIMEOUT)
+    except subprocess.TimeoutExpired:  # run() has killed it
+        raise PluginError(TRY_AGAIN, f"IPAM plugin {kind} did not answer {command} within {EXEC_TIMEOUT:g}s",
+                          f"{binary} was killed; try again") from None
     out = proc.stdout.decode(errors="replace").strip()
     if proc.returncode != 0:
         try:
-            err = json.loads(out)
+            err = load_json(out)
             raise PluginError(int(err.get("code", INTERNAL)), f"IPAM plugin {kind}: {err.get('msg', '')}",
                               str(err.get("details", "")))
         except (ValueError, AttributeError):
@@ -63,7 +71,7 @@ def _exec(req: CniRequest, command: str, extra_env: dict[str, str] | None = None
     if not out:
         return None
     try:
-        return json.loads(out)
+        return load_json(out)
     except ValueError:
         raise PluginError(INTERNAL, f"IPAM plugin {kind} printed invalid JSON", out[:2000]) from None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from cni_bridge import validate
 from cni_bridge.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV, PluginError
@@ -36,6 +36,11 @@ class CniRequest:
     path: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     stdin: bytes = b""
+    # The caller's whole environment: a delegated IPAM plugin is exec'd with it (the spec's rule).
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Set by the daemon: True once the exec'd client that sent this request has gone away (the
+    # runtime killed it), so nobody will ever read the result.
+    caller_gone: Callable[[], bool] | None = None
 
     @property
     def version(self) -> str:
@@ -66,10 +71,20 @@ def parse_cni_args(raw: str) -> dict[str, str]:
     return out
 
 
+def load_json(raw: bytes | str) -> Any:
+    """json.loads, with nesting too deep for the parser reported as a ValueError like any other
+    undecodable input (a RecursionError escapes every `except ValueError` and, in the daemon,
+    the worker thread)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def decode_config(stdin: bytes) -> dict[str, Any]:
     try:
-        config = json.loads(stdin.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = load_json(stdin.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise PluginError(DECODE_FAILURE, "cannot decode the network configuration on stdin", str(exc)) from None
     if not isinstance(config, dict):
         raise PluginError(DECODE_FAILURE, "the network configuration must be a JSON object")
@@ -93,7 +108,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
     command = env.get("CNI_COMMAND", "")
     if command not in COMMANDS:
         raise PluginError(INVALID_ENV, f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}")
-    req = CniRequest(command=command, stdin=stdin)
+    req = CniRequest(command=command, stdin=stdin, env=env)
     if command == "VERSION":
         if stdin.strip():
             try:
@@ -121,7 +136,7 @@ def error_version(stdin: bytes) -> str:
     """The version of an error about a request that did not parse: the config's when it names a
     supported one (a 0.3.0 runtime told "CHECK needs 0.4.0" gets a 0.3.0 error object)."""
     try:
-        version = json.loads(stdin).get("cniVersion")
+        version = load_json(stdin).get("cniVersion")
     except (ValueError, AttributeError):
         return LATEST
     return version if isinstance(version, str) and version in SUPPORTED_VERSIONS else LATEST

@@ -36,7 +36,7 @@ class Body:
     def ident(self, key: str) -> str:
         """A Docker object id (NetworkID, EndpointID): it becomes a file name, so it is checked."""
         value = self.string(key, required=True)
-        if not _ID_RE.match(value) or ".." in value:
+        if not _ID_RE.fullmatch(value) or ".." in value:
             raise self._fail(f"invalid {key} {value[:80]!r}")
         return value
 
@@ -71,6 +71,8 @@ class Body:
         value = self.string(key)
         if not value:
             return None
+        if "%" in value:  # fd00::5%x would be a different address (lease) than fd00::5
+            raise self._fail(f"{key} {value[:80]!r} must not carry a zone index")
         try:
             return parse(value)
         except ValueError:

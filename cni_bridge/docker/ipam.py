@@ -14,7 +14,6 @@ RequiresRequestReplay false: pools and leases are persisted, dockerd need not re
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import uuid
 from pathlib import Path
@@ -273,19 +272,8 @@ def _release_leftovers(record: dict[str, Any]) -> None:
     # One decision under the store's lock: in a store shared with a CNI network (--ipam-opt
     # network=NAME), a CNI lease written meanwhile must not be mistaken for a leftover.
     store.gc(set(), keep=lambda lease: not (lease.address in pool and lease.container_id.startswith(OWNER_PREFIX)))
-    if record["store"] == _store_name(pool) and not store.all_leases():
-        _remove_empty_store(store.dir)
-
-
-def _remove_empty_store(directory: Path) -> None:
-    """Only the store's own bookkeeping files; anything else (a lease) keeps the directory."""
-    try:
-        for name in os.listdir(directory):
-            if name == "lock" or name.startswith(("bitmap.", "last_reserved.", ".tmp.")):
-                os.unlink(directory / name)
-        os.rmdir(directory)
-    except OSError:
-        pass
+    if record["store"] == _store_name(pool):
+        store.remove_if_empty()  # decided under the store's lock: a lease written meanwhile keeps it
 
 
 HANDLERS = {

@@ -158,7 +158,7 @@ def create_endpoint(ctx: Driver, body: Body) -> dict[str, Any]:
     iface = body.sub("Interface")
     address4, address6 = iface.interface("Address"), iface.interface("AddressIPv6")
     given_mac = iface.string("MacAddress")
-    if given_mac and (not _MAC_RE.match(given_mac) or int(given_mac[:2], 16) & 1):
+    if given_mac and (not _MAC_RE.fullmatch(given_mac) or int(given_mac[:2], 16) & 1):
         raise config_error(f"CreateEndpoint: invalid MAC address {given_mac[:40]!r}")
     network = _network(ctx, nid, body.method)
     spec = parse_network(network["config"])

@@ -13,8 +13,10 @@ Wire format (version 1, all integers big-endian), one request per connection:
 
     client -> daemon   b"PBF1" u32 header_len u32 stdin_len  header  stdin
                        header = NUL-joined byte strings: plugin, key1, value1, key2, value2, ...
-                       (the CNI_* and SETTINGS variables of the caller's environment, and
-                       PYBRIDGE_CALLER_NS: the caller's network and mount namespace ids)
+                       (the caller's whole environment: the handler reads only the CNI_*
+                       parameters, a delegated IPAM plugin is exec'd with all of it, as the
+                       spec requires; and PYBRIDGE_CALLER_NS: the caller's network and mount
+                       namespace ids. An environment beyond MAX_HEADER is served in-process.)
     daemon -> client   b"R"                              ready: request read and looks well-formed
                   or   b"D" u16 len reason                declined: nothing was or will be done
     client -> daemon   b"G"                              go: from here on the request is committed
@@ -89,9 +91,9 @@ def namespace_identity() -> bytes:
 
 
 def forwarded_env(environb: "dict[bytes, bytes]") -> dict[bytes, bytes]:
-    """The part of the environment the handler may read: CNI_* and the SETTINGS variables,
-    plus the caller's namespace identity."""
-    env = {k: v for k, v in environb.items() if k.startswith(b"CNI_") or k in SETTINGS}
+    """The caller's environment (the daemon hands it to the handler exactly as the in-process
+    path does: see the wire format), plus the caller's namespace identity."""
+    env = dict(environb)
     env[IDENTITY_KEY] = namespace_identity()
     return env
 
@@ -166,15 +168,8 @@ def _decline_reason(sock, answer: bytes) -> str:
 
 def lost_reply(plugin: str, stdin: bytes, path: str, exc: BaseException) -> Reply:
     """The daemon took the request and then went away: error 11, never a second run."""
-    from cni_bridge.cni.protocol import LATEST, SUPPORTED_VERSIONS, dumps  # lazy: a rare path
-    version = LATEST
-    try:
-        import json  # lazy: a rare path
-        config = json.loads(stdin)
-        if isinstance(config, dict) and config.get("cniVersion") in SUPPORTED_VERSIONS:
-            version = config["cniVersion"]
-    except ValueError:
-        pass
+    from cni_bridge.cni.protocol import dumps, error_version  # stdlib only
+    version = error_version(stdin)  # the config's own version when it names a supported one
     msg = "the pybridge daemon accepted the request but did not answer; try again"
     details = (f"{path}: {exc.__class__.__name__}: {exc}. The request may or may not have been "
                "carried out; it was not retried, so that it never runs twice.")

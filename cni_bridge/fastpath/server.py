@@ -5,7 +5,9 @@ Threads: a fixed set of workers, each blocked in accept() on the listening socke
 one connection at a time (no hand-off per request: fewer wake-ups, which is what costs when the
 CPUs are busy). Namespace safety: netlink.netns switches only the calling thread and always back;
 after every request the worker checks that it is still in the host namespace and, should it not
-be, retires and is replaced, so no later request can inherit a container namespace. Netlink
+be, retires and is replaced, so no later request can inherit a container namespace. No request
+can end a worker: whatever a handler raises is answered as error 999 and logged, and a worker
+that dies anyway is replaced. Netlink
 sockets are per call, nft contexts pooled, and all cross-process exclusion is by flock, so the
 daemon, in-process plugins and other daemons interoperate.
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import socket
 import struct
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from typing import Callable, Iterable
 
 # What a request may need is imported with this module, not during the first ADD (the handler
@@ -40,7 +42,9 @@ import cni_bridge.firewall  # noqa: F401
 import cni_bridge.kernel.netlink  # noqa: F401
 import cni_bridge.modes  # noqa: F401
 import cni_bridge.modes.bridge  # noqa: F401
-from cni_bridge.cni.handler import handle as _default_handle
+from cni_bridge.cni.handler import Response, handle
+from cni_bridge.cni.protocol import dumps, error_object, error_version
+from cni_bridge.errors import INTERNAL, PluginError
 from cni_bridge.fastpath import client as wire
 from cni_bridge.kernel import libc
 
@@ -55,7 +59,6 @@ READ_TIMEOUT = 10.0       # a client has this long to send its request and, late
 WRITE_TIMEOUT = 30.0
 MAX_INFLIGHT = 128        # beyond this many concurrent requests the daemon declines (in-process)
 WORKERS = 32              # threads accepting and serving; more connections wait in the backlog
-_KEY_RE = re.compile(rb"CNI_[A-Z_]{1,32}")
 _UCRED = struct.Struct("3i")
 
 
@@ -79,8 +82,8 @@ def decode_request(head: bytes, header: bytes) -> tuple[str, dict[str, str]]:
         raise BadRequest(f"unknown plugin {plugin[:40]!r}")
     env: dict[str, str] = {}
     for key, value in zip(fields[1::2], fields[2::2]):
-        if not (_KEY_RE.fullmatch(key) or key in wire.SETTINGS or key == wire.IDENTITY_KEY):
-            raise BadRequest(f"unexpected variable {key[:40]!r}")
+        if not key or b"=" in key:
+            raise BadRequest(f"invalid variable name {key[:40]!r}")
         name = os.fsdecode(key)
         if name in env:
             raise BadRequest(f"duplicate variable {name}")
@@ -119,6 +122,36 @@ def _netns_inode() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
+def _default_handle(plugin: str, env: dict[str, str], stdin: bytes,
+                    caller_gone: Callable[[], bool] | None = None) -> Response:
+    return handle(plugin, env, stdin, caller_gone=caller_gone)
+
+
+def peer_gone(conn: socket.socket) -> Callable[[], bool]:
+    """A probe for the handler: has the client closed its end (the runtime killed the exec'd
+    plugin)? One non-blocking peek; the client sends nothing after `G` while it waits."""
+    def gone() -> bool:
+        timeout = conn.gettimeout()
+        conn.setblocking(False)  # with a timeout set, recv would first wait for data
+        try:
+            return conn.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:  # ECONNRESET and the like: gone as well
+            return True
+        finally:
+            conn.settimeout(timeout)
+    return gone
+
+
+def crash_response(plugin: str, env: dict[str, str], stdin: bytes, exc: BaseException) -> Response:
+    """What a request whose handler raised gets: a spec-shaped error 999 (never a lost reply)."""
+    error = PluginError(INTERNAL, f"internal error: {exc.__class__.__name__}: {str(exc)[:200]}")
+    log_line = (f"{plugin} {env.get('CNI_COMMAND', '?')} internal error in the daemon\n"
+                + "".join(traceback.format_exception(exc)))
+    return Response(dumps(error_object(error, error_version(stdin))), 1, log_line)
+
+
 class FastPathServer:
     """Accept loop + one thread per request. `serve_forever()` blocks; `stop()` drains."""
 
@@ -130,8 +163,10 @@ class FastPathServer:
         self.max_inflight = max_inflight
         self.workers = workers
         self.handle = handle or _default_handle
+        self._probes_caller = handle is None  # a custom handle (tests) takes (plugin, env, stdin)
         self.stats = {"connections": 0, "served": 0, "declined": 0, "rejected_peer": 0,
-                      "bad_request": 0, "abandoned": 0, "netns_leaks": 0}
+                      "bad_request": 0, "abandoned": 0, "netns_leaks": 0, "handler_errors": 0,
+                      "worker_errors": 0}
         self._inflight = 0
         self._cond = threading.Condition()
         self._listener: socket.socket | None = None
@@ -193,6 +228,17 @@ class FastPathServer:
         threading.Thread(target=self._worker, daemon=True, name="pybridge-fastpath-worker").start()
 
     def _worker(self) -> None:
+        """Serve until stop(); a worker that ends any other way is replaced, so the pool never
+        shrinks (a dead pool would make every CNI call wait READY_TIMEOUT, then work in-process)."""
+        try:
+            self._accept_loop()
+        except BaseException:
+            self._count("worker_errors")
+            log.critical("fast path: a worker thread failed; replacing it", exc_info=True)
+        if not self._stopping:
+            self._start_worker()
+
+    def _accept_loop(self) -> None:
         listener = self._listener
         while listener is not None and not self._stopping:
             try:
@@ -203,15 +249,17 @@ class FastPathServer:
                 time.sleep(0.01)  # EMFILE and friends: do not spin
                 continue
             self._count("connections")
-            self._serve_one(conn)
+            try:
+                self._serve_one(conn)
+            except Exception:  # a bug in the serving code itself: log it, keep serving
+                self._count("worker_errors")
+                log.exception("fast path: serving a connection failed")
             if _netns_inode() != self._host_ns:
                 # Must never happen (netlink.netns always switches back); if it does, this thread
-                # is retired so that no later request runs in a container's namespace.
+                # is retired (and replaced) so that no later request runs in a container's namespace.
                 self._count("netns_leaks")
                 log.critical("fast path: a request left its worker thread in another network namespace; "
                              "replacing the thread")
-                if not self._stopping:
-                    self._start_worker()
                 return
 
     def start_in_thread(self) -> "FastPathServer":
@@ -313,7 +361,17 @@ class FastPathServer:
         return plugin, env, stdin
 
     def _run(self, conn: socket.socket, plugin: str, env: dict[str, str], stdin: bytes) -> None:
-        response = self.handle(plugin, env, stdin)  # the worker checks its namespace afterwards
+        """Run the committed request and answer it, whatever the handler does (the worker checks
+        its namespace afterwards)."""
+        try:
+            if self._probes_caller:
+                response = self.handle(plugin, env, stdin, peer_gone(conn))  # type: ignore[call-arg]
+            else:
+                response = self.handle(plugin, env, stdin)
+        except Exception as exc:
+            self._count("handler_errors")
+            response = crash_response(plugin, env, stdin, exc)
+            log.error("%s", response.log)
         out: bytes = response.stdout
         text = response.log.encode("utf-8", "replace")[:wire.MAX_LOG]
         conn.settimeout(WRITE_TIMEOUT)

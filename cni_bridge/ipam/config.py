@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Union
 
+from cni_bridge import validate
 from cni_bridge.errors import config_error
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -92,24 +93,13 @@ class IpamConfig:
 
 
 def _address(value: Any, what: str) -> IPAddress:
-    if not isinstance(value, str):
-        raise config_error(f"ipam: {what} must be an IP address string, got {value!r}")
-    try:
-        address = ipaddress.ip_address(value.strip())
-    except ValueError:
-        raise config_error(f"ipam: {what} {value!r} is not an IP address") from None
-    if getattr(address, "scope_id", None):
-        raise config_error(f"ipam: {what} {value!r} must not carry a zone index")
-    return address
+    return validate.ip_address(value, f"ipam: {what}")
 
 
 def _network(value: Any, what: str) -> IPNetwork:
     if not isinstance(value, str) or "/" not in value:
         raise config_error(f"ipam: {what} must be a CIDR string like 10.1.0.0/24, got {value!r}")
-    try:
-        return ipaddress.ip_network(value.strip(), strict=False)  # host-local accepts host bits
-    except ValueError:
-        raise config_error(f"ipam: {what} {value!r} is not a valid CIDR") from None
+    return validate.ip_network(value, f"ipam: {what}")  # host-local accepts host bits
 
 
 def parse_range(raw: Any, where: str) -> AddressRange:

@@ -89,6 +89,8 @@ def parse_lease_name(name: str) -> IPAddress | None:
     hand (several times faster than ipaddress); only canonical spellings count.
     """
     if ":" in name:
+        if "%" in name:  # a zone index: never a lease of ours (fd00::5%x is not fd00::5)
+            return None
         try:
             address = ipaddress.IPv6Address(name)
         except ValueError:

@@ -7,10 +7,10 @@ parsing, error objects and result version conversion. Nothing here prints or exi
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any, Mapping
 
+from cni_bridge import validate
 from cni_bridge.errors import UNKNOWN_CONTAINER, PluginError, config_error, env_error
 from cni_bridge.ipam.config import IPAddress, IpamConfig, data_dir_of, parse_ipam_config
 from cni_bridge.ipam.store import Lease, LeaseStore
@@ -50,12 +50,9 @@ def _parse_ips(values: Any, source: str, make_error) -> list[IPAddress]:
     if not isinstance(values, list):
         raise make_error(f"{source} must be a list of IP addresses")
     found = []
-    for value in values:
-        text = value.strip().split("/", 1)[0] if isinstance(value, str) else value
-        try:
-            found.append(ipaddress.ip_address(text))
-        except (ValueError, TypeError):
-            raise make_error(f"{source}: {value!r} is not an IP address") from None
+    for value in values:  # "10.1.0.5/24" is accepted, its prefix length ignored (as host-local)
+        text = value.split("/", 1)[0] if isinstance(value, str) else value
+        found.append(validate.ip_address(text, source, make_error))
     return found
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 from pathlib import Path
 from typing import Iterable
 
 from cni_bridge.ipam.config import IPAddress, RangeSet
-from cni_bridge.ipam.fsutil import write_atomic
+from cni_bridge.ipam.fsutil import read_or_none, write_atomic, write_in_place
 
 MAX_BITMAP = 1 << 20  # 128 KiB of bits; bigger sets are probed
 PROBES_BEFORE_SCAN = 256
@@ -115,9 +114,10 @@ class Bitmap:
         Without `layout` (release, gc: no config at hand) the file's own header is trusted.
         """
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError:
+            raw = read_or_none(path)
+        except OSError:  # not a plain file (never followed): rebuilt through a temp file
+            return None
+        if raw is None:
             return None
         layout = layout or Layout.from_header(raw)
         if layout is None:
@@ -140,20 +140,15 @@ class Bitmap:
         return cls(path, pool, header, bits)
 
     def mark(self, idx: int, used: bool) -> None:
-        """Flip one bit in memory and on disk (a one-byte pwrite; a torn write cannot happen)."""
+        """Flip one bit in memory and on disk (a one-byte pwrite in place, never through a
+        symlink or hard link; a torn write cannot happen)."""
         byte = self.bits[idx >> 3]
         new = byte | (1 << (idx & 7)) if used else byte & ~(1 << (idx & 7))
         if new == byte:
             return
         self.bits[idx >> 3] = new
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.pwrite(fd, bytes((new,)), self._offset + (idx >> 3))
-            finally:
-                os.close(fd)
-        except OSError:
-            pass  # a stale cache costs at most a rebuild later
+        # Not written (file gone or not a plain file of ours): a stale cache costs a rebuild later.
+        write_in_place(self.path, bytes((new,)), self._offset + (idx >> 3))
 
     def find_clear(self, start: int) -> int | None:
         """First clear bit at or after `start`, wrapping around once."""

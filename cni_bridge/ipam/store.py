@@ -13,12 +13,16 @@ On-disk format (all text except the bitmap cache), `<dataDir>/<network>/`:
     last_reserved.<i>      the last address handed out dynamically from range set i (round robin)
     bitmap.<i>             used/free cache of range set i (see pool.py); rebuilt when missing,
                              made for other ranges, or claiming the set is full
-    .tmp.*                 a write in progress, or left by a crash; ignored, removed by gc
+    .tmp.<name>.<pid>.<random>  a write in progress, or left by a crash; ignored, removed by
+                             gc once older than fsutil.TMP_STALE_AFTER
 
 Every lease and owner file is written to a temp file, fsynced, renamed into place, and the
 directory is fsynced before the call returns, so a reader never sees half a lease and a lease
 that was reported survives a crash. A failing ADD removes whatever it had written (no partial
 lease). The hint files (last_reserved, bitmap) are not fsynced: they are verified on use.
+
+The store refuses a directory (or dataDir, or an ancestor) that anyone but root could change:
+whoever can write there could plant symlinks or forged leases (fsutil.check_private_dir).
 """
 
 from __future__ import annotations
@@ -37,8 +41,12 @@ from cni_bridge.errors import IO_FAILURE, NOT_AVAILABLE, TRY_AGAIN, PluginError,
 from cni_bridge.ipam.config import IPAddress, IpamConfig
 from cni_bridge.ipam.fsutil import (
     TMP_PREFIX,
+    check_private_dir,
+    ensure_private_dir,
     flocked,
     fsync_dir,
+    is_stale_temp,
+    probe_write,
     read_or_none,
     unlink_if_exists,
     write_atomic,
@@ -59,6 +67,7 @@ from cni_bridge.ipam.pool import MAX_BITMAP, PROBES_BEFORE_SCAN, Bitmap, Pool, p
 __all__ = ["Lease", "LeaseStore", "list_networks"]
 
 LOCK_NAME = "lock"
+STORE_LEVELS = 2  # <dataDir>/<network>: neither may be writable by group or others
 
 
 def _report(message: str) -> None:
@@ -86,11 +95,13 @@ class LeaseStore:
     def leases_of(self, container_id: str, ifname: str) -> list[Lease]:
         cid, ifn = _owner(container_id, ifname)
         with self._io("read leases"):
-            return self._owned(cid, ifn)
+            return self._owned(cid, ifn) if self._exists() else []
 
     def all_leases(self) -> list[Lease]:
         """Every readable lease, sorted by address; corrupt files are reported by path and skipped."""
         with self._io("list leases"):
+            if not self._exists():
+                return []
             leases = [lease for address in self._leased_addresses()
                       if (lease := self._read_lease(address)) is not None]
         return sorted(leases, key=lambda lease: (lease.address.version, lease.address))
@@ -152,8 +163,9 @@ class LeaseStore:
         """Free every lease of (container_id, ifname); releasing twice is not an error."""
         cid, ifn = _owner(container_id, ifname)
         owner_path = self.dir / owner_name(cid, ifn)
-        if not self.dir.is_dir():
-            return []
+        with self._io("release"):
+            if not self._exists():
+                return []
         with self._io("release"), self._locked():
             leases = self._owned(cid, ifn)
             # Cache first: a crash after it leaves a free bit over a live lease, which the
@@ -175,8 +187,9 @@ class LeaseStore:
         A corrupt lease file at that address is removed too (the operator asked for it free).
         """
         address = ipaddress.ip_address(address)
-        if not self.dir.is_dir():
-            return None
+        with self._io("release address"):
+            if not self._exists():
+                return None
         with self._io("release address"), self._locked():
             lease = self._read_lease(address)
             if lease is not None:
@@ -193,10 +206,11 @@ class LeaseStore:
         those `keep` claims for someone else (decided under the lock: a lease written while the
         caller built `valid` is judged too).
 
-        Also tidies what crashes leave: temp files and owner files that point at nothing.
+        Also tidies what crashes leave: stale temp files and owner files that point at nothing.
         """
-        if not self.dir.is_dir():
-            return []
+        with self._io("gc"):
+            if not self._exists():
+                return []
         with self._io("gc"), self._locked():
             doomed = [lease for lease in self.all_leases()
                       if lease.owner not in valid and not (keep is not None and keep(lease))]
@@ -204,23 +218,44 @@ class LeaseStore:
             for lease in doomed:
                 unlink_if_exists(self._lease_path(lease.address))
             self._tidy_owners()
-            for name in os.listdir(self.dir):
-                if name.startswith(TMP_PREFIX):  # we hold the lock: no write is in progress
-                    unlink_if_exists(self.dir / name)
+            self._remove_stale_temps()
             self._sync()
         return doomed
 
+    def remove_if_empty(self) -> bool:
+        """Remove the store's directory if it holds no lease (only its own bookkeeping), deciding
+        and removing under its lock: a lease written meanwhile keeps it, and a writer that was
+        waiting for the lock takes it again on a new lock file (locks.acquire). True if removed."""
+        with self._io("remove the empty store"):
+            if not self._exists():
+                return False
+        with self._io("remove the empty store"), self._locked():
+            names = os.listdir(self.dir)
+            if any(not (name == LOCK_NAME or name.startswith(("bitmap.", "last_reserved."))
+                        or (name.startswith(TMP_PREFIX) and is_stale_temp(self.dir / name)))
+                   for name in names):
+                return False  # a lease or owner file, a write in progress, or something not ours
+            for name in names:
+                if name != LOCK_NAME:
+                    unlink_if_exists(self.dir / name)
+            unlink_if_exists(self.dir / LOCK_NAME)  # still held: see locks.acquire
+            try:
+                os.rmdir(self.dir)
+            except OSError:  # a STATUS probe (which takes no lock) just wrote into it: keep it
+                return False
+        return True
+
     def check_writable(self) -> None:
-        """STATUS: error 50 unless a lease could be written right now."""
-        probe = self.dir / f"{TMP_PREFIX}status.{os.getpid()}"
+        """STATUS: error 50 unless a lease could be written right now (in a directory we may use)."""
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
-            write_atomic(probe, b"ok\n", durable=self.durable)
-            os.unlink(probe)
+            ensure_private_dir(self.dir, levels=STORE_LEVELS)
+            os.close(os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+            probe_write(self.dir, durable=self.durable)  # a unique name: concurrent probes never collide
         except OSError as exc:
             raise PluginError(NOT_AVAILABLE, f"IPAM store {self.dir} is not writable",
                               f"{exc.__class__.__name__}: {exc.strerror or exc}") from None
+        except PluginError as exc:
+            raise PluginError(NOT_AVAILABLE, exc.msg, exc.details) from None
 
     # --- internals ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -233,9 +268,28 @@ class LeaseStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with flocked(self.dir / LOCK_NAME, self.lock_timeout):
+        """Create (0755) and check the directory, then hold its lock; recreated should it be
+        removed (remove_if_empty) while we wait."""
+        def make_dir() -> None:
+            ensure_private_dir(self.dir, levels=STORE_LEVELS)
+        make_dir()
+        with flocked(self.dir / LOCK_NAME, self.lock_timeout, make_parent=make_dir):
             yield
+
+    def _exists(self) -> bool:
+        """Whether the store's directory exists; error 5 if others could have changed it."""
+        try:
+            check_private_dir(self.dir, levels=STORE_LEVELS)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of crashed writes; one still being written (a STATUS probe takes no lock)
+        is younger than TMP_STALE_AFTER and stays."""
+        for name in os.listdir(self.dir):
+            if name.startswith(TMP_PREFIX) and is_stale_temp(self.dir / name):
+                unlink_if_exists(self.dir / name)
 
     def _sync(self) -> None:
         if self.durable:
@@ -291,6 +345,8 @@ class LeaseStore:
         wanted: dict[int, IPAddress] = {}
         gateways = config.gateways()
         for address in dict.fromkeys(requested):
+            if getattr(address, "scope_id", None):  # fd00::5%x would be a second lease of fd00::5
+                raise config_error(f"requested address {address} must not carry a zone index")
             index = config.set_of(address)
             if index is None:
                 ranges = "; ".join(r.describe() for rs in config.ranges for r in rs)
@@ -308,10 +364,10 @@ class LeaseStore:
 
     def _pick(self, index: int, pool: Pool) -> tuple[IPAddress, Bitmap | None]:
         """Next free address of a set after its round-robin cursor; error 11 when it is full."""
-        raw_cursor = read_or_none(self.dir / f"last_reserved.{index}")
         try:
+            raw_cursor = read_or_none(self.dir / f"last_reserved.{index}")
             cursor = ipaddress.ip_address(raw_cursor.decode().strip()) if raw_cursor else None
-        except (ValueError, UnicodeDecodeError):
+        except (OSError, ValueError):  # a hint that is not a plain file, or garbage: start over
             cursor = None
         start = pool.start_after(cursor)
         if pool.size <= MAX_BITMAP:

@@ -19,11 +19,13 @@ from cni_bridge.kernel.netlink import Link, Netlink
 from cni_bridge.locks import network_lock
 from cni_bridge.modes import uplink
 from cni_bridge.modes.common import (
+    Lease,
     Undo,
     check_container,
     configure_container,
     container_interface,
     open_netns,
+    require_free_ifname,
     with_default_routes,
 )
 
@@ -118,13 +120,13 @@ def add_masquerade(spec: NetworkSpec, att: Attachment, addressing: Addressing, u
         step("masquerade")
 
 
-def add(spec: NetworkSpec, att: Attachment, addressing: Addressing) -> dict[str, Any]:
+def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
     undo = Undo()
     with netlink.root() as host, open_netns(att) as ns:
         try:
+            require_free_ifname(ns, att)  # before anything is leased or created
+            addressing = lease()
             bridge = setup_network(host, spec, addressing)
-            if ns.link(att.ifname) is not None:
-                raise PluginError(INTERNAL, f"container already has an interface named {att.ifname}")
             host.delete_link(att.host_ifname)  # stale end of an earlier, crashed ADD
             veth = host.create_veth_into(att.host_ifname, att.ifname, ns, mtu=spec.mtu,
                                          master=bridge.index, peer_mac=att.mac)

@@ -13,6 +13,11 @@ from cni_bridge.errors import INTERNAL, INVALID_ENV, PluginError, config_error
 from cni_bridge.kernel import netlink
 from cni_bridge.kernel.netlink import Netlink, NetnsGone
 
+# What a mode's add() gets instead of an address: it calls it (runs IPAM) only once it has seen
+# that the container has no interface of that name, so an ADD refused for an existing interface
+# never touches the lease store (whose rollback would free a live attachment's lease).
+Lease = Callable[[], "Addressing"]
+
 DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.ip_network("::/0")
 
@@ -55,6 +60,16 @@ def open_netns(att: Attachment) -> Iterator[Netlink]:
         except NetnsGone as exc:
             raise PluginError(INVALID_ENV, f"CNI_NETNS: {exc}") from None
         yield ns
+
+
+def require_free_ifname(ns: Netlink, att: Attachment) -> None:
+    """The spec: an ADD for an interface that already exists in the container MUST fail. A
+    runtime that repeats an ADD (e.g. after the fast path's "try again") gets this, and nothing
+    has been changed; it must DEL the attachment before adding it again."""
+    if ns.link(att.ifname) is not None:
+        raise PluginError(INVALID_ENV, f"container already has an interface named {att.ifname} (CNI_IFNAME)",
+                          f"in CNI_NETNS {att.netns}; nothing was changed. An ADD for an existing interface "
+                          "is an error (CNI spec): DEL the attachment before adding it again")
 
 
 def with_default_routes(addressing: Addressing, enabled: bool) -> Addressing:
@@ -138,4 +153,4 @@ def require_mtu_within(mtu: int | None, limit: int, what: str) -> None:
 
 
 __all__ = ["Undo", "open_netns", "configure_container", "check_container", "with_default_routes",
-           "container_interface", "IPAddress"]
+           "container_interface", "IPAddress", "Lease", "require_free_ifname"]

@@ -14,6 +14,7 @@ from cni_bridge.config import NetworkSpec
 from cni_bridge.errors import config_error
 from cni_bridge.kernel.netlink import Link
 from cni_bridge.modes import sublink
+from cni_bridge.modes.common import Lease
 
 USES_PREV_RESULT = True
 MODE_NUMBERS = {"l2": 0, "l3": 1, "l3s": 2}  # IFLA_IPVLAN_MODE
@@ -43,11 +44,14 @@ def chained_master(spec: NetworkSpec, prev: dict[str, Any] | None) -> str | None
                        "interface to use as the master", f"it holds {len(interfaces)}")
 
 
-def add(spec: NetworkSpec, att: Attachment, addressing: Addressing,
+def add(spec: NetworkSpec, att: Attachment, lease: Lease,
         prev: dict[str, Any] | None = None) -> dict[str, Any]:
-    if prev and not spec.ipam and not addressing.ips:
-        configured = Addressing.from_result(prev)
-        addressing = Addressing(configured.ips, configured.routes, addressing.dns or configured.dns)
+    def addressing() -> Addressing:
+        leased = lease()
+        if prev and not spec.ipam and not leased.ips:
+            configured = Addressing.from_result(prev)
+            return Addressing(configured.ips, configured.routes, leased.dns or configured.dns)
+        return leased
     return sublink.add(spec, att, addressing, child(spec), chained_master(spec, prev))
 
 

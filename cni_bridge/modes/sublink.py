@@ -25,11 +25,13 @@ from cni_bridge.errors import INTERNAL, PluginError, config_error
 from cni_bridge.kernel import netlink
 from cni_bridge.kernel.netlink import Link, Netlink, NetnsGone
 from cni_bridge.modes.common import (
+    Lease,
     Undo,
     check_container,
     configure_container,
     container_interface,
     open_netns,
+    require_free_ifname,
     require_mtu_within,
     with_default_routes,
 )
@@ -106,7 +108,7 @@ def create_child(host: Netlink, spec: NetworkSpec, att: Attachment, child: Child
         raise _creation_error(spec, child, master, exc) from None
 
 
-def add(spec: NetworkSpec, att: Attachment, addressing: Addressing, child: ChildKind,
+def add(spec: NetworkSpec, att: Attachment, lease: Lease, child: ChildKind,
         master_name: str | None) -> dict[str, Any]:
     if att.mac and not child.mac_allowed:
         raise config_error(f"mode {spec.mode} cannot set a MAC address: {child.kind} links share "
@@ -116,8 +118,8 @@ def add(spec: NetworkSpec, att: Attachment, addressing: Addressing, child: Child
     with netlink.root() as host, open_netns(att) as ns:
         try:
             master = resolve_master(host, spec, master_name)
-            if ns.link(att.ifname) is not None:
-                raise PluginError(INTERNAL, f"container already has an interface named {att.ifname}")
+            require_free_ifname(ns, att)  # before anything is leased or created
+            addressing = lease()
             host.delete_link(tmp)  # left by an ADD that crashed before the move
             create_child(host, spec, att, child, master, tmp)
             undo.push(lambda: host.delete_link(tmp))

@@ -7,11 +7,12 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from cni_bridge.attachment import Addressing, Attachment, IPAddress
+from cni_bridge.attachment import Attachment, IPAddress
 from cni_bridge.config import NetworkSpec
 from cni_bridge.errors import config_error
 from cni_bridge.kernel.netlink import Link
 from cni_bridge.modes import sublink
+from cni_bridge.modes.common import Lease
 
 
 def _explain(spec: NetworkSpec, master: Link, code: int) -> str | None:
@@ -32,8 +33,8 @@ def _master(spec: NetworkSpec) -> str:
     return spec.master
 
 
-def add(spec: NetworkSpec, att: Attachment, addressing: Addressing) -> dict[str, Any]:
-    return sublink.add(spec, att, addressing, child(spec), _master(spec))
+def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
+    return sublink.add(spec, att, lease, child(spec), _master(spec))
 
 
 def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> None:

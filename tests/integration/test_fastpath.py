@@ -370,7 +370,7 @@ def test_non_root_peer_is_rejected_by_credentials(fake_daemon):
     wire.MAGIC + (5).to_bytes(4, "big") + (2 ** 31).to_bytes(4, "big") + b"x",  # stdin too large
     wire.MAGIC + (100).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"short",  # truncated
     wire.encode_request("evilplug", {}, b""),                                    # unknown plugin
-    wire.encode_request("pybridge", {b"LD_PRELOAD": b"/tmp/x.so"}, b"{}"),       # not a CNI variable
+    wire.encode_request("pybridge", {b"A=B": b"x"}, b"{}"),                      # not a variable name
     wire.MAGIC + (12).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"pybridge\0CNI",  # odd field count
     None,                                                                       # see below
 ], ids=["empty", "http", "random", "huge-header", "huge-stdin", "truncated", "plugin", "env-key",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -187,7 +188,9 @@ def test_gc_releases_everything_not_listed_and_tidies(store: LeaseStore, data_di
     cfg = config(data_dir, "10.1.0.0/24")
     for cid in ("a", "b", "c"):
         store.allocate(cid, "eth0", cfg)
-    (data_dir / NETWORK / ".tmp.10.1.0.99.123").write_text("half")  # left by a crash
+    crashed = data_dir / NETWORK / ".tmp.10.1.0.99.123"
+    crashed.write_text("half")  # left by a crash long ago (a fresh one may be a write in progress)
+    os.utime(crashed, (time.time() - 3600, time.time() - 3600))
     freed = store.gc({("b", "eth0"), ("zzz", "eth0")})
     assert sorted(lease.container_id for lease in freed) == ["a", "c"]
     assert [lease.container_id for lease in store.all_leases()] == ["b"]
