@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from cni_bridge.errors import IO_FAILURE, PluginError
+from cni_bridge.errors import IO_FAILURE, PluginError, shown
 from cni_bridge.ipam.fsutil import TMP_PREFIX, flocked, fsync_dir, read_or_none, write_atomic
 
 log = logging.getLogger("cni_bridge.state")
@@ -134,7 +134,7 @@ def _check_kind(kind: str) -> str:
 def _check_key(key: str, what: str) -> str:
     """Keys become file names: Docker ids are hex, but they arrive over a socket, so check."""
     if not isinstance(key, str) or not _KEY_RE.match(key) or ".." in key:
-        raise PluginError(IO_FAILURE, f"invalid {what} key {str(key)[:80]!r}")
+        raise PluginError(IO_FAILURE, f"invalid {what} key {shown(key)}")
     return key
 
 

@@ -24,7 +24,7 @@ from cni_bridge import netlink, validate
 from cni_bridge.docker import network
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import DEFAULT_PREFIX, Driver
-from cni_bridge.errors import PluginError, TRY_AGAIN, config_error
+from cni_bridge.errors import PluginError, TRY_AGAIN, config_error, shown
 from cni_bridge.ipam.config import IpamConfig, parse_ipam_config
 from cni_bridge.ipam.store import LeaseStore
 from cni_bridge.state import pool_key
@@ -79,7 +79,7 @@ def request_pool(ctx: Driver, body: Body) -> dict[str, Any]:
         if record is not None:
             if record["options"] != options:
                 raise config_error(f"RequestPool: pool {pool} is already in use with other options "
-                                   f"({record['options']})")
+                                   f"({shown(record['options'])})")
             record["refs"] += 1
         else:
             for other in pools:
@@ -117,14 +117,15 @@ def _pool_options(body: Body) -> dict[str, str]:
         if key.startswith("com.docker."):
             continue  # Docker's own annotations
         if key not in POOL_OPTIONS:
-            raise config_error(f"RequestPool: unknown --ipam-opt {key}", "supported: " + ", ".join(POOL_OPTIONS))
+            raise config_error(f"RequestPool: unknown --ipam-opt {shown(key, quote=False)}",
+                               "supported: " + ", ".join(POOL_OPTIONS))
         if not isinstance(value, str):
             raise config_error(f"RequestPool: --ipam-opt {key} must be a string")
         out[key] = value
     if "network" in out:
         validate.network_name(out["network"])
     if "dataDir" in out and not out["dataDir"].startswith("/"):
-        raise config_error(f"RequestPool: --ipam-opt dataDir must be an absolute path, got {out['dataDir']!r}")
+        raise config_error(f"RequestPool: --ipam-opt dataDir must be an absolute path, got {shown(out['dataDir'])}")
     return out
 
 
@@ -232,7 +233,7 @@ def _pool(ctx: Driver, body: Body) -> dict[str, Any]:
     pool_id = body.string("PoolID", required=True)
     record = ctx.state.get("pools", pool_key(pool_id))
     if record is None:
-        raise config_error(f"{body.method}: unknown pool {pool_id!r} (not requested from this driver, "
+        raise config_error(f"{body.method}: unknown pool {shown(pool_id)} (not requested from this driver, "
                            "or already released)")
     return record
 
