@@ -169,10 +169,13 @@ def _docker_records(state_dir: Path, problems: list[str]) -> tuple[list[dict], l
     from cni_bridge.state import StateStore
     store = StateStore(state_dir)
     try:
-        return store.all("networks"), store.all("endpoints")
+        (networks, bad), (endpoints, bad_endpoints) = store.scan("networks"), store.scan("endpoints")
+        bad += bad_endpoints + store.scan("pools")[1]
     except PluginError as exc:
         problems.append(str(exc))
         return [], []
+    problems += [f"Docker driver state: unusable file {line} (skipped)" for line in bad]
+    return networks, endpoints
 
 
 def _cni_cache(cache_dir: Path) -> dict[tuple[str, str, str], str]:

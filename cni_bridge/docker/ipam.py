@@ -185,10 +185,12 @@ def release_address(ctx: Driver, body: Body) -> dict[str, Any]:
             record = ctx.state.get("pools", pool_key(record["id"])) or record
             if record.get("gateway") == str(address):
                 record["gateway_refs"] = max(0, record["gateway_refs"] - 1)
-                if record["gateway_refs"] == 0:
-                    _store(record).release_address(address)
+                last = record["gateway_refs"] == 0
+                if last:
                     record["gateway"] = None
-                ctx.state.put("pools", pool_key(record["id"]), record)
+                ctx.state.put("pools", pool_key(record["id"]), record)  # first: a failed write changes nothing
+                if last:
+                    _store(record).release_address(address)
                 return {}
     network.remove_endpoints_holding(ctx, record["pool"], address)  # before the address can be reused
     _store(record).release_address(address)
@@ -210,7 +212,12 @@ def _gateway(ctx: Driver, record: dict[str, Any], address: IPAddress | None) -> 
             chosen = _lease_gateway(record, address)
         record["gateway"] = str(chosen)
         record["gateway_refs"] = record.get("gateway_refs", 0) + 1
-        ctx.state.put("pools", pool_key(record["id"]), record)
+        try:
+            ctx.state.put("pools", pool_key(record["id"]), record)
+        except BaseException:
+            if current is None:  # the lease just taken would be held by nobody
+                _store(record).release_address(chosen)
+            raise
     return chosen
 
 
