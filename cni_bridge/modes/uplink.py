@@ -156,10 +156,11 @@ def _netlink(step, what: str) -> None:
 
 
 def detach(host: Netlink, spec: NetworkSpec) -> None:
-    """Network teardown (the Docker driver's DeleteNetwork, when it made the port and nothing else
-    uses the bridge: the uplink stays as long as other ports do): release a flat NIC from the bridge (never delete
-    it) and delete the VLAN sub-interface when it is enslaved to this bridge, or the bridge is
-    already gone and it is enslaved nowhere. Idempotent; leaves foreign links alone."""
+    """Network teardown (the Docker driver's DeleteNetwork, when it made the port and nothing
+    else uses the bridge: the uplink stays as long as other ports do): release a flat NIC from
+    the bridge (never delete it) and delete the VLAN sub-interface when it is enslaved to this
+    bridge, or the bridge is already gone and it is enslaved nowhere. Idempotent; leaves foreign
+    links alone."""
     if not spec.uplink:
         return
     bridge = host.link(spec.bridge)

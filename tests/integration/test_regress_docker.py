@@ -73,16 +73,13 @@ def forward_rules(nid: str) -> str:
 
 
 @pytest.fixture
-def bridges() -> Iterator[Callable[[], str]]:
-    made: list[str] = []
-
+def bridges(request: pytest.FixtureRequest) -> Callable[[], str]:
+    """Names for bridges, each deleted at test end (pybridge leaves some on purpose)."""
     def make() -> str:
-        made.append(unique_name("br"))
-        return made[-1]
-
-    yield make
-    for name in made:
-        run(["ip", "link", "del", name], check=False)
+        name = unique_name("br")
+        request.addfinalizer(lambda: run(["ip", "link", "del", name], check=False))
+        return name
+    return make
 
 
 # --- item 7: the uplink stays while the bridge stays --------------------------------------------

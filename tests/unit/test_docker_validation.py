@@ -54,7 +54,8 @@ GENERIC = "com.docker.network.generic"
     ("NetworkDriver.CreateNetwork", {"NetworkID": NID, "Options": {GENERIC: {"mtu": BIG}}}),
     ("NetworkDriver.CreateNetwork", {"NetworkID": NID, "Options": {GENERIC: {"mode": BIG}}}),
     ("NetworkDriver.CreateNetwork", {"NetworkID": NID, "Options": {GENERIC: {"bridge": BIG}}}),
-    ("NetworkDriver.CreateNetwork", {"NetworkID": NID, "Options": {GENERIC: {"bridge": "a", "com.docker.network.bridge.name": BIG}}}),
+    ("NetworkDriver.CreateNetwork", {"NetworkID": NID, "Options": {GENERIC: {
+        "bridge": "x" * 16, "com.docker.network.bridge.name": BIG}}}),
     ("NetworkDriver.CreateNetwork", {"NetworkID": NID, "Options": {GENERIC: {"bridge": "x" * 16},
                                                                    "com.docker.network.internal": BIG}}),
     ("NetworkDriver.CreateNetwork", {"NetworkID": NID, "Options": {GENERIC: {"bridge": "x" * 16}},
