@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from cni_bridge import validate
-from cni_bridge.errors import config_error
+from cni_bridge.errors import config_error, shown
 
 MODES = ("bridge", "macvlan", "ipvlan", "vlan")
 MACVLAN_MODES = ("bridge", "vepa", "private", "passthru")
@@ -50,7 +50,7 @@ def _bool(cfg: Mapping[str, Any], key: str, default: bool = False) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false"):  # Docker -o values are strings
         return value.lower() == "true"
     if not isinstance(value, bool):
-        raise config_error(f"{key} must be a boolean, got {value!r}")
+        raise config_error(f"{key} must be a boolean, got {shown(value)}")
     return value
 
 
@@ -61,14 +61,14 @@ def _int(cfg: Mapping[str, Any], key: str, lo: int, hi: int) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise config_error(f"{key} must be an integer from {lo} to {hi}, got {value!r}")
+        raise config_error(f"{key} must be an integer from {lo} to {hi}, got {shown(value)}")
     return value
 
 
 def _choice(cfg: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
     value = cfg.get(key, default)
     if value not in choices:
-        raise config_error(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+        raise config_error(f"{key} must be one of {', '.join(choices)}, got {shown(value)}")
     return value
 
 

@@ -14,6 +14,11 @@ directory (default /var/lib/cni-bridge/docker):
 Every write goes to a temp file that is fsynced and renamed over the record, then the directory
 is fsynced: a reader sees the old record or the new one, never half of one. Read-modify-write
 sequences hold a named lock (`StateStore.lock`), which works across processes and threads.
+
+A file that is not a usable record (unreadable, not JSON, a field every reader relies on missing
+or of the wrong type, an id that does not match its file name) is skipped and reported, never
+fatal: one bad file must not keep the driver from starting (a supervisor would restart it in a
+loop) or from serving every other network. `scan` lists them; `cni-bridge status` shows them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from cni_bridge.errors import IO_FAILURE, PluginError
+from cni_bridge.errors import IO_FAILURE, PluginError, shown
 from cni_bridge.ipam.fsutil import TMP_PREFIX, flocked, fsync_dir, read_or_none, write_atomic
 
 log = logging.getLogger("cni_bridge.state")
@@ -36,8 +41,20 @@ DEFAULT_STATE_DIR = Path("/var/lib/cni-bridge/docker")
 KINDS = ("networks", "endpoints", "pools")
 FORMAT_VERSION = 1
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# The fields every reader of a record relies on (docker/network.py and docker/ipam.py write more).
+REQUIRED: dict[str, dict[str, type]] = {
+    "networks": {"id": str, "status": str, "config": dict, "ipv4": list, "ipv6": list},
+    "endpoints": {"id": str, "network": str, "status": str, "host_ifname": str, "src_name": str,
+                  "addresses": list},
+    "pools": {"id": str, "space": str, "pool": str, "options": dict, "store": str, "data_dir": str,
+              "refs": int},
+}
 
 Record = dict[str, Any]
+
+
+class BadRecord(ValueError):
+    """A state file that is not a usable record."""
 
 
 def pool_key(pool_id: str) -> str:
@@ -69,13 +86,17 @@ class StateStore:
             yield
 
     def get(self, kind: str, key: str) -> Record | None:
-        """The record, or None when absent; a corrupt record is logged by path and treated as absent."""
+        """The record, or None when absent; a bad record is logged by path and treated as absent."""
         path = self._path(kind, key)
         with self._io(f"read {path}"):
             raw = read_or_none(path)
         if raw is None:
             return None
-        return _decode(path, raw)
+        try:
+            return _decode(kind, key, raw)
+        except BadRecord as exc:
+            log.warning("pybridge: skipping unusable driver state file %s: %s", path, exc)
+            return None
 
     def put(self, kind: str, key: str, record: Record) -> None:
         path = self._path(kind, key)
@@ -96,22 +117,34 @@ class StateStore:
         return True
 
     def all(self, kind: str) -> list[Record]:
-        """Every readable record of a kind (unordered)."""
+        """Every usable record of a kind (unordered); the others are logged and skipped."""
+        records, bad = self.scan(kind)
+        for line in bad:
+            log.warning("pybridge: skipping unusable driver state file %s", line)
+        return records
+
+    def scan(self, kind: str) -> tuple[list[Record], list[str]]:
+        """Every usable record of a kind, and "<path>: <why>" for each file that is not one.
+        Only an unreadable directory is an error (then nothing can be trusted)."""
         directory = self.root / _check_kind(kind)
-        out = []
         with self._io(f"list {directory}"):
             try:
-                names = os.listdir(directory)
+                names = sorted(os.listdir(directory))
             except FileNotFoundError:
-                return []
-            for name in names:
-                if name.startswith(TMP_PREFIX) or not name.endswith(".json"):
-                    continue
+                return [], []
+        records, bad = [], []
+        for name in names:
+            if name.startswith(TMP_PREFIX) or not name.endswith(".json"):
+                continue
+            try:
                 raw = read_or_none(directory / name)
-                record = _decode(directory / name, raw) if raw is not None else None
-                if record is not None:
-                    out.append(record)
-        return out
+                if raw is not None:
+                    records.append(_decode(kind, name[:-len(".json")], raw))
+            except OSError as exc:
+                bad.append(f"{directory / name}: {exc.strerror or exc}")
+            except BadRecord as exc:
+                bad.append(f"{directory / name}: {exc}")
+        return records, bad
 
     def _path(self, kind: str, key: str) -> Path:
         return self.root / _check_kind(kind) / f"{_check_key(key, kind)}.json"
@@ -134,17 +167,23 @@ def _check_kind(kind: str) -> str:
 def _check_key(key: str, what: str) -> str:
     """Keys become file names: Docker ids are hex, but they arrive over a socket, so check."""
     if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or ".." in key:
-        raise PluginError(IO_FAILURE, f"invalid {what} key {str(key)[:80]!r}")
+        raise PluginError(IO_FAILURE, f"invalid {what} key {shown(key)}")
     return key
 
 
-def _decode(path: Path, raw: bytes) -> Record | None:
+def _decode(kind: str, key: str, raw: bytes) -> Record:
+    """The record stored under `key`, or BadRecord saying why it is not usable."""
     try:
         record = json.loads(raw)
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        log.warning("pybridge: skipping corrupt driver state file %s: %s", path, exc)
-        return None
+    except (ValueError, RecursionError) as exc:
+        raise BadRecord(f"not JSON ({shown(str(exc), quote=False)})") from None
+    if not isinstance(record, dict):
+        raise BadRecord("not a JSON object")
     record.pop("format", None)
+    for field, kind_of in REQUIRED[kind].items():
+        value = record.get(field)
+        if not isinstance(value, kind_of) or (isinstance(value, bool) and kind_of is not bool):
+            raise BadRecord(f"{field} missing or not a {kind_of.__name__}")
+    if (pool_key(record["id"]) if kind == "pools" else record["id"]) != key:
+        raise BadRecord(f"its id {shown(record['id'])} does not match the file name")
     return record

@@ -14,7 +14,7 @@ import re
 import stat
 from typing import Any, Callable
 
-from cni_bridge.errors import PluginError, config_error, env_error
+from cni_bridge.errors import PluginError, config_error, env_error, shown
 
 # Every pattern is applied with fullmatch: `re.match(r"...$")` also accepts a trailing newline.
 # The CNI spec: container id "must only contain alphanumeric characters, underscore, dot and
@@ -32,7 +32,7 @@ def _check_id(value: object, what: str, make_error) -> str:
         raise make_error(f"{what} is required")
     if len(value) > MAX_ID_LEN or not _ID_RE.fullmatch(value) or ".." in value:
         raise make_error(
-            f"invalid {what} {value[:80]!r}",
+            f"invalid {what} {shown(value)}",
             "allowed: letters, digits, '_', '.', '-'; must start with a letter or digit; "
             f"at most {MAX_ID_LEN} characters",
         )
@@ -56,7 +56,7 @@ def ifname(value: object, what: str = "interface name", *, from_env: bool = Fals
         raise make_error(f"{what} is required")
     if value in (".", "..") or not _IFNAME_RE.fullmatch(value) or len(value.encode()) > 15:
         raise make_error(
-            f"invalid {what} {value[:80]!r}",
+            f"invalid {what} {shown(value)}",
             "interface names are 1-15 characters of letters, digits, '_', '.', '-', '@' "
             "(not '.' or '..'; no ':', '/' or whitespace)",
         )

@@ -7,10 +7,11 @@ What counts as stale, judged from `cni_bridge.inventory` (see `cni-bridge status
   host: the element is removed (the network's table goes with its last element);
 - a masquerade table of a known network that has no elements;
 - a pybridge host veth (`veth` + 11 hex) on the bridge of a pybridge bridge network whose lease
-  store is known, that no lease and no Docker endpoint claims: the link is deleted.
+  store is known, that no lease of any store and no Docker endpoint claims: the link is deleted.
 Never touched: leases of the Docker IPAM driver and Docker endpoints (dockerd owns them), leases
 of attachments that are still attached or cannot be judged ("unknown" in `status`), tables of
-networks not found on this host (reported only).
+networks not found on this host (reported only). Each removal re-verifies its item right before
+acting: what is in use again by then is kept.
 
 Exit codes: 0 nothing stale (or everything applied), 1 stale items found (dry run), 2 usage
 error, 3 some removals failed.
@@ -19,26 +20,21 @@ error, 3 some removals failed.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import re
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from cni_bridge.commands.status import add_source_options, collect
+from cni_bridge.inventory.model import Inventory
+from cni_bridge.inventory.reclaim import Kept, remove
+from cni_bridge.inventory.stale import Finding, findings, held_back
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
-HOST_VETH = re.compile(r"^veth[0-9a-f]{11}$")
+WOULD, REMOVED, KEPT, FAILED = "would remove", "removed", "kept", "failed"
 log = logging.getLogger("cni_bridge.cli")
 
-
-@dataclass
-class Finding:
-    network: str
-    what: str
-    why: str
-    fix: Callable[[], None]
+__all__ = ["collect", "findings", "register", "run"]  # gather and judge steps (tests step in between)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,144 +51,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _release_lease(net, ep) -> Callable[[], None]:
-    def fix() -> None:
-        from cni_bridge import firewall
-        from cni_bridge.ipam.store import LeaseStore
-        from cni_bridge.kernel import netlink
-        from cni_bridge.locks import network_lock
-        with netlink.root() as host:
-            if ep.host_ifname and host.link(ep.host_ifname) is not None:
-                raise RuntimeError(f"{ep.host_ifname} reappeared; left alone")
-        with network_lock(net.name):
-            if ep.host_ifname and net.table_present:
-                bridge = net.bridge if net.mode in (None, "bridge") and not net.docker_id else None
-                firewall.remove_members(firewall.Masquerade(net.name, bridge, ()), owners=[ep.host_ifname])
-        LeaseStore(Path(ep.data_dir), net.name).release(ep.container_id, ep.ifname)
-    return fix
-
-
-def _remove_element(net, owner: str) -> Callable[[], None]:
-    def fix() -> None:
-        from cni_bridge import firewall
-        from cni_bridge.kernel import netlink
-        from cni_bridge.locks import network_lock
-        with network_lock(net.name):
-            with netlink.root() as host:
-                if host.link(owner) is not None:
-                    raise RuntimeError(f"{owner} reappeared; left alone")
-            bridge = net.bridge if net.mode in (None, "bridge") and not net.docker_id else None
-            firewall.remove_members(firewall.Masquerade(net.name, bridge, ()), owners=[owner])
-    return fix
-
-
-def _delete_table(net) -> Callable[[], None]:
-    def fix() -> None:
-        from cni_bridge import firewall
-        from cni_bridge.locks import network_lock
-        with network_lock(net.name):
-            if firewall.members(net.name):
-                raise RuntimeError("the table has entries again; left alone")
-            firewall.delete_table(net.name, net.bridge if not net.docker_id else None)
-    return fix
-
-
-def _delete_link(name: str) -> Callable[[], None]:
-    def fix() -> None:
-        from cni_bridge.kernel import netlink
-        with netlink.root() as host:
-            host.delete_link(name)
-    return fix
-
-
-def findings(inv) -> list[Finding]:
-    """Everything stale in the inventory, each with the function that removes it."""
-    out: list[Finding] = []
-    claimed: dict[str, set[str]] = {}   # bridge -> host veth names some lease or endpoint claims
-    for net in inv.networks:
-        for ep in net.endpoints:
-            if ep.host_ifname and net.bridge:
-                claimed.setdefault(net.bridge, set()).add(ep.host_ifname)
-    for net in inv.networks:
-        live = set()
-        for ep in net.endpoints:
-            if ep.state == "stale" and ep.source == "cni":
-                out.append(Finding(net.name, f"lease {','.join(ep.leased)} of {ep.container_id} {ep.ifname}"
-                                   + (f" (+ masquerade {', '.join(ep.masquerade)})" if ep.masquerade else ""),
-                                   ep.why, _release_lease(net, ep)))
-            elif ep.host_ifname:
-                live.add(ep.host_ifname)
-        stale_owners = {owner for owner in net.masquerade.values()
-                        if owner and owner not in live and owner not in _host_links()
-                        and not any(ep.state == "stale" and ep.host_ifname == owner for ep in net.endpoints)}
-        for owner in sorted(stale_owners):
-            addrs = sorted(a for a, o in net.masquerade.items() if o == owner)
-            out.append(Finding(net.name, f"masquerade {', '.join(addrs)} (owner {owner})",
-                               f"host link {owner} is gone", _remove_element(net, owner)))
-        if net.table_present and not net.masquerade:
-            out.append(Finding(net.name, f"empty table inet {net.table}", "no masquerade entries",
-                               _delete_table(net)))
-        if net.bridge and net.plugin == "pybridge" and net.mode in (None, "bridge") and net.data_dir:
-            for name in sorted(_ports_of(net.bridge)):
-                if HOST_VETH.match(name) and name not in claimed.get(net.bridge, set()):
-                    out.append(Finding(net.name, f"host link {name} on {net.bridge}",
-                                       "no lease or endpoint claims it", _delete_link(name)))
-    return out
-
-
-_LINKS: dict[str, object] | None = None
-
-
-def _host_links() -> dict[str, object]:
-    """Host link details by name (read once per run)."""
-    global _LINKS
-    if _LINKS is None:
-        from cni_bridge.kernel import netlink
-        with netlink.root() as host:
-            _LINKS = {d.link.name: d for d in host.all_link_details()}
-    return _LINKS
-
-
-def _ports_of(bridge: str) -> list[str]:
-    links = _host_links()
-    master = links.get(bridge)
-    if master is None:
-        return []
-    return [name for name, d in links.items() if d.link.master == master.link.index]
-
-
 def run(args: argparse.Namespace) -> int:
-    global _LINKS
-    _LINKS = None
+    """Gather (`collect`), judge (`findings`), act (`apply`), render."""
     inv = collect(args)
     found = findings(inv)
-    failed = 0
-    results = []
-    for item in found:
-        outcome = "would remove"
-        if args.apply:
-            try:
-                item.fix()
-                outcome = "removed"
-                log.info("gc net=%s removed %s (%s)", item.network, item.what, item.why)
-            except Exception as exc:  # noqa: BLE001 - report and go on with the others
-                failed += 1
-                outcome = f"failed: {exc}"
-                log.warning("gc net=%s could not remove %s: %s", item.network, item.what, exc)
-        results.append({"network": item.network, "what": item.what, "why": item.why, "outcome": outcome})
-    if args.json:
-        import json
-        json.dump({"applied": args.apply, "findings": results,
-                   "foreign_tables": inv.foreign_tables}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for r in results:
-            print(f"{r['outcome']}: network {r['network']}: {r['what']} ({r['why']})")
-        for table in inv.foreign_tables:
-            print(f"left alone: nft table inet {table} (no network found for it; "
-                  "pass its --conf-dir/--data-dir to judge it)")
-        if not results:
-            print("nothing stale")
-    if failed:
+    results = [apply(item, inv) if args.apply else outcome(item, WOULD) for item in found]
+    render_json(results, inv, args.apply) if args.json else render_text(results, inv)
+    return exit_code(results, args.apply)
+
+
+def apply(item: Finding, inv: Inventory) -> dict[str, Any]:
+    """Remove one finding; the removal itself re-verifies it (inventory/reclaim.py)."""
+    try:
+        remove(item, inv)
+    except Kept as exc:
+        log.info("gc net=%s kept %s: %s", item.network, item.what, exc)
+        return outcome(item, f"{KEPT}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - report and go on with the others
+        log.warning("gc net=%s could not remove %s: %s", item.network, item.what, exc)
+        return outcome(item, f"{FAILED}: {exc}")
+    log.info("gc net=%s removed %s (%s)", item.network, item.what, item.why)
+    return outcome(item, REMOVED)
+
+
+def outcome(item: Finding, what: str) -> dict[str, Any]:
+    return {"network": item.network, "what": item.what, "why": item.why, "outcome": what}
+
+
+def exit_code(results: list[dict[str, Any]], applied: bool) -> int:
+    if any(r["outcome"].startswith(FAILED) for r in results):
         return EXIT_FAILED
-    return EXIT_FOUND if found and not args.apply else EXIT_CLEAN
+    return EXIT_FOUND if results and not applied else EXIT_CLEAN
+
+
+def render_json(results: list[dict[str, Any]], inv: Inventory, applied: bool) -> None:
+    json.dump({"applied": applied, "findings": results, "foreign_tables": inv.foreign_tables,
+               "left_alone": held_back(inv)}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def render_text(results: list[dict[str, Any]], inv: Inventory) -> None:
+    for r in results:
+        print(f"{r['outcome']}: network {r['network']}: {r['what']} ({r['why']})")
+    for table in inv.foreign_tables:
+        print(f"left alone: nft table inet {table} (no network found for it; "
+              "pass its --conf-dir/--data-dir to judge it)")
+    for line in held_back(inv):
+        print(f"left alone: {line}")
+    if not results:
+        print("nothing stale")

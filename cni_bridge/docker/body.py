@@ -1,7 +1,8 @@
 """Typed access to a libnetwork request body, with errors that name the method and field.
 
 libnetwork sends JSON objects; a missing or ill-typed field is a PluginError (code 7) whose text
-reaches the user through Docker ("... : NetworkDriver.Join: EndpointID is required").
+reaches the user through Docker ("... : NetworkDriver.Join: EndpointID is required"). Values are
+quoted back through `errors.shown` only (bounded: a 1 MB field never comes back as 1 MB).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import ipaddress
 import re
 from typing import Any, Callable, Mapping
 
-from cni_bridge.errors import config_error
+from cni_bridge.docker.options import flag as option_flag
+from cni_bridge.errors import PluginError, config_error, shown
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -33,11 +35,14 @@ class Body:
             raise self._fail(f"{key} must be a string, got {type(value).__name__}")
         return value
 
+    def required_string(self, key: str) -> str:
+        return self.string(key, required=True)
+
     def ident(self, key: str) -> str:
         """A Docker object id (NetworkID, EndpointID): it becomes a file name, so it is checked."""
         value = self.string(key, required=True)
         if not _ID_RE.fullmatch(value) or ".." in value:
-            raise self._fail(f"invalid {key} {value[:80]!r}")
+            raise self._fail(f"invalid {key} {shown(value)}")
         return value
 
     def mapping(self, key: str) -> Mapping[str, Any]:
@@ -46,6 +51,14 @@ class Body:
             return {}
         if not isinstance(value, Mapping):
             raise self._fail(f"{key} must be an object, got {type(value).__name__}")
+        return value
+
+    def strings(self, key: str) -> Mapping[str, str]:
+        """An object of strings (Go's map[string]string: IPAM Options, AuxAddresses)."""
+        value = self.mapping(key)
+        for name, item in value.items():
+            if not isinstance(item, str):
+                raise self._fail(f"{key}[{shown(name)}] must be a string, got {type(item).__name__}")
         return value
 
     def items(self, key: str) -> list[Mapping[str, Any]]:
@@ -61,7 +74,20 @@ class Body:
         if value is None:
             return False
         if not isinstance(value, bool):
-            raise self._fail(f"{key} must be a boolean, got {value!r}")
+            raise self._fail(f"{key} must be a boolean, got {shown(value)}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        """A boolean Docker option: JSON true/false, or the strings "true"/"false" as -o gives them."""
+        try:
+            return option_flag(self.data, key)
+        except PluginError as exc:
+            raise self._fail(exc.msg) from None
+
+    def integer(self, key: str) -> int | None:
+        value = self.data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise self._fail(f"{key} must be an integer, got {shown(value)}")
         return value
 
     def sub(self, key: str) -> "Body":
@@ -76,7 +102,7 @@ class Body:
         try:
             return parse(value)
         except ValueError:
-            raise self._fail(f"{key} {value[:80]!r} is not {what}") from None
+            raise self._fail(f"{key} {shown(value)} is not {what}") from None
 
     def interface(self, key: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | None:
         """An address with prefix length ("10.0.0.2/24"), or None when absent."""

@@ -23,7 +23,7 @@ from cni_bridge import validate
 from cni_bridge.docker import network
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import DEFAULT_PREFIX, Driver
-from cni_bridge.errors import TRY_AGAIN, PluginError, config_error
+from cni_bridge.errors import TRY_AGAIN, PluginError, config_error, shown
 from cni_bridge.ipam.config import IpamConfig, parse_ipam_config
 from cni_bridge.ipam.store import LeaseStore
 from cni_bridge.kernel import netlink
@@ -79,7 +79,7 @@ def request_pool(ctx: Driver, body: Body) -> dict[str, Any]:
         if record is not None:
             if record["options"] != options:
                 raise config_error(f"RequestPool: pool {pool} is already in use with other options "
-                                   f"({record['options']})")
+                                   f"({shown(record['options'])})")
             record["refs"] += 1
         else:
             for other in pools:
@@ -117,14 +117,15 @@ def _pool_options(body: Body) -> dict[str, str]:
         if key.startswith("com.docker."):
             continue  # Docker's own annotations
         if key not in POOL_OPTIONS:
-            raise config_error(f"RequestPool: unknown --ipam-opt {key}", "supported: " + ", ".join(POOL_OPTIONS))
+            raise config_error(f"RequestPool: unknown --ipam-opt {shown(key, quote=False)}",
+                               "supported: " + ", ".join(POOL_OPTIONS))
         if not isinstance(value, str):
             raise config_error(f"RequestPool: --ipam-opt {key} must be a string")
         out[key] = value
     if "network" in out:
         validate.network_name(out["network"])
     if "dataDir" in out and not out["dataDir"].startswith("/"):
-        raise config_error(f"RequestPool: --ipam-opt dataDir must be an absolute path, got {out['dataDir']!r}")
+        raise config_error(f"RequestPool: --ipam-opt dataDir must be an absolute path, got {shown(out['dataDir'])}")
     return out
 
 
@@ -184,10 +185,12 @@ def release_address(ctx: Driver, body: Body) -> dict[str, Any]:
             record = ctx.state.get("pools", pool_key(record["id"])) or record
             if record.get("gateway") == str(address):
                 record["gateway_refs"] = max(0, record["gateway_refs"] - 1)
-                if record["gateway_refs"] == 0:
-                    _store(record).release_address(address)
+                last = record["gateway_refs"] == 0
+                if last:
                     record["gateway"] = None
-                ctx.state.put("pools", pool_key(record["id"]), record)
+                ctx.state.put("pools", pool_key(record["id"]), record)  # first: a failed write changes nothing
+                if last:
+                    _store(record).release_address(address)
                 return {}
     network.remove_endpoints_holding(ctx, record["pool"], address)  # before the address can be reused
     _store(record).release_address(address)
@@ -209,7 +212,12 @@ def _gateway(ctx: Driver, record: dict[str, Any], address: IPAddress | None) -> 
             chosen = _lease_gateway(record, address)
         record["gateway"] = str(chosen)
         record["gateway_refs"] = record.get("gateway_refs", 0) + 1
-        ctx.state.put("pools", pool_key(record["id"]), record)
+        try:
+            ctx.state.put("pools", pool_key(record["id"]), record)
+        except BaseException:
+            if current is None:  # the lease just taken would be held by nobody
+                _store(record).release_address(chosen)
+            raise
     return chosen
 
 
@@ -232,7 +240,7 @@ def _pool(ctx: Driver, body: Body) -> dict[str, Any]:
     pool_id = body.string("PoolID", required=True)
     record = ctx.state.get("pools", pool_key(pool_id))
     if record is None:
-        raise config_error(f"{body.method}: unknown pool {pool_id!r} (not requested from this driver, "
+        raise config_error(f"{body.method}: unknown pool {shown(pool_id)} (not requested from this driver, "
                            "or already released)")
     return record
 

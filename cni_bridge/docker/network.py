@@ -5,7 +5,9 @@ Translation only: Docker's requests become a `NetworkSpec` (options.py + config.
 points (`create_network`, `delete_network`, `create_endpoint`, `delete_endpoint`, see
 modes/bridge.py). What must survive restarts is written to the state store before the kernel
 work starts ("creating") and confirmed after it ("ready"), so `recover()` can clean up after a
-driver that was killed half-way. Handlers never call the Docker API (dockerd waits for us).
+driver that was killed half-way. A write that fails (disk full, I/O error) undoes the kernel work
+before the error goes back to Docker (`_write`). Handlers never call the Docker API (dockerd
+waits for us).
 
 Network record: {"id", "config" (CNI-key dict), "ipv4"/"ipv6": [{"pool", "gateway"}],
 "internal", "status", "created" (what the mode made; handed back at teardown)}.
@@ -19,7 +21,7 @@ import logging
 import os
 import re
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 from cni_bridge import modes
 from cni_bridge.attachment import Addressing, Attachment, IpConfig
@@ -29,8 +31,6 @@ from cni_bridge.docker import options as docker_options
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import Driver
 from cni_bridge.errors import INTERNAL, PluginError, config_error
-from cni_bridge.kernel import netlink
-from cni_bridge.modes.uplink import vlan_port_name
 
 log = logging.getLogger("cni_bridge.docker")
 
@@ -76,14 +76,14 @@ def create_network(ctx: Driver, body: Body) -> dict[str, Any]:
                 return {}  # a retried request
             raise config_error(f"network {nid[:12]} already exists in the driver's state")
         _refuse_overlap(ctx, spec, record)
-        ctx.state.put("networks", nid, record)
+        _write(ctx, "networks", nid, record)
         try:
             created = driver.create_network(spec, addressing)
         except BaseException:
-            ctx.state.delete("networks", nid)
+            _drop(ctx, "networks", nid)
             raise
         record.update(status="ready", created=created)
-        ctx.state.put("networks", nid, record)
+        _write(ctx, "networks", nid, record, undo=lambda: driver.delete_network(spec, created))
     log.info("network %s created: mode %s%s", nid[:12], spec.mode,
              f", bridge {spec.bridge}" if spec.mode == "bridge" else "")
     return {}
@@ -99,28 +99,10 @@ def delete_network(ctx: Driver, body: Body) -> dict[str, Any]:
         for endpoint in ctx.state.all("endpoints"):  # dockerd deletes them first; a crash may not
             if endpoint.get("network") == nid:
                 _remove_endpoint(ctx, spec, endpoint)
-        created = record.get("created") or {}
-        if _bridge_used_by_others(spec):
-            created = {}  # keep the bridge and the gateway address its other ports route through
-        _mode(spec).delete_network(spec, created)
+        _mode(spec).delete_network(spec, record.get("created") or {})
         ctx.state.delete("networks", nid)
     log.info("network %s deleted", nid[:12])
     return {}
-
-
-def _bridge_used_by_others(spec: NetworkSpec) -> bool:
-    """After our endpoints are gone: does the bridge still have ports besides our uplink? Then
-    something else uses it (a CNI network on the same bridge and range, see `--ipam-opt
-    network=NAME`), and deleting it would cut those containers off."""
-    if spec.mode != "bridge":
-        return False
-    uplink = set()
-    if spec.uplink:
-        uplink.add(spec.uplink if spec.vlan_id is None else vlan_port_name(spec.uplink, spec.vlan_id))
-    with netlink.root() as host:
-        bridge = host.link(spec.bridge)
-        return bridge is not None and any(link.master == bridge.index and link.name not in uplink
-                                          for link in host.links())
 
 
 def _ip_data(body: Body, key: str) -> list[dict[str, str | None]]:
@@ -170,15 +152,16 @@ def create_endpoint(ctx: Driver, body: Body) -> dict[str, Any]:
               "mac": mac, "addresses": [str(a.address) for a in addressing.ips], "status": "creating"}
     if ctx.state.get("endpoints", eid) is not None:
         raise config_error(f"endpoint {eid[:12]} already exists")
-    ctx.state.put("endpoints", eid, record)
+    _write(ctx, "endpoints", eid, record)
     step("docker-endpoint-recorded")
     try:
         made_mac = driver.create_endpoint(spec, att, addressing, record["src_name"])
     except BaseException:
-        ctx.state.delete("endpoints", eid)
+        _drop(ctx, "endpoints", eid)
         raise
     record.update(status="ready", mac=made_mac or mac)
-    ctx.state.put("endpoints", eid, record)
+    _write(ctx, "endpoints", eid, record,
+           undo=lambda: driver.delete_endpoint(spec, att, addressing.addresses(), record["src_name"]))
     step("docker-endpoint-ready")
     if given_mac or not record["mac"]:
         return {"Interface": {}}
@@ -279,34 +262,63 @@ def revoke_external_connectivity(ctx: Driver, body: Body) -> dict[str, Any]:
     return {}
 
 
+def _write(ctx: Driver, kind: str, key: str, record: dict[str, Any],
+           undo: Callable[[], object] = lambda: None) -> None:
+    """Write a record; if that fails (ENOSPC, EIO), run `undo` (the kernel work done since the
+    "creating" record) and drop the record before the error goes to Docker, so nothing is left
+    that blocks a retry. What cannot be undone now stays "creating" for `recover()`."""
+    try:
+        ctx.state.put(kind, key, record)
+    except BaseException:
+        _drop(ctx, kind, key, undo)
+        raise
+
+
+def _drop(ctx: Driver, kind: str, key: str, undo: Callable[[], object] = lambda: None) -> None:
+    """Roll back after a failure; the original error is the one Docker must see."""
+    try:
+        undo()
+        ctx.state.delete(kind, key)
+    except Exception as exc:  # noqa: BLE001 - best effort, logged; recovery at the next start retries
+        log.warning("%s %s: rollback incomplete (%s); the next start of the driver finishes it",
+                    kind[:-1], key[:12], exc)
+
+
 # --- recovery ----------------------------------------------------------------------------------
 def recover(ctx: Driver) -> list[str]:
     """At start-up: undo what a driver killed in the middle of CreateNetwork / CreateEndpoint
-    left behind (records still "creating"; Docker saw those calls fail). Returns what was done."""
-    done = []
-    networks = {n["id"]: n for n in ctx.state.all("networks")}
-    for endpoint in ctx.state.all("endpoints"):
-        network = networks.get(endpoint.get("network"))
-        if endpoint.get("status") == "ready" and network is not None:
-            continue
-        spec = parse_network(network["config"]) if network is not None else None
-        try:
-            _remove_endpoint(ctx, spec, endpoint)
-            done.append(f"removed half-created endpoint {endpoint['id'][:12]}")
-        except PluginError as exc:
-            log.warning("recovery: endpoint %s: %s", endpoint["id"][:12], exc)
-    for network in networks.values():
-        if network.get("status") == "ready":
-            continue
-        spec = parse_network(network["config"])
-        ours = spec.mode == "bridge" and spec.bridge == docker_options.default_bridge(network["id"])
-        try:
-            _mode(spec).delete_network(spec, {"bridge_created": ours})
-            ctx.state.delete("networks", network["id"])
-            done.append(f"removed half-created network {network['id'][:12]}")
-        except PluginError as exc:
-            log.warning("recovery: network %s: %s", network["id"][:12], exc)
+    left behind (records still "creating"; Docker saw those calls fail), and report files that
+    are not usable records (skipped: one bad file must not keep the driver from starting).
+    Returns what was done or found, one line each."""
+    networks, bad = ctx.state.scan("networks")
+    endpoints, bad_endpoints = ctx.state.scan("endpoints")
+    bad += bad_endpoints + ctx.state.scan("pools")[1]
+    done = [f"skipped unusable state file {line}" for line in bad]
+    by_id = {n["id"]: n for n in networks}
+    for endpoint in endpoints:
+        network = by_id.get(endpoint["network"])
+        if endpoint["status"] != "ready" or network is None:
+            done.append(_recover(ctx, "endpoint", endpoint["id"], lambda: _remove_endpoint(
+                ctx, parse_network(network["config"]) if network is not None else None, endpoint)))
+    for network in networks:
+        if network["status"] != "ready":
+            done.append(_recover(ctx, "network", network["id"], lambda: _remove_network(ctx, network)))
     return done
+
+
+def _recover(ctx: Driver, what: str, key: str, remove: Callable[[], None]) -> str:
+    try:
+        remove()
+    except Exception as exc:  # noqa: BLE001 - a record's junk (bad addresses) must not stop the start
+        return f"could not remove half-created {what} {key[:12]} (left for the next start): {exc}"
+    return f"removed half-created {what} {key[:12]}"
+
+
+def _remove_network(ctx: Driver, network: dict[str, Any]) -> None:
+    spec = parse_network(network["config"])
+    ours = spec.mode == "bridge" and spec.bridge == docker_options.default_bridge(network["id"])
+    _mode(spec).delete_network(spec, {"bridge_created": ours})
+    ctx.state.delete("networks", network["id"])
 
 
 # --- helpers -----------------------------------------------------------------------------------

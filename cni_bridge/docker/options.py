@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from cni_bridge.errors import config_error
+from cni_bridge.errors import config_error, shown
 
 GENERIC = "com.docker.network.generic"
 ENABLE_IPV6 = "com.docker.network.enable_ipv6"
@@ -45,11 +45,14 @@ def default_bridge(network_id: str) -> str:
 
 
 def flag(options: Mapping[str, Any], key: str) -> bool:
-    """Docker sends booleans, but accept "true"/"false" strings as the -o values are."""
+    """Docker sends booleans, but accept "true"/"false" strings as the -o values are. Anything
+    else is refused: `[1]` or "yes" must not silently mean true (or false) for --internal."""
     value = options.get(key, False)
-    if isinstance(value, str):
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    return bool(value)
+    raise config_error(f"{key} must be a boolean (true or false), got {shown(value)}")
 
 
 def network_config(network_id: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,13 +65,13 @@ def network_config(network_id: str, options: Mapping[str, Any]) -> dict[str, Any
     for key, value in generic.items():
         cni_key = OPTION_KEYS.get(key)
         if cni_key is None:
-            raise config_error(f"unknown option -o {key}",
+            raise config_error(f"unknown option -o {shown(key, quote=False)}",
                                "supported: " + ", ".join(sorted(OPTION_KEYS)))
         if not isinstance(value, (str, int, bool)):
-            raise config_error(f"option -o {key} must be a string, got {value!r}")
+            raise config_error(f"option -o {key} must be a string, got {shown(value)}")
         if cni_key in config and config[cni_key] != value:
-            raise config_error(f"option -o {key}={value} contradicts another spelling of "
-                               f"{cni_key}={config[cni_key]}")
+            raise config_error(f"option -o {key}={shown(value, quote=False)} contradicts another spelling of "
+                               f"{cni_key}={shown(config[cni_key], quote=False)}")
         config[cni_key] = value
     config.setdefault("mode", "bridge")
     if config["mode"] == "bridge":

@@ -203,6 +203,7 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
     """CreateNetwork: bridge (+ uplink), gateway addresses, forwarding, FORWARD accept. Returns
     what was created, for delete_network; on failure nothing is left behind."""
     undo = Undo()
+    uplink_attached = False
     with netlink.root() as host:
         try:
             bridge_created = host.link(spec.bridge) is None
@@ -211,7 +212,9 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
                 undo.push(lambda: host.delete_link(spec.bridge))
             pin_mac(host, bridge)
             if spec.uplink:
-                undo.push(lambda: uplink.detach(host, spec))
+                uplink_attached = not uplink.is_port(host, spec, bridge)  # else someone else's port
+                if uplink_attached:
+                    undo.push(lambda: uplink.detach(host, spec))
                 uplink.attach(host, spec, bridge)
             before = set(host.addresses(bridge.index))
             if spec.is_gateway:
@@ -223,16 +226,22 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
             firewall.forward_accept(spec.name, spec.bridge, True)
         except BaseException as exc:
             undo.fail(exc)
-    return {"bridge_created": bridge_created, "addresses": [str(a) for a in added]}
+    return {"bridge_created": bridge_created, "uplink_attached": uplink_attached,
+            "addresses": [str(a) for a in added]}
 
 
 def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
     """DeleteNetwork: undo create_network (idempotent). A bridge that existed before keeps
-    everything it had; only the addresses we added are removed from it."""
+    everything it had; only the addresses we added are removed from it. A bridge that other
+    ports still use (a CNI network on the same bridge) keeps its uplink and gateway address too:
+    removing either would cut those containers off."""
     with network_lock(spec.name):
         firewall.delete_table(spec.name, spec.bridge)
     with netlink.root() as host:
-        if spec.uplink:
+        if bridge_in_use(host, spec):
+            return
+        # Records written before "uplink_attached" existed: the port was ours if the bridge was.
+        if spec.uplink and created.get("uplink_attached", created.get("bridge_created", False)):
             uplink.detach(host, spec)
         if created.get("bridge_created"):
             host.delete_link(spec.bridge)
@@ -241,6 +250,19 @@ def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
         if bridge is not None:
             for address in created.get("addresses", []):
                 host.delete_address(bridge.index, ipaddress.ip_interface(address))
+
+
+def bridge_in_use(host: Netlink, spec: NetworkSpec) -> bool:
+    """After the network's own endpoints are gone: does the bridge still have ports besides the
+    network's uplink? Then something else uses it (a CNI network on the same bridge and range,
+    see `--ipam-opt network=NAME`)."""
+    bridge = host.link(spec.bridge)
+    if bridge is None:
+        return False
+    uplink_ports = set()
+    if spec.uplink:
+        uplink_ports.add(spec.uplink if spec.vlan_id is None else uplink.vlan_port_name(spec.uplink, spec.vlan_id))
+    return any(link.master == bridge.index and link.name not in uplink_ports for link in host.links())
 
 
 def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, src_name: str) -> str:

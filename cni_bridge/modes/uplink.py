@@ -64,6 +64,16 @@ def _is_vlan_of(details: LinkDetails, nic: Link, vlan_id: int) -> bool:
             and details.parent == nic.index and details.parent_netnsid is None)
 
 
+def is_port(host: Netlink, spec: NetworkSpec, bridge: Link) -> bool:
+    """Is the uplink (flat NIC or VLAN sub-interface) already a port of `bridge`? Read-only: the
+    Docker driver asks before attaching, to remember whether the port is its own to remove."""
+    nic = host.link(spec.uplink or "")
+    if nic is None:
+        return False
+    port = nic if spec.vlan_id is None else host.link(vlan_port_name(nic.name, spec.vlan_id))
+    return port is not None and port.master == bridge.index
+
+
 def attach(host: Netlink, spec: NetworkSpec, bridge: Link) -> None:
     """Make the uplink (flat NIC or VLAN sub-interface) a port of `bridge`; idempotent."""
     nic = _nic(host, spec)
@@ -146,10 +156,11 @@ def _netlink(step, what: str) -> None:
 
 
 def detach(host: Netlink, spec: NetworkSpec) -> None:
-    """Network teardown (the Docker driver's DeleteNetwork; call it when the bridge goes away, it
-    is the network's and no other network's): release a flat NIC from the bridge (never delete
-    it) and delete the VLAN sub-interface when it is enslaved to this bridge, or the bridge is
-    already gone and it is enslaved nowhere. Idempotent; leaves foreign links alone."""
+    """Network teardown (the Docker driver's DeleteNetwork, when it made the port and nothing
+    else uses the bridge: the uplink stays as long as other ports do): release a flat NIC from
+    the bridge (never delete it) and delete the VLAN sub-interface when it is enslaved to this
+    bridge, or the bridge is already gone and it is enslaved nowhere. Idempotent; leaves foreign
+    links alone."""
     if not spec.uplink:
         return
     bridge = host.link(spec.bridge)

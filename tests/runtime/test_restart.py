@@ -79,7 +79,9 @@ def test_docker_driver_killed_between_create_endpoint_and_join(dk: Scenario, cra
     print(f"\ndocker run with the driver dying at Join failed after {time.monotonic() - started:.1f}s: "
           f"{proc.stderr.strip()}")
     assert proc.returncode != 0, proc.stdout
-    assert "pybridge.sock/NetworkDriver.Join" in proc.stderr, proc.stderr
+    # dockerd retries the Join the crash cut off with an empty body: refused (NetworkID is required)
+    # by the worker gunicorn respawned, or cut off again if the crash comes first
+    assert "NetworkDriver.Join" in proc.stderr, proc.stderr
     assert re.search(r"pybridge crashpoint: \d+ docker-join-received", dk.driver.log_tail(200))
     # dockerd's DeleteEndpoint + ReleaseAddress reached the workers gunicorn respawned
     assert engine_diff(dk, before) == []  # no link, rule, endpoint record or lease left

@@ -1,0 +1,97 @@
+"""gc's judgement: what in an `Inventory` is stale. Pure (no file, no kernel).
+
+- a lease (CNI attachment) judged stale: released, with its masquerade entries;
+- a masquerade set element whose owner (a host veth name) is on no host link and belongs to no
+  live endpoint;
+- a masquerade table of a known network without elements;
+- a pybridge host veth (`veth` + 11 hex) on the bridge of a pybridge bridge network whose lease
+  store is known, that no owner claims (`Claims`: every lease store, every Docker endpoint
+  record, whatever networks were asked for). Bridges where an owner's claims are out of sight
+  (`Claims.unprovable`) are left alone and said so (`held_back`).
+Never: Docker IPAM leases and Docker endpoints (dockerd owns them), endpoints that are attached
+or cannot be judged, tables of networks not found here.
+
+A finding is a proposal only: reclaim.py re-verifies each right before removing it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cni_bridge.inventory.judge import owned_addresses
+from cni_bridge.inventory.model import STALE, Inventory, Network
+
+HOST_VETH = re.compile(r"^veth[0-9a-f]{11}$")
+LEASE, ELEMENT, TABLE, PORT = "lease", "masquerade element", "table", "port"
+
+
+@dataclass(frozen=True)
+class Finding:
+    network: str
+    kind: str                  # LEASE, ELEMENT, TABLE or PORT
+    what: str
+    why: str
+    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT: the link name
+    index: int | None = None   # PORT: the link's index when judged (a new link of that name is not it)
+
+
+def findings(inv: Inventory) -> list[Finding]:
+    """Everything stale in the inventory, network by network."""
+    out: list[Finding] = []
+    judged_ports: set[str] = set()
+    for net in inv.networks:
+        out += stale_leases(net) + orphan_elements(net, inv) + empty_table(net)
+        ports = unclaimed_ports(net, inv, judged_ports)
+        judged_ports |= {f.subject for f in ports}
+        out += ports
+    return out
+
+
+def stale_leases(net: Network) -> list[Finding]:
+    return [Finding(net.name, LEASE, f"lease {','.join(ep.leased)} of {ep.container_id} {ep.ifname}"
+                    + (f" (+ masquerade {', '.join(ep.masquerade)})" if ep.masquerade else ""),
+                    ep.why, f"{ep.container_id} {ep.ifname}")
+            for ep in net.endpoints if ep.state == STALE and ep.source == "cni"]
+
+
+def orphan_elements(net: Network, inv: Inventory) -> list[Finding]:
+    """Elements whose owner is on no host link and is no endpoint's (live ones keep theirs, a
+    stale lease's go with the lease)."""
+    known = {ep.host_ifname for ep in net.endpoints}
+    owners = sorted({o for o in net.masquerade.values() if o and o not in known and o not in inv.links})
+    return [Finding(net.name, ELEMENT, f"masquerade {', '.join(owned_addresses(net, owner))} (owner {owner})",
+                    f"host link {owner} is gone", owner) for owner in owners]
+
+
+def empty_table(net: Network) -> list[Finding]:
+    if net.table_present and not net.masquerade:
+        return [Finding(net.name, TABLE, f"empty table inet {net.table}", "no masquerade entries")]
+    return []
+
+
+def port_candidates(net: Network, inv: Inventory) -> bool:
+    """Only a pybridge bridge network with a known lease store can tell its ports from others'."""
+    return bool(net.bridge and net.plugin == "pybridge" and net.mode in (None, "bridge") and net.data_dir
+                and net.bridge in inv.links and inv.claims.why_unprovable(net.bridge) is None)
+
+
+def unclaimed_ports(net: Network, inv: Inventory, judged: set[str]) -> list[Finding]:
+    if not port_candidates(net, inv):
+        return []
+    bridge = inv.links[net.bridge or ""]
+    return [Finding(net.name, PORT, f"host link {link.name} on {bridge.name}", "no lease or endpoint claims it",
+                    link.name, link.index)
+            for link in sorted(inv.links.values(), key=lambda link: link.name)
+            if link.master == bridge.index and HOST_VETH.match(link.name)
+            and link.name not in inv.claims.ports and link.name not in judged]
+
+
+def held_back(inv: Inventory) -> list[str]:
+    """Bridges whose ports gc would judge but cannot: why, one line each."""
+    out = {}
+    for net in inv.networks:
+        why = inv.claims.why_unprovable(net.bridge) if net.bridge else None
+        if why and net.plugin == "pybridge" and net.mode in (None, "bridge") and net.data_dir:
+            out[net.bridge] = f"ports of bridge {net.bridge} ({why})"
+    return list(out.values())
