@@ -1,8 +1,8 @@
 """Fixtures for tests that need ipvlan, 802.1q vlan or dummy links.
 
 Why: the host kernel has none of them, so these tests run only inside the QEMU guest that
-tests/test_kernel_vm.py boots (Debian's full kernel; see ../shared/TESTING.md, "A guest with a
-full kernel"). That runner sets PYBRIDGE_IN_VM=1 and PYBRIDGE_VM_STRICT=1. Everywhere else every
+tests/test_kernel_vm.py boots (Debian's full kernel; see docs/testing.md, "The full-kernel
+guest"). That runner sets PYBRIDGE_IN_VM=1 and PYBRIDGE_VM_STRICT=1. Everywhere else every
 test in this directory is skipped.
 
 Inside the guest the session fixture loads the modules once and proves an ipvlan link can really

@@ -1,7 +1,7 @@
 """Network namespaces, unique names and subnets, the "uplink" topology, and leak checks.
 
 Why: every integration test builds real kernel state (namespaces, bridges, veths, nft tables,
-leases) on a host that other engineers' test sessions share at the same moment. So:
+leases) on a host that other test sessions may share at the same moment. So:
 
 * each test session gets a prefix `pbt` + 4 hex chars, registered in /run/pybridge-tests with its
   pid; every name a test creates comes from `unique_name()` and carries that prefix, so leftovers
