@@ -35,7 +35,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -624,7 +624,7 @@ def shared_rows(results: dict[str, Any], g0: float | None, p0: float | None) -> 
     rows = [(f"ADD with both plugins' containers on the host ({where}) / with 0",
              f"{fmt(gs)} / {fmt(g0)} = ×{ratio(gs, g0):.2f}", f"{fmt(ps)} / {fmt(p0)} = ×{ratio(ps, p0):.2f}",
              None, "(stress, info)", ""),
-             (f"… / empty network of the same plugin, same rounds", f"{fmt(gs)} / {fmt(ge)} = ×{ratio(gs, ge):.2f}",
+             ("… / empty network of the same plugin, same rounds", f"{fmt(gs)} / {fmt(ge)} = ×{ratio(gs, ge):.2f}",
               f"{fmt(ps)} / {fmt(pe)} = ×{ratio(ps, pe):.2f}", None, "(stress, info)", "")]
     dm = results.get("daemon_ms", {})
     if shared.get("daemon_ms", {}).get(py) and _has(dm, 0):
