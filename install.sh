@@ -15,7 +15,8 @@
 #      to the file it runs: a shim costs ~100 ms per plugin exec) and installs this package into
 #      it with the dependency ranges pinned in pyproject.toml.
 #   3. writes `pybridge` and `pybridge-ipam` into $CNI_BIN_DIR: lean launchers whose shebang is
-#      the venv's interpreter (python -m cni_bridge.fastpath.launcher).
+#      the venv's interpreter (python -m cni_bridge.fastpath.launcher); links the `cni-bridge`
+#      command into $PYBRIDGE_CLI_DIR (a file of that name that is not our link is left alone).
 #   4. installs plugin-spec/examples/bridge.conflist as $CNI_CONF_DIR/90-pybridge.conflist unless
 #      a file of that name exists (a user's file is never overwritten, and removed on uninstall
 #      only if it is still exactly what was installed).
@@ -28,6 +29,7 @@
 # Settings (environment; defaults in brackets):
 #   PYBRIDGE_VENV [/opt/cni-bridge]        PYBRIDGE_PYTHON [/usr/bin/python3 if >= 3.11, else the newest found]
 #   CNI_BIN_DIR [/opt/cni/bin]             CNI_CONF_DIR [/etc/cni/net.d]
+#   PYBRIDGE_CLI_DIR [/usr/local/bin]      (where the `cni-bridge` command is linked)
 #   PYBRIDGE_STATE_DIR [/var/lib/cni-bridge]  (Docker driver state in $PYBRIDGE_STATE_DIR/docker)
 #   PYBRIDGE_IPAM_DIR [/var/lib/cni/pybridge] PYBRIDGE_RUN_DIR [/run/cni-bridge]
 #   PYBRIDGE_LOG [/var/log/cni-bridge.log] DOCKER_PLUGIN_DIR [/run/docker/plugins]
@@ -43,6 +45,7 @@ set -euo pipefail
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VENV=${PYBRIDGE_VENV:-/opt/cni-bridge}
 BIN_DIR=${CNI_BIN_DIR:-/opt/cni/bin}
+CLI_DIR=${PYBRIDGE_CLI_DIR:-/usr/local/bin}
 CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
 STATE_DIR=${PYBRIDGE_STATE_DIR:-/var/lib/cni-bridge}
 IPAM_DIR=${PYBRIDGE_IPAM_DIR:-/var/lib/cni/pybridge}
@@ -140,6 +143,8 @@ make_dir() {  # mkdir -p, remembering each directory it creates (uninstall remov
   for d in "${missing[@]}"; do record "rmdir $d"; done
 }
 
+is_venv() { [ -f "$1/pyvenv.cfg" ]; }  # never rm -rf a directory that is not a virtualenv
+
 have_systemd() { [ -d /run/systemd/system ] && [ "$(ps -p 1 -o comm= 2>/dev/null)" = systemd ]; }
 
 service_kind() {
@@ -157,12 +162,14 @@ serve_command() {
 # --- install steps --------------------------------------------------------------------------------
 install_venv() {
   local venv_py=$VENV/bin/python
+  # Refuse before anything else: $VENV may be a mistyped PYBRIDGE_VENV (/usr, /opt) that also
+  # has a bin/python, and the branch below removes the whole directory.
+  [ -e "$VENV" ] && ! is_venv "$VENV" && die "$VENV exists and is not a virtualenv (no pyvenv.cfg); set PYBRIDGE_VENV"
   if [ -x "$venv_py" ] && [ "$("$venv_py" -c 'import os, sys; print(os.path.realpath(sys.executable))' 2>/dev/null)" != "$PYTHON" ]; then
     say "virtualenv $VENV uses another interpreter: recreating it"
     rm -rf "$VENV"
   fi
   if [ ! -x "$venv_py" ]; then
-    [ -e "$VENV" ] && [ ! -f "$VENV/pyvenv.cfg" ] && die "$VENV exists and is not a virtualenv; set PYBRIDGE_VENV"
     say "creating virtualenv $VENV"
     make_dir "$(dirname "$VENV")"
     "$PYTHON" -m venv "$VENV" || die "python -m venv $VENV failed"
@@ -203,6 +210,22 @@ install_launchers() {
   version=$(echo '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION "$BIN_DIR/pybridge" 2>/dev/null | tr -d ' \n') \
     || die "$BIN_DIR/pybridge does not answer VERSION"
   say "CNI plugins in $BIN_DIR (VERSION: $version)"
+}
+
+install_cli_link() {
+  # `cni-bridge` on PATH. Only a symlink into this venv is ever replaced or removed.
+  local link=$CLI_DIR/cni-bridge target=$VENV/bin/cni-bridge
+  make_dir "$CLI_DIR"
+  if [ -e "$link" ] || [ -L "$link" ]; then
+    if [ "$(readlink "$link" 2>/dev/null)" != "$target" ]; then
+      warn "$link exists and is not a link to $target: leaving it (cni-bridge is $target)"
+      return 0
+    fi
+  else
+    ln -s "$target" "$link"
+  fi
+  record "link $link $target"
+  say "cni-bridge command: $link -> $target"
 }
 
 install_conflist() {
@@ -325,17 +348,20 @@ do_install() {
   check_prereqs
   install_venv
   install_launchers
+  install_cli_link
   install_conflist
   install_spec
   start_serve
   say "done. Try: docker network create -d pybridge --ipam-driver pybridge net1; cni-bridge status"
-  say "(cni-bridge is $VENV/bin/cni-bridge)"
 }
 
 # --- uninstall ------------------------------------------------------------------------------------
 do_uninstall() {
   local purge=$1 kind path sum
   [ "$(id -u)" = 0 ] || die "--uninstall needs root" 3
+  if [ ! -f "$MANIFEST" ] && [ -e "$VENV" ] && ! is_venv "$VENV"; then  # checked before anything is stopped
+    die "$VENV is not a virtualenv (no pyvenv.cfg): not removing it; set PYBRIDGE_VENV"
+  fi
   if [ -f "$UNIT_DIR/$UNIT_NAME" ] && command -v systemctl >/dev/null && have_systemd; then
     systemctl disable --now "$UNIT_NAME" >/dev/null 2>&1 || true
   fi
@@ -344,6 +370,7 @@ do_uninstall() {
     while read -r kind path sum; do
       case $kind in
         file) rm -f "$path" ;;
+        link) [ -L "$path" ] && [ "$(readlink "$path")" = "$sum" ] && rm -f "$path" ;;
         unit) rm -f "$path"; command -v systemctl >/dev/null && have_systemd && systemctl daemon-reload || true ;;
         conf)
           if [ -f "$path" ] && [ "$(sha256sum "$path" | cut -d' ' -f1)" = "$sum" ]; then
@@ -355,13 +382,17 @@ do_uninstall() {
       esac
     done <"$MANIFEST"
     while read -r kind path sum; do
-      [ "$kind" = dir ] && [ -n "$path" ] && [ "$path" != / ] && rm -rf "$path"
+      if [ "$kind" = dir ] && [ -n "$path" ] && [ "$path" != / ] && [ -e "$path" ]; then
+        if is_venv "$path"; then rm -rf "$path"; else warn "not removing $path: not a virtualenv (no pyvenv.cfg)"; fi
+      fi
     done <"$MANIFEST"
     DIRS_MADE=$(awk '$1 == "rmdir" {print $2}' "$MANIFEST" | sort -r)
     rm -f "$MANIFEST"
   else
     say "no install manifest ($MANIFEST): removing the default locations"
     rm -rf "$VENV"
+    [ -L "$CLI_DIR/cni-bridge" ] && [ "$(readlink "$CLI_DIR/cni-bridge")" = "$VENV/bin/cni-bridge" ] \
+      && rm -f "$CLI_DIR/cni-bridge"
     for f in pybridge pybridge-ipam; do
       grep -qs 'pybridge CNI launcher' "$BIN_DIR/$f" && rm -f "$BIN_DIR/$f"
     done

@@ -5,7 +5,8 @@
     sudo .venv/bin/python bench/run.py --out bench/results --quick    # < 3 min
 
 Writes <out>/results.md (medians and ratios pybridge / Go), <out>/results.json (every sample)
-and <out>/latency_vs_attached.png. Containers are network namespaces (`ip netns add`); every
+and <out>/latency_vs_attached.png, and the table of ratios with date, load and method to
+bench/RESULTS.md (--summary), the file the documentation links to. Containers are network namespaces (`ip netns add`); every
 name starts with `pbb<run id>`, all traffic stays inside them, and everything is removed at the
 end, also on failure or Ctrl-C. pybridge runs as a user would install it: lean launchers
 (`python -m cni_bridge.fastpath.launcher`) in front of the fast-path daemon
@@ -319,6 +320,7 @@ class Run:
         self.results["config"] = {"quick": a.quick, "runs": R, "checkpoints": checkpoints,
                                   "scale_runs": scale_runs, "parallel": a.parallel,
                                   "load_before": os.getloadavg(), "cpus": os.cpu_count(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                   "kernel": platform.release(), "python": platform.python_version()}
 
         # 1. ADD / DEL latency on an empty network, plus the in-process path for reference.
@@ -426,7 +428,8 @@ def verdict(value: float | None, limit: float) -> str:
     return "—" if value is None else ("PASS" if value <= limit else "FAIL")
 
 
-def report(results: dict[str, Any], out: Path) -> str:
+def summary_rows(results: dict[str, Any]) -> list[tuple]:
+    """One row per measured ratio: (measurement, Go, pybridge, ratio or None, target, verdict)."""
     go, py = "Go bridge+host-local", "pybridge"
     lat = results["latency"]
     rows = []
@@ -477,19 +480,37 @@ def report(results: dict[str, Any], out: Path) -> str:
         r = ratio(dk.get("pybridge_ms"), dk.get("builtin_ms"))
         rows.append(("Docker: `docker run` to first ping", f"built-in bridge {fmt(dk.get('builtin_ms'))}",
                      fmt(dk.get("pybridge_ms")), r, "≤ 1.2", verdict(r, 1.2)))
+    return rows
+
+
+def table(rows: list[tuple]) -> list[str]:
+    lines = ["| measurement | Go reference | pybridge | ratio | target | result |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, g, p, r, target, res in rows:
+        lines.append(f"| {name} | {g} | {p} | {'—' if r is None else f'{r:.2f}'} | {target} | {res} |")
+    return lines
+
+
+def run_date(results: dict[str, Any]) -> str:
+    return results["config"].get("started") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def report(results: dict[str, Any], out: Path) -> str:
+    go, py = "Go bridge+host-local", "pybridge"
+    rows = summary_rows(results)
+    sc = results["scaling"]
+    cps = sorted(int(c) for c in sc[py])
+    dk = results.get("docker", {})
     d = results["daemon"]
     nd = results.get("latency_nodaemon", {}).get("pybridge (no daemon)", {})
 
     lines = ["# pybridge benchmark", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {results['config']['kernel']}, "
+             f"Run {run_date(results)}, kernel {results['config']['kernel']}, "
              f"{results['config']['cpus']} CPUs, Python {results['config']['python']}, load average before "
              f"the run {results['config']['load_before'][0]:.2f}; "
              f"{'quick' if results['config']['quick'] else 'full'} run, {results['config']['runs']} "
              "interleaved ADD+DEL cycles per plugin for the latency rows. Medians; ratio = pybridge / Go.",
-             "", "| measurement | Go reference | pybridge | ratio | target | result |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for name, g, p, r, target, res in rows:
-        lines.append(f"| {name} | {g} | {p} | {'—' if r is None else f'{r:.2f}'} | {target} | {res} |")
+             "", *table(rows)]
     lines += ["", "| pybridge daemon | value |", "| --- | --- |",
               f"| resident memory (fast-path daemon) | {d['rss_mib']:.1f} MiB |",
               f"| idle CPU over {d['idle_seconds']:.0f} s | {d['idle_cpu_percent']:.2f} % |",
@@ -520,6 +541,40 @@ def report(results: dict[str, Any], out: Path) -> str:
     text = "\n".join(lines)
     (out / "results.md").write_text(text)
     return text
+
+
+SUMMARY_MARKER = "<!-- bench/run.py rewrites everything above this line and keeps what follows it -->"
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The ratio table with what a reader needs to weigh it: when, on what host, under what load,
+    measured how. Short on purpose: the full report is <out>/results.md."""
+    cfg = results["config"]
+    loads = [load for per_point in results.get("load_at", {}).values() for load in per_point.values()]
+    during = f", {min(loads):.1f}–{max(loads):.1f} at the scaling points" if loads else ""
+    kind = "quick" if cfg["quick"] else "full"
+    return "\n".join([
+        "# Benchmark results", "",
+        "Written by `bench/run.py` at every run; the method is described in "
+        "[docs/performance.md](../docs/performance.md#method).", "",
+        f"- Run: {run_date(results)}, {kind} run (`bench/run.py{' --quick' if cfg['quick'] else ''}`): "
+        f"{cfg['runs']} interleaved ADD+DEL cycles per plugin, scaling points "
+        f"{', '.join(str(c) for c in cfg['checkpoints'])} attached, {cfg['parallel']} parallel ADDs.",
+        f"- Host: {cfg['cpus']} CPUs, kernel {cfg['kernel']}, Python {cfg['python']}; load average "
+        f"{cfg['load_before'][0]:.1f} before the run{during}.",
+        "- Medians; ratio = pybridge / Go reference (`bridge` + `host-local`, ipMasq on).", "",
+        *table(summary_rows(results)), ""])
+
+
+def write_summary(results: dict[str, Any], path: Path) -> None:
+    """Rewrite `path` with this run's summary, keeping whatever follows SUMMARY_MARKER (results
+    of the other benchmarks, which this run did not measure)."""
+    kept = "\n"
+    if path.exists():
+        old = path.read_text()
+        if SUMMARY_MARKER in old:
+            kept = old[old.index(SUMMARY_MARKER) + len(SUMMARY_MARKER):]
+    path.write_text(summary(results) + "\n" + SUMMARY_MARKER + kept)
 
 
 def growth_detail(results: dict[str, Any], top: int, g_top: int) -> list[tuple]:
@@ -626,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--go-fill-budget", type=float, default=420.0,
                     help="stop growing the Go network once attaching has taken this many seconds")
     ap.add_argument("--skip-docker", action="store_true")
+    ap.add_argument("--summary", default=str(ROOT / "bench" / "RESULTS.md"),
+                    help="where the table of ratios goes (default bench/RESULTS.md; '-' for none)")
     args = ap.parse_args(argv)
     if args.attached is None:
         args.attached = 100 if args.quick else 1000
@@ -649,7 +706,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(run.results, indent=1, default=str))
     plot(run.results, out)
     print(report(run.results, out))
-    log(f"done in {run.results['elapsed_seconds']:.0f} s; wrote {out}/results.md, results.json, latency_vs_attached.png")
+    if args.summary != "-":
+        write_summary(run.results, Path(args.summary))
+    log(f"done in {run.results['elapsed_seconds']:.0f} s; wrote {out}/results.md, results.json, "
+        f"latency_vs_attached.png" + ("" if args.summary == "-" else f", {args.summary}"))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 `docker network create -d pybridge -o KEY=VALUE` options arrive as strings in
 Options["com.docker.network.generic"]; `--internal` and `--ipv6` as booleans beside it. The
-option names are the CNI config keys (DESIGN.md), plus Docker's own spellings for the bridge name,
+option names are the CNI config keys (docs/configuration.md), plus Docker's own spellings for the bridge name,
 the MTU and masquerade, and Docker's macvlan/ipvlan `parent`. Anything else is rejected, so a
 typo fails `docker network create` instead of being silently ignored.
 """

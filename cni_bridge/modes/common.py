@@ -95,7 +95,7 @@ def configure_container(ns: Netlink, index: int, addressing: Addressing, *,
     since 26.0.2 (it sets disable_ipv6). Not the `disable_ipv6` sysctl here: each new namespace's
     first /proc/sys/net/ipv6 lookup walks one cached entry per namespace that made one before,
     so it would grow with the containers itself. Router advertisements are still processed (see
-    the README). `allowIPv6OnIPv4Interface` keeps the kernel default, like the reference
+    docs/configuration.md). `allowIPv6OnIPv4Interface` keeps the kernel default, like the reference
     plugins. An interface without any address (L2-only networks) is not touched."""
     versions = {ip.address.version for ip in addressing.ips}
     no_ipv6 = versions == {4} and not allow_ipv6_on_ipv4

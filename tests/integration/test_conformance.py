@@ -3,7 +3,7 @@
 Every scenario runs against both implementations and every cniVersion a runtime sends today
 (0.3.1, 0.4.0, 1.0.0), and asserts the same observable behaviour: result fields present and typed
 alike, the spec's error codes, and the same kernel state after each step. Where the two differ
-on purpose, the expectation tables below say so, and notes/runtimes.md lists the difference.
+on purpose, the expectation tables below say so, and docs/runtimes.md lists the difference.
 """
 
 from __future__ import annotations

@@ -15,23 +15,9 @@ import pytest
 
 from tests.support.cnitool import CniTool
 from tests.support.dockerd import socket_answers
-from tests.support.paths import INSTALL_SH as INSTALL
+from tests.support.install import INSTALL, layout, run_install
 from tests.support.session import unique_name
 from tests.support.subnets import unique_subnet
-
-
-def run_install(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env})
-
-
-def layout(root: Path) -> dict[str, str]:
-    return {"PYBRIDGE_VENV": str(root / "venv"), "CNI_BIN_DIR": str(root / "bin"),
-            "CNI_CONF_DIR": str(root / "net.d"), "PYBRIDGE_STATE_DIR": str(root / "state"),
-            "PYBRIDGE_IPAM_DIR": str(root / "leases"), "PYBRIDGE_RUN_DIR": str(root / "run"),
-            "PYBRIDGE_LOG": str(root / "log" / "cni-bridge.log"),
-            "DOCKER_PLUGIN_DIR": str(root / "plugins"), "DOCKER_SPEC_DIR": str(root / "docker-plugins"),
-            "PYBRIDGE_SERVICE": "supervise"}
 
 
 def test_missing_prerequisites_are_named(tmp_path: Path) -> None:

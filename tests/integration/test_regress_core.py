@@ -23,7 +23,11 @@ import pytest
 from cni_bridge.attachment import Attachment
 from cni_bridge.fastpath import client as wire
 from cni_bridge.fastpath.launcher import write_launchers
-from tests.support.netns import Netns, is_root, lease_files, register_data_dir, unique_subnet
+from tests.support.host import is_root
+from tests.support.leaks import lease_files
+from tests.support.netns import Netns
+from tests.support.session import register_data_dir
+from tests.support.subnets import unique_subnet
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="needs root")
 

@@ -28,9 +28,12 @@ from cni_bridge.docker.options import default_bridge
 from cni_bridge.firewall import members, table_name
 from tests.support.cnitool import CniTool
 from tests.support.dockerd import VENV_BIN, driver_settings
-from tests.support.netns import Netns, Uplink, run, unique_name, unique_subnet
+from tests.support.host import run
+from tests.support.netns import Netns
+from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
+from tests.support.topology import Uplink
 
-pytestmark = pytest.mark.requires_root
 GENERIC = "com.docker.network.generic"
 
 

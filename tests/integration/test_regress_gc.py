@@ -29,9 +29,10 @@ from cni_bridge.ipam.config import parse_ipam_config
 from cni_bridge.ipam.store import LeaseStore
 from tests.support.cnitool import CniTool
 from tests.support.dockerd import VENV_BIN, driver_settings
-from tests.support.netns import Netns, run, unique_name, unique_subnet
-
-pytestmark = pytest.mark.requires_root
+from tests.support.host import run
+from tests.support.netns import Netns
+from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
 
 
 @dataclass

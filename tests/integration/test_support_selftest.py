@@ -121,7 +121,7 @@ def test_go_bridge_host_local_loopback(cni: CniTool, netns) -> None:
     assert wait_for(lambda: json.loads(run(["ip", "-j", "link", "show", "master", br]).stdout or "[]") == [])
     run(["ip", "link", "delete", br])
     # host-local keeps its bookkeeping (lock, last_reserved_ip.N); anything else is a leak.
-    # Only what is ours: other engineers' tests change the host at the same time.
+    # Only what is ours: other test runs may change the host at the same time.
     assert_unchanged(before, snapshot([cni.data_dir]), only=mine(cni.data_dir),
                      ignore=[rf"/{name}/$", rf"/{name}/lock = ", rf"/{name}/last_reserved_ip\.\d+ = "])
 

@@ -525,7 +525,7 @@ class DockerNet:
     recreating: bool = False  # `docker network rm` + `create` in progress: no endpoint ops
 
     def store(self, settings: Any) -> Path:
-        """The lease directory of the pool (notes/docker.md: `docker-<subnet>` by default)."""
+        """The lease directory of the pool (docs/docker.md: `docker-<subnet>` by default)."""
         if self.pool_options:
             return Path(self.pool_options["dataDir"]) / self.pool_options["network"]
         return settings.ipam_data_dir / ("docker-" + str(self.subnet).replace("/", "-"))

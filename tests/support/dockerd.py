@@ -1,7 +1,7 @@
 """A Docker Engine and a pybridge driver for the remote-driver tests.
 
 Why a private dockerd in its own network namespace: dockerd rewrites the host's packet filter
-(FORWARD policy DROP, DOCKER chains, NAT) and creates docker0. Other engineers' test sessions
+(FORWARD policy DROP, DOCKER chains, NAT) and creates docker0. Other test runs may
 share this host at the same moment, and their bridges forward through that FORWARD chain
 (br_netfilter is on). Started with `nsenter --net`, dockerd, its containers and our driver see
 only the namespace; the root namespace is left alone.

@@ -6,7 +6,7 @@ section is a list of normalised one-line facts (volatile parts such as nft handl
 timers stripped; each line carries its context: table/chain, or the link's bridge), so `diff()`
 is a readable list of `+`/`-` lines and needs no kernel knowledge to read.
 
-Other engineers' test sessions run on the same host at the same time; `diff()` by default drops
+Other test sessions may run on the same host at the same time; `diff()` by default drops
 lines that name another live session's prefix or subnets, so their activity is not our diff.
 """
 
@@ -295,7 +295,7 @@ def diff(
     """Readable differences `"<section>: - line"` / `"<section>: + line"`; [] when equal.
 
     `ignore`: regexes; matching lines are dropped. `only`: if given, lines must match one of
-    these (use `mine()` when other people's tests may be changing the host at the same time).
+    these (use `mine()` when other test runs may be changing the host at the same time).
     `ignore_foreign`: also drop lines naming another live test session's prefix or subnets.
     `sections`: compare only these.
     """

@@ -156,28 +156,3 @@ def create_netns(name: str | None = None) -> Netns:
         raise
     return ns
 
-
-# Transitional: names that lived here before this module was split by job (host, session, subnets,
-# topology, leaks). Branches written against the old module keep importing until they are merged;
-# each use warns with the new place. Remove once nothing imports them from here.
-_MOVED = {
-    "host": ("is_root", "run", "wait_for", "NETNS_DIR", "ip_json"),
-    "session": ("TestSession", "session", "unique_name", "register_data_dir", "REGISTRY_DIR", "IFNAMSIZ",
-                "foreign_patterns", "sessions_on_host", "SessionRecord", "IPNetwork", "current_session"),
-    "subnets": ("unique_subnet", "OUTSIDE_POOL4", "CONTAINER_POOL4"),
-    "topology": ("Uplink", "create_uplink"),
-    "leaks": ("Leak", "find_leaks", "remove_leaks", "settle", "quick_inventory", "sweep_stale_sessions",
-              "lease_files", "register_lease_detector", "KNOWN_STATE_DIRS"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    import importlib
-    import warnings
-
-    for module, names in _MOVED.items():
-        if name in names:
-            warnings.warn(f"tests.support.netns.{name} moved to tests.support.{module}", DeprecationWarning,
-                          stacklevel=2)
-            return getattr(importlib.import_module(f"tests.support.{module}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
