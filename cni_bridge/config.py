@@ -33,6 +33,7 @@ class NetworkSpec:
     hairpin_mode: bool = False
     promisc_mode: bool = False
     uplink: str | None = None
+    internal: bool = False        # Docker --internal: the host forwards nothing in or out
     # macvlan / ipvlan / vlan
     master: str | None = None
     macvlan_mode: str = "bridge"
@@ -104,6 +105,7 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
         hairpin_mode=_bool(cfg, "hairpinMode"),
         promisc_mode=_bool(cfg, "promiscMode"),
         uplink=_optional_ifname(cfg, "uplink"),
+        internal=_bool(cfg, "internal"),
         master=_optional_ifname(cfg, "master"),
         macvlan_mode=_choice(cfg, "macvlanMode", MACVLAN_MODES, "bridge"),
         ipvlan_mode=_choice(cfg, "ipvlanMode", IPVLAN_MODES, "l2"),
@@ -113,6 +115,10 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
         ipam=ipam,
         dns=dns,
     )
+    if spec.internal and spec.mode != "bridge":
+        raise config_error("internal is for bridge networks (a macvlan/ipvlan/vlan link is on the NIC's segment)")
+    if spec.internal and spec.ip_masq:
+        raise config_error("an internal network cannot masquerade (ipMasq)")
     if spec.mode == "vlan" and spec.vlan_id is None:
         raise config_error("mode vlan needs vlanId (1-4094)")
     if spec.mode == "bridge" and spec.vlan_id is not None and spec.uplink is None:

@@ -82,5 +82,7 @@ def network_config(network_id: str, options: Mapping[str, Any]) -> dict[str, Any
         if str(config.get("ipMasq", False)).lower() == "true":
             raise config_error("--internal networks cannot masquerade (ipMasq=true)")
         config["ipMasq"] = False
+        if config["mode"] == "bridge":
+            config["internal"] = True  # dropped at the host (cni_bridge/firewall/internal.py)
     config["isDefaultGateway"] = not internal  # Join hands Docker the gateway -> default route
     return config

@@ -5,6 +5,7 @@ the rules mean.
     names        table and rule-comment names, so that only our own rules are ever touched
     masquerade   one nft table per network: address sets and one masquerade rule per family
     forward      FORWARD accept rules for a network's bridge, for hosts with a DROP policy
+    internal     the drops that wall off internal networks (Docker --internal)
 
 Next to come, one module each: `portmap` (DNAT for published ports) and `isolation` (drops
 between networks that must not talk).
@@ -18,11 +19,12 @@ from cni_bridge.firewall.masquerade import (
                                             add_members,
                                             delete_table,
                                             members,
+                                            network_rules,
                                             pybridge_tables,
                                             remove_members,
                                             table_exists,
 )
 from cni_bridge.firewall.names import RULE_COMMENT_PREFIX, table_name
 
-__all__ = ["Masquerade", "RULE_COMMENT_PREFIX", "add_members", "delete_table", "forward_accept", "members",
+__all__ = ["Masquerade", "RULE_COMMENT_PREFIX", "add_members", "delete_table", "forward_accept", "members", "network_rules",
            "pybridge_tables", "remove_members", "table_exists", "table_name"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from cni_bridge.errors import INTERNAL, PluginError
+from cni_bridge.firewall import internal as internal_networks
 from cni_bridge.firewall.forward import forward_accept
 from cni_bridge.firewall.names import table_name
 from cni_bridge.kernel.nfnetlink import SetElements
@@ -40,6 +41,7 @@ class Masquerade:
     bridge: str | None
     subnets: tuple[IPNetwork, ...]
     enabled: bool = True
+    internal: bool = False
 
     @property
     def table(self) -> str:
@@ -151,7 +153,7 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
     except NftError as exc:
         raise PluginError(INTERNAL, f"cannot install masquerade for network {m.network}", str(exc)) from None
     if created and m.bridge:
-        forward_accept(m.network, m.bridge, True)
+        network_rules(m.network, m.bridge, m.internal, True)
 
 
 def _table_text(network: str) -> str | None:
@@ -209,7 +211,7 @@ def _remove_known(m: Masquerade, owners: set[str], addrs: set[IPAddress]) -> boo
     except NftError as exc:
         raise PluginError(INTERNAL, f"cannot remove masquerade table of network {m.network}", str(exc)) from None
     if m.bridge:
-        forward_accept(m.network, m.bridge, False)
+        network_rules(m.network, m.bridge, m.internal, False)
     return True
 
 
@@ -225,7 +227,7 @@ def remove_members(m: Masquerade, owners: Iterable[str] = (), addrs: Iterable[IP
     text = _table_text(m.network)
     if text is None:  # gone already (last DEL repeated, or removed by hand): its FORWARD rules too
         if m.bridge:
-            forward_accept(m.network, m.bridge, False)
+            network_rules(m.network, m.bridge, m.internal, False)
         return False
     current = _members_in(text)
     doomed = [a for a, owner in current.items() if owner in owners or (a in addrs and not owner)]
@@ -244,18 +246,26 @@ def remove_members(m: Masquerade, owners: Iterable[str] = (), addrs: Iterable[IP
     except NftError as exc:
         raise PluginError(INTERNAL, f"cannot remove masquerade entries of network {m.network}", str(exc)) from None
     if not remaining and m.bridge:
-        forward_accept(m.network, m.bridge, False)
+        network_rules(m.network, m.bridge, m.internal, False)
     return not remaining
 
 
-def delete_table(network: str, bridge: str | None) -> None:
+def delete_table(network: str, bridge: str | None, internal: bool = False) -> None:
     """Drop everything pybridge installed for a network (network removal, GC)."""
     try:
         nft.run(f"delete table inet {table_name(network)}\n")
     except NftError:
         pass
     if bridge:
-        forward_accept(network, bridge, False)
+        network_rules(network, bridge, internal, False)
+
+
+def network_rules(network: str, bridge: str, internal: bool, enable: bool) -> None:
+    """The rules a bridge network has while it has members (CNI) or exists (Docker): FORWARD
+    accepts for DROP-policy hosts, and for an internal network the drops that wall it off."""
+    forward_accept(network, bridge, enable)
+    if internal:
+        (internal_networks.add if enable else internal_networks.remove)(bridge)
 
 
 def pybridge_tables() -> list[str]:
@@ -263,4 +273,4 @@ def pybridge_tables() -> list[str]:
         text = nft.run("list tables inet")
     except (NftError, PluginError):
         return []
-    return re.findall(r"table inet (pybridge_\S+)", text)
+    return [t for t in re.findall(r"table inet (pybridge_\S+)", text) if t != internal_networks.TABLE]

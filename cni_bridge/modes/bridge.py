@@ -36,7 +36,7 @@ def masquerade(spec: NetworkSpec, addressing: Addressing | None = None, *,
     `forward=False`: the FORWARD accept rules are not tied to the table's life (the Docker
     driver keeps them for the network's whole life, containers or not)."""
     return firewall.Masquerade(spec.name, spec.bridge if forward else None,
-                               addressing.subnets() if addressing else (), spec.ip_masq)
+                               addressing.subnets() if addressing else (), spec.ip_masq, spec.internal)
 
 
 def ensure_gateway(host: Netlink, spec: NetworkSpec, bridge: Link, addressing: Addressing) -> None:
@@ -115,8 +115,9 @@ def add_masquerade(spec: NetworkSpec, att: Attachment, addressing: Addressing, u
     """Put the attachment's addresses in the network's member sets (owner: host veth name),
     with or without ipMasq: the first member brings the network's FORWARD accept rules (hosts
     with a DROP policy), the last takes them away. An attachment without addresses is no member
-    (an L2-only network on such a host needs its own FORWARD rule)."""
-    if addressing.ips:
+    (an L2-only network on such a host needs its own FORWARD rule). Docker endpoints
+    (`forward=False`: the rules live as long as the network) are members only to masquerade."""
+    if addressing.ips and (spec.ip_masq or forward):
         with network_lock(spec.name):
             firewall.add_members(masquerade(spec, addressing, forward=forward), addressing.addresses(),
                                  att.host_ifname)
@@ -201,7 +202,8 @@ def gc(spec: NetworkSpec, valid: set[tuple[str, str]]) -> None:
 # Same building blocks as add(); the FORWARD accept rules live as long as the network.
 
 def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
-    """CreateNetwork: bridge (+ uplink), gateway addresses, forwarding, FORWARD accept. Returns
+    """CreateNetwork: bridge (+ uplink), gateway addresses, forwarding, FORWARD accept (and the
+    drops of an internal network). Returns
     what was created, for delete_network; on failure nothing is left behind."""
     undo = Undo()
     uplink_attached = False
@@ -223,8 +225,8 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
                 enable_forwarding(host, addressing)
             added = [a for a in host.addresses(bridge.index) if a not in before]
             undo.push(lambda: [host.delete_address(bridge.index, a) for a in added])
-            undo.push(lambda: firewall.forward_accept(spec.name, spec.bridge, False))
-            firewall.forward_accept(spec.name, spec.bridge, True)
+            undo.push(lambda: firewall.network_rules(spec.name, spec.bridge, spec.internal, False))
+            firewall.network_rules(spec.name, spec.bridge, spec.internal, True)
         except BaseException as exc:
             undo.fail(exc)
     return {"bridge_created": bridge_created, "uplink_attached": uplink_attached,
@@ -237,7 +239,7 @@ def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
     ports still use (a CNI network on the same bridge) keeps its uplink and gateway address too:
     removing either would cut those containers off."""
     with network_lock(spec.name):
-        firewall.delete_table(spec.name, spec.bridge)
+        firewall.delete_table(spec.name, spec.bridge, spec.internal)
     with netlink.root() as host:
         if bridge_in_use(host, spec):
             return
@@ -277,7 +279,7 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
             # Idempotent, and re-done on every endpoint: after a reboot, a firewall reload or a
             # DROP policy set after CreateNetwork, the rules would otherwise be missing for good.
             with network_lock(spec.name):
-                firewall.forward_accept(spec.name, spec.bridge, True)
+                firewall.network_rules(spec.name, spec.bridge, spec.internal, True)
             host.delete_link(att.host_ifname)  # stale pair of a crashed CreateEndpoint
             host.delete_link(src_name)
             veth = host.create_veth_pair(att.host_ifname, src_name, mtu=spec.mtu, master=bridge.index,
@@ -301,4 +303,5 @@ def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddres
     with netlink.root() as host:
         if not host.delete_link(att.host_ifname):
             host.delete_link(src_name)  # Docker moved it back under its SrcName after Leave
-    remove_masquerade(spec, att, addresses, forward=False)
+    if spec.ip_masq:
+        remove_masquerade(spec, att, addresses, forward=False)

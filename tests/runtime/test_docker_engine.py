@@ -118,6 +118,25 @@ def test_internal_network(dk: Scenario) -> None:
     assert table_name(net.id) not in nft_tables(dk.engine)
 
 
+def test_internal_network_drops_forwarding_at_the_host(dk: Scenario) -> None:
+    """A container that adds its own default route (NET_ADMIN) still cannot leave an internal
+    network: the host drops what comes in on its bridge for elsewhere, and the reverse (issue 14
+    item 17). The outside namespace has a route back, so only the host's drop stops it."""
+    outside, _, subnet = dk.outside()
+    net = dk.network("--internal")
+    bridge = bridge_of(dk, net)
+    outside.ip("route", "add", str(net.subnet), "via", str(subnet.network_address + 1))
+    a, b = dk.run(net, "--cap-add", "NET_ADMIN"), dk.run(net)
+    gateway = str(net.subnet.network_address + 1)
+    dk.exec(a, "ip", "route", "add", "default", "via", gateway)
+    assert dk.ping(a, dk.address(b, net)) and dk.ping(a, gateway)  # members and the gateway: yes
+    assert not dk.ping(a, subnet.network_address + 2, count=1)      # anything forwarded: no
+    assert not outside.ping(dk.address(a, net), timeout=1)
+    assert f'"{bridge}"' in dk.engine.host_run("nft", "list", "set", "inet", "pybridge_internal", "internal").stdout
+    dk.remove_all_and_check(net)
+    assert "pybridge_internal" not in nft_tables(dk.engine)
+
+
 def test_forward_rules_flushed_after_create_network_come_back(dk: Scenario) -> None:
     """A firewall reload (or a DROP policy set later) removes the FORWARD accept rules the
     network got at CreateNetwork: the next endpoint puts them back, so containers still talk."""
