@@ -20,7 +20,7 @@ from cni_bridge import validate
 from cni_bridge.cni import ipam_client
 from cni_bridge.cni.protocol import CniRequest, dumps, error_object, error_version, parse_request, version_object
 from cni_bridge.crashpoint import step
-from cni_bridge.errors import INTERNAL, INVALID_CONFIG, TRY_AGAIN, PluginError
+from cni_bridge.errors import INTERNAL, INVALID_CONFIG, TRY_AGAIN, PluginError, shown
 
 PLUGIN = "pybridge"
 IPAM_PLUGIN = "pybridge-ipam"
@@ -88,7 +88,7 @@ def _attachment(req: CniRequest):
 
 def validate_mac(mac: object) -> str:
     if not isinstance(mac, str) or not re.fullmatch(r"(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}", mac):
-        raise PluginError(INVALID_CONFIG, f"invalid MAC address {str(mac)[:40]!r}")
+        raise PluginError(INVALID_CONFIG, f"invalid MAC address {shown(mac)}")
     if int(mac[:2], 16) & 1:
         raise PluginError(INVALID_CONFIG, f"MAC address {mac} is a multicast address")
     return mac

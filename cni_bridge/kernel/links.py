@@ -209,7 +209,7 @@ class Links(Handle):
             return None
         return _details_from_msg(msgs[0])
 
-    # --- read-only discovery (cni-bridge status / gc; cni_bridge/inventory.py) -------------
+    # --- read-only discovery (cni-bridge status / gc; cni_bridge/inventory/gather.py) -------------
     def all_link_details(self) -> list[LinkDetails]:
         """Every link of this namespace with its parent / peer (one dump, not one per link)."""
         return [_details_from_msg(msg) for msg in self.ipr.get_links()]

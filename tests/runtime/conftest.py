@@ -18,8 +18,8 @@ from tests.support import dockerd
 from tests.support.cnitool import CniTool
 from tests.support.containerd import LIBCNI_DIR, Containerd, CtrNet, containerd_missing, install_cni
 from tests.support.docker_scenario import Scenario
-from tests.support.images import build_rootfs_tar, busybox_available
-from tests.support.podman import IMAGE, Podman, podman_missing
+from tests.support.images import busybox_available
+from tests.support.podman import IMAGE, busybox_podman, podman_missing
 from tests.support.runtime_checks import new_network, remove_bridge
 from tests.support.session import unique_name
 
@@ -68,12 +68,8 @@ def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]
     if reason:
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("containerd")
-    pm = Podman(base / "pm")
-    try:
-        pm.import_rootfs(build_rootfs_tar(base / "rootfs.tar"))
+    with busybox_podman(base) as pm:
         archive = pm.save_oci_archive(IMAGE, base / "busybox.oci.tar")
-    finally:
-        pm.destroy()
     ctrd = Containerd(base / "ctrd", namespace=unique_name("ns"))
     try:
         ctrd.start()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.images import build_rootfs_tar, busybox_available
-from tests.support.podman import IMAGE, Podman, podman_missing
+from tests.support.images import busybox_available
+from tests.support.podman import IMAGE, Podman, busybox_podman, podman_missing
 from tests.support.runtime_checks import TestNetwork, bridge_ports, masq_table, network_factory, nft_table_text
 from tests.support.session import unique_name
 
@@ -32,13 +32,8 @@ def podman_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]
     reason = podman_missing() or busybox_available()
     if reason:
         pytest.skip(reason)
-    base = tmp_path_factory.mktemp("podman")
-    pm = Podman(base / "pm")
-    try:
-        pm.import_rootfs(build_rootfs_tar(base / "rootfs.tar"))
+    with busybox_podman(tmp_path_factory.mktemp("podman")) as pm:
         yield pm
-    finally:
-        pm.destroy()
 
 
 @pytest.fixture

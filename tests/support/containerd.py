@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sysconfig
 import time
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.host import run
+from tests.support.host import run, stop_process
 from tests.support.mountns import PrivateMounts, umount_below
 from tests.support.runtime_checks import TestNetwork
 from tests.support.session import unique_name
@@ -161,12 +160,7 @@ class Containerd:
         except Exception:  # noqa: BLE001 - teardown goes on
             pass
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 15)
         umount_below(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from tests.support.host import run
+from tests.support.host import run, stop_process
 from tests.support.mountns import MountNamespace, PrivateMounts, umount_below
 from tests.support.netns import Netns, create_netns
 from tests.support.paths import VENV_BIN
@@ -158,12 +158,7 @@ class DockerEngine:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 60)
 
     def restart(self, *, crash: bool = False) -> None:
         """Stop (or SIGKILL dockerd alone: its containers and containerd live on) and start again."""
@@ -347,11 +342,7 @@ class DriverProcess:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_process(self.proc, 30, self.kill)
 
     def log_tail(self, lines: int = 40) -> str:
         out = []

@@ -65,6 +65,17 @@ def ip_json(*args: str, netns: str | None = None) -> list[dict[str, Any]]:
     return json.loads(out) if out else []
 
 
+def stop_process(proc: subprocess.Popen, timeout: float, kill: Callable[[], object] | None = None) -> None:
+    """SIGTERM, and SIGKILL (`kill()` instead, e.g. for a whole process group) if `proc` has not
+    exited after `timeout` s; reaped either way. A daemon gets its chance to clean up first."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        (kill or proc.kill)()
+        proc.wait()
+
+
 def wait_for(pred: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
     """Poll `pred` until true or `timeout`; for kernel state that settles asynchronously."""
     deadline = time.monotonic() + timeout

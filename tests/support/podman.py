@@ -10,19 +10,21 @@ and `network_config_dir` holding only the test's conflists. Plugins are found in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sysconfig
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.support.host import run
+from tests.support.images import build_rootfs_tar
 from tests.support.mountns import umount_below
 
-__all__ = ["Podman", "PodmanError", "podman_missing"]
+__all__ = ["Podman", "PodmanError", "busybox_podman", "podman_missing"]
 
 IMAGE = "localhost/pbtbusybox:1"
 
@@ -137,3 +139,15 @@ class Podman:
             pass
         umount_below(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def busybox_podman(base: Path) -> Iterator[Podman]:
+    """A private podman under `base/pm` with the busybox image `IMAGE` imported (built from the
+    host's static busybox: there is no registry); destroyed at the end."""
+    pm = Podman(base / "pm")
+    try:
+        pm.import_rootfs(build_rootfs_tar(base / "rootfs.tar"))
+        yield pm
+    finally:
+        pm.destroy()
