@@ -237,6 +237,7 @@ def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
     removing either would cut those containers off."""
     with network_lock(spec.name):
         firewall.delete_table(spec.name, spec.bridge)
+    forget_ports(spec)
     with netlink.root() as host:
         if bridge_in_use(host, spec):
             return
@@ -302,3 +303,45 @@ def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddres
             host.delete_link(src_name)  # Docker moved it back under its SrcName after Leave
     if spec.ip_masq:
         remove_masquerade(spec, att, addresses, forward=False)
+
+
+# --- published ports (both front ends) ---------------------------------------------------------
+# The DNAT itself is firewall/portmap.py; what the mode adds is the bridge side: the owner tag
+# (network + host veth), the network's subnets for the hairpin masquerade, and hairpin mode on
+# the container's bridge port (with br_netfilter, a container's connection to its own published
+# port is DNATed while bridged and must leave through the port it came in).
+# Imported lazily: an ADD without port mappings never loads firewall.portmap.
+
+def publish(spec: NetworkSpec, host_ifname: str, subnets: list, mappings: list) -> list:
+    """Publish `mappings` (firewall.portmap.PortMapping) for the attachment whose host veth is
+    `host_ifname`; all or nothing. Returns them with the host ports chosen for "any port"."""
+    from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
+    made = portmap.publish(portmap.owner_tag(spec.name, host_ifname), spec.bridge, subnets, mappings)
+    try:
+        with netlink.root() as host:
+            veth = host.link(host_ifname)
+            if veth is None:
+                raise PluginError(INTERNAL, f"cannot publish ports: host interface {host_ifname} is gone")
+            host.set_hairpin(veth.index, True)
+    except BaseException:
+        portmap.unpublish(portmap.owner_tag(spec.name, host_ifname))
+        raise
+    return made
+
+
+def unpublish(spec: NetworkSpec, host_ifname: str) -> list:
+    """Remove the attachment's published ports (idempotent); returns what was removed."""
+    from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
+    return portmap.unpublish(portmap.owner_tag(spec.name, host_ifname))
+
+
+def forget_ports(spec: NetworkSpec) -> None:
+    """The network is going: its leftover mappings and its entries in the shared ports table."""
+    from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
+    portmap.drop_network(spec.name, spec.bridge)
+
+
+def published(spec: NetworkSpec, host_ifname: str) -> list:
+    from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
+    owner = portmap.owner_tag(spec.name, host_ifname)
+    return [m for o, m in portmap.published(owner) if o == owner]
