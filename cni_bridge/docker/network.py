@@ -262,13 +262,18 @@ def program_external_connectivity(ctx: Driver, body: Body) -> dict[str, Any]:
     """Publish the endpoint's ports (-p, -P): DNAT from host ports (firewall/portmap.py). All
     or nothing; the ports chosen for "any port" are remembered in the endpoint record, which
     EndpointOperInfo reports and a restarted driver restores from."""
-    nid = body.ident("NetworkID")
-    record = _endpoint(ctx, body)
+    nid, eid = body.ident("NetworkID"), body.ident("EndpointID")
     options = body.mapping("Options")
     exposed = docker_ports.exposed(options)
+    bindings = docker_ports.bindings(options)
+    if not bindings:  # nothing to publish: remember --expose'd ports for EndpointOperInfo
+        record = ctx.state.get("endpoints", eid)
+        if record is not None and record.get("status") == "ready" and exposed != record.get("exposed", []):
+            _write(ctx, "endpoints", eid, dict(record, exposed=exposed))
+        return {}
+    record = dict(_endpoint(ctx, body), exposed=exposed)
     addresses = [ipaddress.ip_interface(a).ip for a in record.get("addresses", [])]
-    wanted = docker_ports.mappings(options, addresses)
-    record = dict(record, exposed=exposed)
+    wanted = docker_ports.mappings(bindings, addresses)
     if wanted:
         network = _network(ctx, nid, body.method)
         spec = parse_network(network["config"])
@@ -282,8 +287,6 @@ def program_external_connectivity(ctx: Driver, body: Body) -> dict[str, Any]:
         log.info("endpoint %s: published %s", record["id"][:12], ", ".join(m.describe() for m in made))
         _write(ctx, "endpoints", record["id"], record,
                undo=lambda: modes.driver("bridge").unpublish(spec, record["host_ifname"]))
-    elif exposed != record.get("exposed"):
-        _write(ctx, "endpoints", record["id"], record)
     return {}
 
 

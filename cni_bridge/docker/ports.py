@@ -16,6 +16,7 @@ binding per port. EndpointOperInfo answers with the same shapes, host ports fill
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from cni_bridge.errors import config_error, shown
@@ -59,10 +60,17 @@ def exposed(options: dict[str, Any]) -> list[dict[str, int]]:
     return out
 
 
-def mappings(options: dict[str, Any], addresses: Sequence[IPAddress]) -> list[PortMapping]:
-    """The port bindings of one endpoint as mappings to its addresses (one per family that a
-    binding covers). A binding to a host address of a family the endpoint lacks is an error."""
-    by_version = {a.version: a for a in reversed(list(addresses))}
+@dataclass(frozen=True)
+class Binding:
+    """One validated port binding of the request (before the endpoint's addresses are known)."""
+    protocol: str
+    port: int
+    host_ip: IPAddress | None
+    host_port: int
+    host_end: int
+
+
+def bindings(options: dict[str, Any]) -> list[Binding]:
     out = []
     for item in _items(options.get(PORTMAP), PORTMAP):
         protocol = _protocol(item, PORTMAP)
@@ -73,15 +81,29 @@ def mappings(options: dict[str, Any], addresses: Sequence[IPAddress]) -> list[Po
             host_ip = ipaddress.ip_address(raw_ip) if raw_ip else None
         except (ValueError, TypeError):
             raise config_error(f"{PORTMAP}: HostIP {shown(raw_ip)} is not an IP address") from None
-        versions = [host_ip.version] if host_ip is not None else [v for v in (4, 6) if v in by_version]
+        if port == 0:
+            raise config_error(f"{PORTMAP}: Port must be a port number from 1 to 65535, got 0")
+        out.append(Binding(protocol, port, host_ip, host_port, host_end if host_end > host_port else 0))
+    return out
+
+
+def mappings(wanted: Sequence[Binding], addresses: Sequence[IPAddress]) -> list[PortMapping]:
+    """The bindings of one endpoint as mappings to its addresses (one per family that a
+    binding covers). A binding to a host address of a family the endpoint lacks is an error."""
+    by_version = {a.version: a for a in reversed(list(addresses))}
+    out = []
+    for b in wanted:
+        if b.host_ip is None:
+            versions = [v for v in (4, 6) if v in by_version]
+        else:
+            versions = [b.host_ip.version]
         if not versions or any(v not in by_version for v in versions):
-            raise config_error(f"cannot publish {port}/{protocol} on {raw_ip or 'the host'}: the container "
-                               f"has no IPv{versions[0] if versions else 4} address on this network")
+            raise config_error(f"cannot publish {b.port}/{b.protocol} on {b.host_ip or 'the host'}: the "
+                               f"container has no IPv{versions[0] if versions else 4} address on this network")
         for version in versions:
             out.append(check_mapping(PortMapping(
-                protocol, host_port, by_version[version], port,
-                None if host_ip is None or host_ip.is_unspecified else host_ip,
-                host_end if host_end > host_port else 0)))
+                b.protocol, b.host_port, by_version[version], b.port,
+                None if b.host_ip is None or b.host_ip.is_unspecified else b.host_ip, b.host_end)))
     return out
 
 
