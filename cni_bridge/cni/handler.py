@@ -193,6 +193,11 @@ def _ports_involved(req: CniRequest) -> bool:
         (isinstance(capabilities, dict) and capabilities.get("portMappings") is True)
 
 
+def _port_entries(req: CniRequest) -> list:
+    entries = req.runtime_config().get("portMappings")
+    return entries if isinstance(entries, list) and all(isinstance(e, dict) for e in entries) else []
+
+
 def _addresses_to_release(req: CniRequest) -> list:
     from cni_bridge.attachment import Addressing  # lazy
     found = list(ipam_client.leased_addresses(req))
@@ -218,7 +223,7 @@ def cmd_del(req: CniRequest) -> None:
     with attachment_lock(spec.name, att.container_id, att.ifname):  # after an ADD still running
         if _ports_involved(req):
             from cni_bridge.cni import ports  # lazy
-            ports.unpublish(spec, att)
+            ports.unpublish(spec, att, _port_entries(req))
         driver.delete(spec, att, _addresses_to_release(req))
         ipam_client.delete(req)
     return None

@@ -80,11 +80,22 @@ def publish(spec: NetworkSpec, att: Attachment, result: dict[str, Any], entries:
         modes.driver("bridge").publish(spec, att.host_ifname, list(addressing.subnets()), wanted)
 
 
-def unpublish(spec: NetworkSpec, att: Attachment) -> None:
-    """DEL: idempotent; needs neither the runtimeConfig nor the namespace."""
+def unpublish(spec: NetworkSpec, att: Attachment, entries: Sequence[dict[str, Any]] = ()) -> None:
+    """DEL: idempotent; needs neither the runtimeConfig nor the namespace. With the
+    runtimeConfig's mappings (`entries`) they are removed by key (flat cost), else by listing."""
     if spec.mode == "bridge":
         from cni_bridge import modes  # lazy
-        modes.driver("bridge").unpublish(spec, att.host_ifname)
+        modes.driver("bridge").unpublish(spec, att.host_ifname, _keys(entries))
+
+
+def _keys(entries: Sequence[dict[str, Any]]) -> list[PortMapping]:
+    """The mappings a DEL's runtimeConfig names, on both families (container addresses are
+    not known at DEL and not part of the key); [] when they are malformed (then: listing)."""
+    placeholder = Addressing.from_result({"ips": [{"address": "0.0.0.1/32"}, {"address": "::1/128"}]})
+    try:
+        return mappings(entries, placeholder)
+    except PluginError:
+        return []
 
 
 def check(spec: NetworkSpec, att: Attachment, prev: dict[str, Any], entries: Sequence[dict[str, Any]]) -> None:

@@ -306,7 +306,7 @@ def revoke_external_connectivity(ctx: Driver, body: Body) -> dict[str, Any]:
 
 def _unpublish(spec: NetworkSpec | None, record: dict[str, Any]) -> None:
     if spec is not None and spec.mode == "bridge":
-        modes.driver("bridge").unpublish(spec, record["host_ifname"])
+        modes.driver("bridge").unpublish(spec, record["host_ifname"], docker_ports.decode(record.get("ports", [])))
 
 
 def _write(ctx: Driver, kind: str, key: str, record: dict[str, Any],

@@ -41,7 +41,9 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from cni_bridge.errors import INTERNAL, PluginError, config_error
+from cni_bridge.kernel.nfnetlink import SetElements, concat_key
 from cni_bridge.kernel.nft import NftError, nft
+from cni_bridge.kernel.nlsock import NetlinkError
 from cni_bridge.kernel.sysctl import set_route_localnet
 from cni_bridge.locks import network_lock
 
@@ -303,14 +305,24 @@ def _publish_script(owner: str, bridge: str | None, subnets: Sequence[IPNetwork]
 
 
 def _run_creating_table(script: str) -> None:
-    """Run an element script; create the table first when it is missing (first mapping)."""
+    """Run an element script; with the table in the same transaction when it is missing (the
+    host's first mapping): a failed batch costs an RCU grace period, a keyed read ~0.05 ms."""
+    if not _table_exists():
+        script = _table_script() + script
     try:
         nft.run(script)
     except NftError as exc:
         if "No such file or directory" not in str(exc):
             raise
-        nft.run(_table_script())
-        nft.run(script)
+        nft.run(_table_script() + script)
+
+
+def _table_exists() -> bool:
+    try:
+        with SetElements(TABLE) as reader:
+            return reader.has_set("taken4")
+    except (NetlinkError, OSError):
+        return True  # cannot tell: the ENOENT path above creates it
 
 
 def _refuse_taken(owner: str, mappings: Sequence[PortMapping]) -> None:
@@ -324,14 +336,50 @@ def _refuse_taken(owner: str, mappings: Sequence[PortMapping]) -> None:
                               "nothing was published")
 
 
-def unpublish(owner: str) -> list[PortMapping]:
+def unpublish(owner: str, known: Sequence[PortMapping] = ()) -> list[PortMapping]:
     """Remove every mapping of `owner` (idempotent); the table goes with its last mapping.
-    Returns what was removed."""
+    Returns what was removed. `known`: the mappings the caller believes the owner has (only
+    protocol, host port, host address and family matter): removed by key, so the cost does
+    not grow with the ports published on the host; anything else of the owner is left to GC."""
     with network_lock(LOCK):
+        if known:
+            removed = _remove_known(owner, known)
+            if removed is not None:
+                return removed
         listing = _listing()
         if not listing:
             return []
         return _remove(listing, {owner})
+
+
+def _taken_key(m: PortMapping) -> bytes:
+    return concat_key(bytes([PROTOCOLS[m.protocol]]), m.host_port.to_bytes(2, "big"))
+
+
+def _remove_known(owner: str, known: Sequence[PortMapping]) -> list[PortMapping] | None:
+    """unpublish by key: a keyed read of each port's owner, one delete transaction, then the
+    table goes if nothing is left. None when nfnetlink is refused (the caller lists instead)."""
+    try:
+        with SetElements(TABLE) as nl:
+            mine = [m for m in dict.fromkeys(known) if nl.key_owner(f"taken{m.version}", _taken_key(m)) == owner]
+            lines, taken_done = [], set()
+            for m in mine:
+                name, element, _ = m._element(owner)
+                lines.append(f"delete element {_T} {name} {{ {element.split(' comment ')[0]} }}")
+                if (m.version, m.protocol, m.host_port) not in taken_done:
+                    taken_done.add((m.version, m.protocol, m.host_port))
+                    lines.append(f"delete element {_T} taken{m.version} {{ {m.protocol} . {m.host_port} }}")
+            if lines:
+                try:
+                    nft.run("\n".join(lines) + "\n")
+                except NftError:
+                    return None  # e.g. a host-address element the caller did not know: list instead
+            if nl.any("taken4") or nl.any("taken6"):
+                return mine
+    except (NetlinkError, OSError):
+        return None
+    _delete_table(_listing())
+    return mine
 
 
 def unpublish_stale(owner_prefix: str, keep: set[str]) -> list[PortMapping]:

@@ -329,10 +329,11 @@ def publish(spec: NetworkSpec, host_ifname: str, subnets: list, mappings: list) 
     return made
 
 
-def unpublish(spec: NetworkSpec, host_ifname: str) -> list:
-    """Remove the attachment's published ports (idempotent); returns what was removed."""
+def unpublish(spec: NetworkSpec, host_ifname: str, known: list = ()) -> list:
+    """Remove the attachment's published ports (idempotent); returns what was removed.
+    `known`: the mappings it was given, if the caller knows them (removed by key: flat cost)."""
     from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
-    return portmap.unpublish(portmap.owner_tag(spec.name, host_ifname))
+    return portmap.unpublish(portmap.owner_tag(spec.name, host_ifname), known)
 
 
 def forget_ports(spec: NetworkSpec) -> None:
