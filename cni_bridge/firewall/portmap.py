@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import random
+import os
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
@@ -232,7 +232,7 @@ def _choose_ports(mappings: Sequence[PortMapping], owner: str) -> list[PortMappi
         request = (m.protocol, m.container_port, m.host_port, m.host_port_end)
         low, high = (m.host_port, m.host_port_end) if m.host_port else ephemeral_range()
         candidates = [chosen[request]] if request in chosen else []
-        start = random.randint(low, high) if not m.host_port else low
+        start = low + int.from_bytes(os.urandom(2), "big") % (high - low + 1) if not m.host_port else low
         candidates += [*range(start, high + 1), *range(low, start)]
         for port in candidates:
             if taken.get((m.version, m.protocol, port), owner) == owner:
