@@ -98,7 +98,7 @@ class Body:
         if not value:
             return None
         if "%" in value:  # fd00::5%x would be a different address (lease) than fd00::5
-            raise self._fail(f"{key} {value[:80]!r} must not carry a zone index")
+            raise self._fail(f"{key} {shown(value)} must not carry a zone index")
         try:
             return parse(value)
         except ValueError:

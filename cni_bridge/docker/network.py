@@ -31,7 +31,7 @@ from cni_bridge.docker import options as docker_options
 from cni_bridge.docker import ports as docker_ports
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import Driver
-from cni_bridge.errors import INTERNAL, PluginError, config_error
+from cni_bridge.errors import INTERNAL, PluginError, config_error, shown
 
 log = logging.getLogger("cni_bridge.docker")
 
@@ -142,7 +142,7 @@ def create_endpoint(ctx: Driver, body: Body) -> dict[str, Any]:
     address4, address6 = iface.interface("Address"), iface.interface("AddressIPv6")
     given_mac = iface.string("MacAddress")
     if given_mac and (not _MAC_RE.fullmatch(given_mac) or int(given_mac[:2], 16) & 1):
-        raise config_error(f"CreateEndpoint: invalid MAC address {given_mac[:40]!r}")
+        raise config_error(f"CreateEndpoint: invalid MAC address {shown(given_mac)}")
     network = _network(ctx, nid, body.method)
     spec = parse_network(network["config"])
     driver = _mode(spec)

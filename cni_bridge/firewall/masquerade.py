@@ -1,9 +1,16 @@
 """Masquerade: one nftables table per network (`inet pybridge_<id>`) holding a set of container
-addresses per family and a single masquerade rule per family that matches the set.
+addresses per family (`masq4`/`masq6`, each element tagged with its owner), the network's
+subnets (`nets4`/`nets6`, interval sets) and, when the network masquerades, one constant rule per
+family: `saddr @masq4 daddr != @nets4 ... masquerade`.
 
 The rule count is therefore flat in the number of containers; ADD and DEL only add or remove a
-set element. The table goes away with the network's last container, and with it the network's
-FORWARD accept rules (forward.py) when it has a bridge.
+set element. The exclusion list is a set that only grows while the table lives, so a network with
+several subnets (or per-request ranges) never masquerades traffic between its own subnets,
+whichever ADD came last (the rule text does not depend on the attachment).
+
+Every bridge attachment with addresses is a member, masquerading or not: the table is how
+pybridge knows that a network has containers, so the network's FORWARD accept rules
+(forward.py, for hosts with a DROP policy) come with its first container and go with its last.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True)
 class Masquerade:
-    """What one network's masquerade needs: its name, its bridge and its subnets."""
+    """What one network's table needs: its name, its bridge (None: FORWARD rules are not tied to
+    the table's life), the attachment's subnets, and whether to masquerade at all."""
     network: str
     bridge: str | None
     subnets: tuple[IPNetwork, ...]
+    enabled: bool = True
 
     @property
     def table(self) -> str:
@@ -42,17 +51,18 @@ def _elements(addrs: Iterable[IPAddress], version: int) -> list[str]:
 
 
 def _rule_lines(m: Masquerade) -> list[str]:
+    """The same two rules for every network that masquerades; none for one that does not."""
+    if not m.enabled:
+        return []
     t = f"inet {m.table}"
-    lines = []
-    v4 = [str(s) for s in m.subnets if s.version == 4]
-    v6 = [str(s) for s in m.subnets if s.version == 6]
-    if v4:
-        lines.append(f"add rule {t} postrouting ip saddr @masq4 ip daddr != {{ {', '.join(v4)} }} "
-                     f"ip daddr != 224.0.0.0/4 masquerade")
-    if v6:
-        lines.append(f"add rule {t} postrouting ip6 saddr @masq6 ip6 daddr != {{ {', '.join(v6)} }} "
-                     f"ip6 daddr != ff00::/8 masquerade")
-    return lines
+    return [f"add rule {t} postrouting ip saddr @masq4 ip daddr != @nets4 ip daddr != 224.0.0.0/4 masquerade",
+            f"add rule {t} postrouting ip6 saddr @masq6 ip6 daddr != @nets6 ip6 daddr != ff00::/8 masquerade"]
+
+
+def _subnet_lines(m: Masquerade) -> list[str]:
+    t = f"inet {m.table}"
+    return [f"add element {t} nets{version} {{ {', '.join(nets)} }}"
+            for version in (4, 6) if (nets := [str(s) for s in m.subnets if s.version == version])]
 
 
 def table_exists(network: str) -> bool:
@@ -64,9 +74,19 @@ def table_exists(network: str) -> bool:
 
 
 def _rules_signature(m: Masquerade) -> str:
-    """Name of an (empty-ish) set created together with the rules for exactly these subnets."""
+    """Name of a one-element set created once these subnets are in the nets sets and the rules
+    are those of `m.enabled` (`rm_`: masquerade, `rn_`: members only). Several can coexist: one
+    per subnet set a network's ADDs have used."""
     subnets = ",".join(sorted(str(s) for s in m.subnets))
-    return "r_" + hashlib.sha1(subnets.encode()).hexdigest()[:12]
+    return ("rm_" if m.enabled else "rn_") + hashlib.sha1(subnets.encode()).hexdigest()[:12]
+
+
+def _stale_signatures(m: Masquerade, table_text: str) -> set[str]:
+    """Marker sets that no longer describe the rules: the other mode's, and the per-attachment
+    `r_` markers of releases whose rule listed the subnets inline."""
+    wrong = "rn_" if m.enabled else "rm_"
+    return {name for name in re.findall(r"\bset (r[mn]?_[0-9a-f]+)\b", table_text)
+            if name.startswith((wrong, "r_"))}
 
 
 _MARKER = ipaddress.ip_address("127.0.0.1")  # the one element of a rules-signature set
@@ -78,8 +98,8 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
     remove it without knowing the address. One atomic batch; idempotent.
 
     Fast path (every ADD but a network's first): one transaction that adds the elements plus a
-    marker element to the set `r_<hash of the subnets>`, which exists only if the rules were
-    written for exactly these subnets. Flat whatever the set size, because adding elements
+    marker element to the set `rm_`/`rn_<hash of the subnets>`, which exists only once these
+    subnets are in the nets sets and the rules are this mode's. Flat whatever the set size, because adding elements
     needs no ruleset cache, whereas listing the table or rewriting the chain makes libnftables
     fetch every element (~5 ms with 1,000 containers). Sent as a raw nfnetlink batch (~0.05 ms;
     the same `add element` through libnftables, the fallback, ~0.4 ms). If the marker set is missing
@@ -110,17 +130,20 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
                 pass
     existing = _table_text(m.network)
     created = existing is None
-    stale = set(re.findall(r"\bset (r_[0-9a-f]+)\b", existing or "")) - {signature}
+    stale = _stale_signatures(m, existing or "")
     script = [
         f"add table {t}",
         f"add set {t} masq4 {{ type ipv4_addr; }}",
         f"add set {t} masq6 {{ type ipv6_addr; }}",
+        f"add set {t} nets4 {{ type ipv4_addr; flags interval; auto-merge; }}",
+        f"add set {t} nets6 {{ type ipv6_addr; flags interval; auto-merge; }}",
+        *_subnet_lines(m),
         *(f"delete set {t} {name}" for name in sorted(stale)),
-        f"add set {t} {signature} {{ type ipv4_addr; }}",
-        f"add element {t} {signature} {{ {_MARKER} }}",
         f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
         f"flush chain {t} postrouting",
         *_rule_lines(m),
+        f"add set {t} {signature} {{ type ipv4_addr; }}",
+        f"add element {t} {signature} {{ {_MARKER} }}",
         *elements,
     ]
     try:

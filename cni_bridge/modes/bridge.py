@@ -32,10 +32,11 @@ from cni_bridge.modes.common import (
 
 def masquerade(spec: NetworkSpec, addressing: Addressing | None = None, *,
                forward: bool = True) -> firewall.Masquerade:
-    """`forward=False`: the FORWARD accept rules are not tied to the masquerade table's life
-    (the Docker driver keeps them for the network's whole life, containers or not)."""
+    """The network's table: members always, the masquerade rule only with ipMasq.
+    `forward=False`: the FORWARD accept rules are not tied to the table's life (the Docker
+    driver keeps them for the network's whole life, containers or not)."""
     return firewall.Masquerade(spec.name, spec.bridge if forward else None,
-                               addressing.subnets() if addressing else ())
+                               addressing.subnets() if addressing else (), spec.ip_masq)
 
 
 def ensure_gateway(host: Netlink, spec: NetworkSpec, bridge: Link, addressing: Addressing) -> None:
@@ -111,8 +112,11 @@ def setup_network(host: Netlink, spec: NetworkSpec, addressing: Addressing) -> L
 
 def add_masquerade(spec: NetworkSpec, att: Attachment, addressing: Addressing, undo: Undo, *,
                    forward: bool = True) -> None:
-    """Put the attachment's addresses in the network's masquerade sets (owner: host veth name)."""
-    if spec.ip_masq and addressing.ips:
+    """Put the attachment's addresses in the network's member sets (owner: host veth name),
+    with or without ipMasq: the first member brings the network's FORWARD accept rules (hosts
+    with a DROP policy), the last takes them away. An attachment without addresses is no member
+    (an L2-only network on such a host needs its own FORWARD rule)."""
+    if addressing.ips:
         with network_lock(spec.name):
             firewall.add_members(masquerade(spec, addressing, forward=forward), addressing.addresses(),
                                  att.host_ifname)
@@ -160,9 +164,8 @@ def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> No
     with netlink.root() as host:
         host.delete_link(att.host_ifname)
     step("host-veth-deleted")
-    if spec.ip_masq:
-        remove_masquerade(spec, att, addresses)
-        step("masquerade-removed")
+    remove_masquerade(spec, att, addresses)
+    step("masquerade-removed")
 
 
 def check(spec: NetworkSpec, att: Attachment, prev: dict[str, Any]) -> None:
@@ -184,9 +187,7 @@ def check(spec: NetworkSpec, att: Attachment, prev: dict[str, Any]) -> None:
 
 
 def gc(spec: NetworkSpec, valid: set[tuple[str, str]]) -> None:
-    """Drop masquerade entries whose owner is not a valid attachment (spec 1.1 GC)."""
-    if not spec.ip_masq:
-        return
+    """Drop member entries whose owner is not a valid attachment (spec 1.1 GC)."""
     keep = {Attachment(cid, ifname, None).host_ifname for cid, ifname in valid}
     with network_lock(spec.name):
         stale = {owner for owner in firewall.members(spec.name).values() if owner not in keep}
@@ -301,8 +302,7 @@ def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddres
     with netlink.root() as host:
         if not host.delete_link(att.host_ifname):
             host.delete_link(src_name)  # Docker moved it back under its SrcName after Leave
-    if spec.ip_masq:
-        remove_masquerade(spec, att, addresses, forward=False)
+    remove_masquerade(spec, att, addresses, forward=False)
 
 
 # --- published ports (both front ends) ---------------------------------------------------------

@@ -300,8 +300,12 @@ class CniTool:
         timeout: float = 120.0,
         env: Mapping[str, str] | None = None,
         data_dir: str | os.PathLike | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
+        """`wrapper`: a command the plugin runs under, e.g. `ip netns exec HOST` to make a test
+        namespace the plugin's host."""
         self.cache_dir = Path(cache_dir)
+        self.wrapper = list(wrapper)
         if path is None:
             self.path = default_cni_path()
         elif isinstance(path, str):
@@ -368,7 +372,7 @@ class CniTool:
         start = time.perf_counter()
         try:
             proc = subprocess.run(
-                [exe], input=data, capture_output=True, env=env, timeout=self.timeout, check=False
+                [*self.wrapper, exe], input=data, capture_output=True, env=env, timeout=self.timeout, check=False
             )
         except subprocess.TimeoutExpired as exc:
             call.elapsed = time.perf_counter() - start
