@@ -33,6 +33,7 @@ class NetworkSpec:
     hairpin_mode: bool = False
     promisc_mode: bool = False
     uplink: str | None = None
+    isolate: bool = False  # walled off from other isolated networks (firewall/isolation.py)
     # macvlan / ipvlan / vlan
     master: str | None = None
     macvlan_mode: str = "bridge"
@@ -104,6 +105,7 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
         hairpin_mode=_bool(cfg, "hairpinMode"),
         promisc_mode=_bool(cfg, "promiscMode"),
         uplink=_optional_ifname(cfg, "uplink"),
+        isolate=_bool(cfg, "isolate"),
         master=_optional_ifname(cfg, "master"),
         macvlan_mode=_choice(cfg, "macvlanMode", MACVLAN_MODES, "bridge"),
         ipvlan_mode=_choice(cfg, "ipvlanMode", IPVLAN_MODES, "l2"),

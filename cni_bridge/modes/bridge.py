@@ -110,6 +110,24 @@ def setup_network(host: Netlink, spec: NetworkSpec, addressing: Addressing) -> L
     return bridge
 
 
+def gateways(addressing: Addressing) -> list[IPAddress]:
+    return list(dict.fromkeys(ip.gateway for ip in addressing.ips if ip.gateway is not None))
+
+
+def ensure_isolation(spec: NetworkSpec, addressing: Addressing) -> None:
+    """`isolate`: the network's bridge in the shared isolation table (idempotent, re-done at
+    every attachment so that a reboot or a firewall reload does not leave it open)."""
+    if spec.isolate and spec.is_gateway:
+        from cni_bridge.firewall import isolation  # lazy: only isolated networks
+        isolation.isolate(spec.bridge, gateways(addressing))
+
+
+def release_isolation(spec: NetworkSpec, gateway_list: list[IPAddress] = ()) -> None:
+    if spec.isolate:
+        from cni_bridge.firewall import isolation  # lazy: only isolated networks
+        isolation.release(spec.bridge, gateway_list)
+
+
 def add_masquerade(spec: NetworkSpec, att: Attachment, addressing: Addressing, undo: Undo, *,
                    forward: bool = True) -> None:
     """Put the attachment's addresses in the network's member sets (owner: host veth name),
@@ -145,6 +163,7 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
             configure_container(ns, inner.index, addressing,
                                 allow_ipv6_on_ipv4=spec.allow_ipv6_on_ipv4_interface)
             add_masquerade(spec, att, addressing, undo)
+            ensure_isolation(spec, addressing)
             interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
                           interface_entry(veth.name, veth.mac),
                           interface_entry(att.ifname, inner.mac, att.netns)]
@@ -154,9 +173,11 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
 
 
 def remove_masquerade(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress] = (), *,
-                      forward: bool = True) -> None:
+                      forward: bool = True) -> bool:
+    """True when that was the network's last member (its table went)."""
     with network_lock(spec.name):
-        firewall.remove_members(masquerade(spec, forward=forward), owners=[att.host_ifname], addrs=addresses)
+        return firewall.remove_members(masquerade(spec, forward=forward), owners=[att.host_ifname],
+                                       addrs=addresses)
 
 
 def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> None:
@@ -164,7 +185,8 @@ def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> No
     with netlink.root() as host:
         host.delete_link(att.host_ifname)
     step("host-veth-deleted")
-    remove_masquerade(spec, att, addresses)
+    if remove_masquerade(spec, att, addresses):
+        release_isolation(spec)  # the network's last container: nothing of it is left
     step("masquerade-removed")
 
 
@@ -225,10 +247,12 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
             undo.push(lambda: [host.delete_address(bridge.index, a) for a in added])
             undo.push(lambda: firewall.forward_accept(spec.name, spec.bridge, False))
             firewall.forward_accept(spec.name, spec.bridge, True)
+            undo.push(lambda: release_isolation(spec, gateways(addressing)))
+            ensure_isolation(spec, addressing)
         except BaseException as exc:
             undo.fail(exc)
     return {"bridge_created": bridge_created, "uplink_attached": uplink_attached,
-            "addresses": [str(a) for a in added]}
+            "addresses": [str(a) for a in added], "gateways": [str(g) for g in gateways(addressing)]}
 
 
 def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
@@ -239,6 +263,7 @@ def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
     with network_lock(spec.name):
         firewall.delete_table(spec.name, spec.bridge)
     forget_ports(spec)
+    release_isolation(spec, [ipaddress.ip_address(g) for g in created.get("gateways", [])])
     with netlink.root() as host:
         if bridge_in_use(host, spec):
             return
@@ -279,6 +304,7 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
             # DROP policy set after CreateNetwork, the rules would otherwise be missing for good.
             with network_lock(spec.name):
                 firewall.forward_accept(spec.name, spec.bridge, True)
+            ensure_isolation(spec, addressing)
             host.delete_link(att.host_ifname)  # stale pair of a crashed CreateEndpoint
             host.delete_link(src_name)
             veth = host.create_veth_pair(att.host_ifname, src_name, mtu=spec.mtu, master=bridge.index,
