@@ -63,20 +63,6 @@ class GoChain:
         return second
 
 
-def cycles(flavours: list, netns: dict[str, str], runs: int, tag: str, warmup: int = 3) -> dict[str, dict]:
-    out = {f.label: {"ADD": [], "DEL": []} for f in flavours}
-    for i in range(warmup + runs):
-        order = flavours if i % 2 == 0 else list(reversed(flavours))
-        for f in order:
-            cid = f"pbb-{tag}-{i}"
-            a = f.add(cid, netns[f.label]).check()
-            d = f.delete(cid, netns[f.label]).check()
-            if i >= warmup:
-                out[f.label]["ADD"].append(a.ms)
-                out[f.label]["DEL"].append(d.ms)
-    return out
-
-
 def publish_many(run_id: str, count: int) -> str:
     """`count` other published ports on the host, owned by one bench owner (one transaction)."""
     from cni_bridge.firewall import portmap
@@ -112,12 +98,12 @@ def main() -> int:
         paths = run.host.netns(names)
         netns = {f.label: p for f, p in zip(flavours, paths)}
         log(f"{args.runs} interleaved ADD/DEL cycles per flavour")
-        results = {"empty": cycles(flavours, netns, args.runs, "e")}
+        results = {"empty": run.cycles(flavours, netns, args.runs, "e", warmup=3)}
         log(f"publishing {args.published} other ports, then pybridge again")
         started = time.perf_counter()
         owner = publish_many(run.run_id, args.published)
         results["fill_seconds"] = time.perf_counter() - started
-        results["published"] = cycles([py_plain, py_port], netns, args.runs, "f")
+        results["published"] = run.cycles([py_plain, py_port], netns, args.runs, "f", warmup=3)
     finally:
         if owner:
             from cni_bridge.firewall import portmap
