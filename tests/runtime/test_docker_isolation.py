@@ -35,6 +35,18 @@ def test_networks_are_isolated_by_default(dk: Scenario) -> None:
     assert TABLE not in nft_tables(dk.engine)
 
 
+def test_internal_network_is_walled_off(dk: Scenario) -> None:
+    """An --internal network is isolated too: its members reach each other only."""
+    net, internal = dk.network(), dk.network("--internal")
+    a, i1, i2 = dk.run(net), dk.run(internal), dk.run(internal)
+    assert dk.ping(i1, dk.address(i2, internal))
+    assert not dk.ping(a, dk.address(i1, internal), count=1)
+    assert not dk.ping(a, internal.subnet.network_address + 1, count=1)
+    assert not dk.ping(i1, net.subnet.network_address + 1, count=1)
+    dk.remove_all_and_check(internal)
+    dk.remove_all_and_check(net)
+
+
 def test_opt_out_and_published_ports_cross_networks(dk: Scenario) -> None:
     """A network with `-o isolate=false` reaches and is reached by isolated ones; a published
     port of an isolated network is reachable from another isolated network through the host."""

@@ -18,6 +18,7 @@ import pytest
 from tests.support import dockerd as support
 from tests.support.docker_scenario import Net, Scenario, bridge_of, nft_tables
 from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
 
 pytestmark = pytest.mark.docker
 
@@ -119,6 +120,24 @@ def test_publish_forms(dk: Scenario) -> None:
     dk.containers.clear()
     _assert_no_ports_left(dk)
     dk.remove_all_and_check(net)
+
+
+def test_publish_on_ipv6_network(dk: Scenario) -> None:
+    """`--ipv6`: `-p 18160:80` is published on both families; `-p [::]:18161:80` on IPv6 only.
+    An IPv6 client outside is seen with its own address."""
+    outside, host_if, subnet = dk.outside()
+    v6_outside = unique_subnet(6)
+    host6, out6 = v6_outside.network_address + 1, v6_outside.network_address + 2
+    dk.engine.host_run("ip", "-6", "addr", "add", f"{host6}/64", "dev", host_if, "nodad")
+    outside.ip("-6", "addr", "add", f"{out6}/64", "dev", "ext0", "nodad")
+    net = dk.network("--ipv6", "--subnet", str(unique_subnet(6)))
+    _web(dk, net, "-p", "18160:80", "-p", "[::]:18161:80")
+    assert _get(_from_ns(outside), str(host6), 18160) == str(out6)
+    assert _get(_from_ns(outside), str(subnet.network_address + 1), 18160) == str(subnet.network_address + 2)
+    assert _get(_from_ns(outside), str(host6), 18161) == str(out6)
+    assert _get(_from_ns(outside), str(subnet.network_address + 1), 18161) is None  # IPv6 only
+    dk.remove_all_and_check(net)
+    _assert_no_ports_left(dk)
 
 
 def test_udp_published(dk: Scenario) -> None:
