@@ -232,3 +232,30 @@ def test_docker_port_output(dk: Scenario) -> None:
     inspect = json.loads(dk.docker("inspect", "-f", "{{json .NetworkSettings.Ports}}", c).stdout)
     print(f"docker port: {shown!r}; NetworkSettings.Ports: {inspect}")
     dk.remove_all_and_check(net)
+
+
+@pytest.mark.slow
+def test_time_docker_run_p_to_first_connection(dk: Scenario, capsys: pytest.CaptureFixture[str]) -> None:
+    """Reported, not asserted: `docker run -d -p` until the first TCP connection from outside
+    through the published port succeeds, pybridge against the built-in bridge driver."""
+    outside, _, subnet = dk.outside()
+    host_ip = subnet.network_address + 1
+    ours = dk.network()
+    builtin = dk.network(driver="bridge", ipam=False, bridge=False)
+    server = ("sh", "-c", "while true; do echo hello | nc -l -p 80; done")
+    results: dict[str, list[float]] = {}
+    for i, net in enumerate([ours, builtin] * 5):
+        port = 18200 + i
+        started = time.monotonic()
+        name = dk.run(net, "-p", f"{port}:80", cmd=server)
+        while "hello" not in outside.run("sh", "-c", f"/bin/busybox nc -w 2 {host_ip} {port} </dev/null",
+                                         check=False).stdout:
+            assert time.monotonic() - started < 30, "the published port never answered"
+        results.setdefault("pybridge" if net is ours else "bridge", []).append(time.monotonic() - started)
+        dk.docker("rm", "-f", name)
+        dk.containers.remove(name)
+    with capsys.disabled():
+        for label, times in results.items():
+            times.sort()
+            print(f"\n  docker run -p -> first connection, {label}: median {times[len(times) // 2] * 1000:.0f} ms "
+                  f"(runs: {', '.join(f'{t * 1000:.0f}' for t in times)})")
