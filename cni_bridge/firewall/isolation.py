@@ -26,12 +26,13 @@ import re
 from typing import Sequence
 
 from cni_bridge.errors import INTERNAL, PluginError
+from cni_bridge.firewall.names import SHARED_TABLES
 from cni_bridge.kernel.nft import NftError, nft
 from cni_bridge.locks import network_lock
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-TABLE = "pybridge_isolation"
+TABLE = SHARED_TABLES[1]
 _T = f"inet {TABLE}"
 LOCK = "pybridge.isolation"
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from cni_bridge.errors import INTERNAL, PluginError, config_error
+from cni_bridge.firewall.names import SHARED_TABLES
 from cni_bridge.kernel.nfnetlink import SetElements, concat_key
 from cni_bridge.kernel.nft import NftError, nft
 from cni_bridge.kernel.nlsock import NetlinkError
@@ -50,7 +51,7 @@ from cni_bridge.locks import network_lock
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-TABLE = "pybridge_ports"
+TABLE = SHARED_TABLES[0]
 _T = f"inet {TABLE}"
 LOCK = "pybridge.ports"  # network_lock name of the table (serialises check-and-write)
 PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
