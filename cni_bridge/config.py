@@ -34,6 +34,7 @@ class NetworkSpec:
     promisc_mode: bool = False
     uplink: str | None = None
     internal: bool = False        # Docker --internal: the host forwards nothing in or out
+    isolate: bool = False  # walled off from other isolated networks (firewall/isolation.py)
     # macvlan / ipvlan / vlan
     master: str | None = None
     macvlan_mode: str = "bridge"
@@ -106,6 +107,7 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
         promisc_mode=_bool(cfg, "promiscMode"),
         uplink=_optional_ifname(cfg, "uplink"),
         internal=_bool(cfg, "internal"),
+        isolate=_bool(cfg, "isolate"),
         master=_optional_ifname(cfg, "master"),
         macvlan_mode=_choice(cfg, "macvlanMode", MACVLAN_MODES, "bridge"),
         ipvlan_mode=_choice(cfg, "ipvlanMode", IPVLAN_MODES, "l2"),

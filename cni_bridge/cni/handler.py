@@ -140,9 +140,13 @@ def _add(req: CniRequest, spec, att, prev: dict[str, Any] | None, driver) -> dic
         return addressing
 
     result = None
+    port_requests = req.runtime_config().get("portMappings")
     try:
         result = driver.add(spec, att, lease, prev) if getattr(driver, "USES_PREV_RESULT", False) \
             else driver.add(spec, att, lease)
+        if port_requests:
+            from cni_bridge.cni import ports  # lazy: only ADDs that publish ports load it
+            ports.publish(spec, att, result, ports.requested(req.config))
         converted = convert(merge_prev(prev, result), req.version)
         if req.caller_gone is not None and req.caller_gone():
             # The runtime killed its exec'd plugin: nobody will read this result, and the
@@ -150,6 +154,8 @@ def _add(req: CniRequest, spec, att, prev: dict[str, Any] | None, driver) -> dic
             raise PluginError(TRY_AGAIN, "the runtime went away before it got the result; the ADD was undone",
                               "the exec'd plugin's connection to the daemon closed during the ADD")
     except BaseException:
+        if port_requests and result is not None:
+            _undo_ports(spec, att)
         _undo_add(req, spec, att, driver, result, ipam_asked)
         raise
     step("result-ready")
@@ -169,6 +175,27 @@ def _undo_add(req: CniRequest, spec, att, driver, result: dict[str, Any] | None,
             ipam_client.delete(req)
         except Exception as exc:
             print(f"pybridge: releasing the address after a failed ADD failed: {exc}", file=sys.stderr)
+
+
+def _undo_ports(spec, att) -> None:
+    from cni_bridge.cni import ports  # lazy
+    try:
+        ports.unpublish(spec, att)
+    except Exception as exc:
+        print(f"pybridge: removing the published ports after a failed ADD failed: {exc}", file=sys.stderr)
+
+
+def _ports_involved(req: CniRequest) -> bool:
+    """DEL, CHECK and GC look at published ports only when the config declares the
+    portMappings capability or the runtime passed mappings (others never load the module)."""
+    capabilities = req.config.get("capabilities")
+    return bool(req.runtime_config().get("portMappings")) or \
+        (isinstance(capabilities, dict) and capabilities.get("portMappings") is True)
+
+
+def _port_entries(req: CniRequest) -> list:
+    entries = req.runtime_config().get("portMappings")
+    return entries if isinstance(entries, list) and all(isinstance(e, dict) for e in entries) else []
 
 
 def _addresses_to_release(req: CniRequest) -> list:
@@ -194,6 +221,9 @@ def cmd_del(req: CniRequest) -> None:
         att = dataclasses.replace(att, netns=None)
     driver = modes.driver(spec.mode)
     with attachment_lock(spec.name, att.container_id, att.ifname):  # after an ADD still running
+        if _ports_involved(req):
+            from cni_bridge.cni import ports  # lazy
+            ports.unpublish(spec, att, _port_entries(req))
         driver.delete(spec, att, _addresses_to_release(req))
         ipam_client.delete(req)
     return None
@@ -209,6 +239,9 @@ def cmd_check(req: CniRequest) -> None:
     driver = modes.driver(spec.mode)
     validate.netns_present(req.netns)
     driver.check(spec, att, prev)
+    if req.runtime_config().get("portMappings"):
+        from cni_bridge.cni import ports  # lazy
+        ports.check(spec, att, prev, ports.requested(req.config))
     ipam_client.check(req)
     return None
 
@@ -228,6 +261,9 @@ def cmd_gc(req: CniRequest) -> None:
         driver.delete(spec, Attachment(lease.container_id, lease.ifname, None), [lease.address])
     if hasattr(driver, "gc"):
         driver.gc(spec, valid)
+    if spec.mode == "bridge" and _ports_involved(req):
+        from cni_bridge.cni import ports  # lazy
+        ports.gc(spec, valid)
     return None
 
 

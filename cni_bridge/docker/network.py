@@ -28,6 +28,7 @@ from cni_bridge.attachment import Addressing, Attachment, IpConfig
 from cni_bridge.config import NetworkSpec, parse_network
 from cni_bridge.crashpoint import step
 from cni_bridge.docker import options as docker_options
+from cni_bridge.docker import ports as docker_ports
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import Driver
 from cni_bridge.errors import INTERNAL, PluginError, config_error, shown
@@ -184,6 +185,8 @@ def delete_endpoint(ctx: Driver, body: Body) -> dict[str, Any]:
 def _remove_endpoint(ctx: Driver, spec: NetworkSpec | None, record: dict[str, Any]) -> None:
     att = Attachment(record["id"], ENDPOINT_IFNAME, None, record.get("mac"))
     addresses = [ipaddress.ip_interface(a).ip for a in record.get("addresses", [])]
+    if record.get("ports"):
+        _unpublish(spec, record)
     if spec is not None:
         _mode(spec).delete_endpoint(spec, att, addresses, record["src_name"])
     else:  # the network is gone from our state: its links are all that can be left
@@ -215,10 +218,18 @@ def remove_endpoints_holding(ctx: Driver, pool: str, address: ipaddress.IPv4Addr
 
 
 def endpoint_oper_info(ctx: Driver, body: Body) -> dict[str, Any]:
+    """Also the published ports under Docker's own keys, with the host ports pybridge chose.
+    (dockerd 20.10-27 read these keys only from built-in drivers, as Go types: a remote
+    driver's answer does not reach `docker port`; see docs/docker.md.)"""
     body.ident("NetworkID")
     record = _endpoint(ctx, body)
-    return {"Value": {"hostIfname": record["host_ifname"], "srcName": record["src_name"],
-                      "mac": record.get("mac") or "", "addresses": record.get("addresses", [])}}
+    value = {"hostIfname": record["host_ifname"], "srcName": record["src_name"],
+             "mac": record.get("mac") or "", "addresses": record.get("addresses", [])}
+    if record.get("ports"):
+        value[docker_ports.PORTMAP] = record["ports"]
+    if record.get("exposed"):
+        value[docker_ports.EXPOSED] = record["exposed"]
+    return {"Value": value}
 
 
 def join(ctx: Driver, body: Body) -> dict[str, Any]:
@@ -248,18 +259,54 @@ def leave(ctx: Driver, body: Body) -> dict[str, Any]:
 
 
 def program_external_connectivity(ctx: Driver, body: Body) -> dict[str, Any]:
-    """Port publishing (-p) is not implemented: refuse it instead of silently not publishing."""
-    body.ident("NetworkID")
+    """Publish the endpoint's ports (-p, -P): DNAT from host ports (firewall/portmap.py). All
+    or nothing; the ports chosen for "any port" are remembered in the endpoint record, which
+    EndpointOperInfo reports and a restarted driver restores from."""
+    nid, eid = body.ident("NetworkID"), body.ident("EndpointID")
     options = body.mapping("Options")
-    if options.get("com.docker.network.portmap"):
-        raise config_error("pybridge does not publish ports (-p/--publish); reach the container "
-                           "at its address, or use the built-in bridge driver for published ports")
+    exposed = docker_ports.exposed(options)
+    bindings = docker_ports.bindings(options)
+    if not bindings:  # nothing to publish: remember --expose'd ports for EndpointOperInfo
+        record = ctx.state.get("endpoints", eid)
+        if record is not None and record.get("status") == "ready" and exposed != record.get("exposed", []):
+            _write(ctx, "endpoints", eid, dict(record, exposed=exposed))
+        return {}
+    record = dict(_endpoint(ctx, body), exposed=exposed)
+    addresses = [ipaddress.ip_interface(a).ip for a in record.get("addresses", [])]
+    wanted = docker_ports.mappings(bindings, addresses)
+    if wanted:
+        network = _network(ctx, nid, body.method)
+        spec = parse_network(network["config"])
+        if spec.mode != "bridge":
+            raise config_error(f"published ports (-p) need a bridge network; this one is mode {spec.mode}")
+        subnets = [ipaddress.ip_network(d["pool"]) for d in network["ipv4"] + network["ipv6"]]
+        if record.get("ports"):  # programmed again (a retried request): replace, not add
+            modes.driver("bridge").unpublish(spec, record["host_ifname"])
+        made = modes.driver("bridge").publish(spec, record["host_ifname"], subnets, wanted)
+        record["ports"] = docker_ports.encode(made)
+        log.info("endpoint %s: published %s", record["id"][:12], ", ".join(m.describe() for m in made))
+        _write(ctx, "endpoints", record["id"], record,
+               undo=lambda: modes.driver("bridge").unpublish(spec, record["host_ifname"]))
     return {}
 
 
 def revoke_external_connectivity(ctx: Driver, body: Body) -> dict[str, Any]:
-    body.ident("NetworkID")
+    """Unpublish the endpoint's ports (the container stops, or its gateway network changes)."""
+    nid = body.ident("NetworkID")
+    eid = body.ident("EndpointID")
+    record = ctx.state.get("endpoints", eid)
+    network = ctx.state.get("networks", nid)
+    if record is None or network is None or not record.get("ports"):
+        return {}
+    _unpublish(parse_network(network["config"]), record)
+    record.pop("ports", None)
+    ctx.state.put("endpoints", eid, record)
     return {}
+
+
+def _unpublish(spec: NetworkSpec | None, record: dict[str, Any]) -> None:
+    if spec is not None and spec.mode == "bridge":
+        modes.driver("bridge").unpublish(spec, record["host_ifname"], docker_ports.decode(record.get("ports", [])))
 
 
 def _write(ctx: Driver, kind: str, key: str, record: dict[str, Any],
@@ -303,7 +350,28 @@ def recover(ctx: Driver) -> list[str]:
     for network in networks:
         if network["status"] != "ready":
             done.append(_recover(ctx, "network", network["id"], lambda: _remove_network(ctx, network)))
+    for endpoint in endpoints:
+        network = by_id.get(endpoint["network"])
+        if endpoint["status"] == "ready" and endpoint.get("ports") and network is not None \
+                and network["status"] == "ready":
+            done += _restore_ports(network, endpoint)
     return done
+
+
+def _restore_ports(network: dict[str, Any], endpoint: dict[str, Any]) -> list[str]:
+    """Published ports the packet filter lost (reboot, firewall reload, a `nft flush ruleset`)
+    while the endpoint lives on: publish them again, on the same host ports."""
+    bridge = modes.driver("bridge")
+    try:
+        spec = parse_network(network["config"])
+        wanted = docker_ports.decode(endpoint["ports"])
+        if set(wanted) <= set(bridge.published(spec, endpoint["host_ifname"])):
+            return []
+        subnets = [ipaddress.ip_network(d["pool"]) for d in network["ipv4"] + network["ipv6"]]
+        bridge.publish(spec, endpoint["host_ifname"], subnets, wanted)
+    except Exception as exc:  # noqa: BLE001 - one endpoint must not stop the start
+        return [f"could not restore the published ports of endpoint {endpoint['id'][:12]}: {exc}"]
+    return [f"restored the published ports of endpoint {endpoint['id'][:12]}"]
 
 
 def _recover(ctx: Driver, what: str, key: str, remove: Callable[[], None]) -> str:

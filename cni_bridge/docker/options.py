@@ -35,6 +35,7 @@ OPTION_KEYS: dict[str, str] = {
     "macvlanMode": "macvlanMode",
     "ipvlanMode": "ipvlanMode",
     "vlanId": "vlanId",
+    "isolate": "isolate",
 }
 BRIDGE_PREFIX = "pbr-"
 
@@ -77,6 +78,7 @@ def network_config(network_id: str, options: Mapping[str, Any]) -> dict[str, Any
     if config["mode"] == "bridge":
         config.setdefault("bridge", default_bridge(network_id))
         config["isGateway"] = True  # a Docker bridge network always has its gateway on the bridge
+        config.setdefault("isolate", True)  # walled off from other networks, as Docker's own
         config.setdefault("ipMasq", not internal)
     if internal:
         if str(config.get("ipMasq", False)).lower() == "true":

@@ -5,10 +5,10 @@ the rules mean.
     names        table and rule-comment names, so that only our own rules are ever touched
     masquerade   one nft table per network: address sets and one masquerade rule per family
     forward      FORWARD accept rules for a network's bridge, for hosts with a DROP policy
-    internal     the drops that wall off internal networks (Docker --internal)
-
-Next to come, one module each: `portmap` (DNAT for published ports) and `isolation` (drops
-between networks that must not talk).
+    internal     the drops that wall off internal networks (Docker --internal), in `inet pybridge_internal`
+    portmap      published ports: DNAT through maps in the shared table `inet pybridge_ports`
+    isolation    drops between isolated networks, in the shared table `inet pybridge_isolation`
+(these two are imported lazily by their callers: ADDs that use neither never load them)
 
 The callers' API is re-exported here (`firewall.add_members(...)`).
 """

@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 
 from cni_bridge.errors import INTERNAL, PluginError
+from cni_bridge.firewall.names import SHARED_TABLES
 from cni_bridge.kernel.nft import NftError, nft
 
-TABLE = "pybridge_internal"
+TABLE = SHARED_TABLES[2]
 _T = f"inet {TABLE}"
 
 

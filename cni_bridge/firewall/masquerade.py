@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 from cni_bridge.errors import INTERNAL, PluginError
 from cni_bridge.firewall import internal as internal_networks
 from cni_bridge.firewall.forward import forward_accept
-from cni_bridge.firewall.names import table_name
+from cni_bridge.firewall.names import SHARED_TABLES, table_name
 from cni_bridge.kernel.nfnetlink import SetElements
 from cni_bridge.kernel.nft import NftError, nft
 from cni_bridge.kernel.nlsock import NetlinkError
@@ -273,4 +273,4 @@ def pybridge_tables() -> list[str]:
         text = nft.run("list tables inet")
     except (NftError, PluginError):
         return []
-    return [t for t in re.findall(r"table inet (pybridge_\S+)", text) if t != internal_networks.TABLE]
+    return [t for t in re.findall(r"table inet (pybridge_\S+)", text) if t not in SHARED_TABLES]

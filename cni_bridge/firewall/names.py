@@ -6,6 +6,9 @@ import hashlib
 import re
 
 RULE_COMMENT_PREFIX = "pybridge:"
+# Tables every pybridge network shares (portmap.py, isolation.py); a network's own table always
+# ends in a hash (table_name), so no network's table can be named like these.
+SHARED_TABLES = ("pybridge_ports", "pybridge_isolation", "pybridge_internal")
 
 
 def table_name(network: str) -> str:

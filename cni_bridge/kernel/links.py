@@ -165,7 +165,7 @@ class Links(Handle):
             self.raw.set_up(index)
 
     def set_hairpin(self, index: int, on: bool) -> None:
-        self.ipr.link("set", index=index, kind="bridge_slave", mode=1 if on else 0)
+        self.raw.set_port_hairpin(index, on)
 
     def delete_link(self, name: str) -> bool:
         """Delete by name; False when it was not there (DEL must be idempotent)."""

@@ -129,8 +129,12 @@ class SetElements:
 
     def owner(self, set_name: str, addr: IPAddress) -> str | None:
         """The comment (owner) of `addr`'s element; None when it is not in the set."""
+        return self.key_owner(set_name, addr.packed)
+
+    def key_owner(self, set_name: str, key: bytes) -> str | None:
+        """The same for a key given as the kernel stores it (e.g. `concat_key(...)`)."""
         elements = attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED,
-                        attr(NFTA_LIST_ELEM | NLA_F_NESTED, _element(addr, "")))
+                        attr(NFTA_LIST_ELEM | NLA_F_NESTED, _element_key(key, "")))
         comment = None
         try:
             for reply in self._replies(F_ACK, set_name, elements):  # read up to the ack
@@ -153,9 +157,19 @@ class SetElements:
         return found
 
 
+def concat_key(*fields: bytes) -> bytes:
+    """A concatenated key (`inet_proto . inet_service`) as the kernel stores it: each field
+    in its own 4-byte-aligned register."""
+    return b"".join(f + b"\0" * (-len(f) % 4) for f in fields)
+
+
 def _element(addr: IPAddress, owner: str) -> bytes:
+    return _element_key(addr.packed, owner)
+
+
+def _element_key(key: bytes, owner: str) -> bytes:
     """The attributes of one set element: its key, and the owner as an nft comment."""
-    out = attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attr(NFTA_DATA_VALUE, addr.packed))
+    out = attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attr(NFTA_DATA_VALUE, key))
     if owner:  # libnftnl user data: (type, length, NUL-terminated value), as `nft` writes it
         value = owner.encode()[:127] + b"\0"
         out += attr(NFTA_SET_ELEM_USERDATA, bytes([NFTNL_UDATA_SET_ELEM_COMMENT, len(value)]) + value)

@@ -13,6 +13,7 @@ import threading
 from cni_bridge.errors import NOT_AVAILABLE, PluginError
 
 _OUTPUT_HANDLE = 1 << 3  # NFT_CTX_OUTPUT_HANDLE
+_OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
 
 
 class NftError(Exception):
@@ -62,13 +63,14 @@ class _Nft:
         with self._pool_lock:
             self._pool.append(ctx)
 
-    def run(self, script: str, *, handles: bool = False) -> str:
-        """`handles`: print rule handles (`nft -a`)."""
+    def run(self, script: str, *, handles: bool = False, json: bool = False) -> str:
+        """`handles`: print rule handles (`nft -a`); `json`: JSON output (`nft -j`)."""
         if self._lib is not None:
             ctx = self._ctx()
             try:
                 flags = self._lib.nft_ctx_output_get_flags(ctx)
-                self._lib.nft_ctx_output_set_flags(ctx, flags | _OUTPUT_HANDLE if handles else flags & ~_OUTPUT_HANDLE)
+                flags = flags | _OUTPUT_HANDLE if handles else flags & ~_OUTPUT_HANDLE
+                self._lib.nft_ctx_output_set_flags(ctx, flags | _OUTPUT_JSON if json else flags & ~_OUTPUT_JSON)
                 rc = self._lib.nft_run_cmd_from_buffer(ctx, script.encode())
                 out = (self._lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
                 err = (self._lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
@@ -80,7 +82,7 @@ class _Nft:
         nft = shutil.which("nft")
         if nft is None:
             raise PluginError(NOT_AVAILABLE, "nftables is not available (no libnftables and no nft executable)")
-        proc = subprocess.run([nft, *(["-a"] if handles else []), "-f", "-"], input=script, capture_output=True, text=True)
+        proc = subprocess.run([nft, *(["-a"] if handles else []), *(["-j"] if json else []), "-f", "-"], input=script, capture_output=True, text=True)
         if proc.returncode != 0:
             raise NftError(proc.stderr.strip() or f"nft failed (rc {proc.returncode})")
         return proc.stdout

@@ -27,6 +27,7 @@ RTM_GETNETCONF, NETCONFA_IFINDEX, NETCONFA_FORWARDING, NETCONFA_IFINDEX_ALL = 82
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 10, 18
 IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK = 26, 28, 29
+IFLA_PROTINFO, IFLA_BRPORT_MODE, NLA_F_NESTED = 12, 4, 0x8000
 IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
@@ -114,6 +115,13 @@ class Rtnl(NetlinkSocket):
         if no_ipv6_addresses:
             mode = attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE]))
             body += attr(IFLA_AF_SPEC, attr(socket.AF_INET6, mode))
+        self.request(RTM_SETLINK, F_ACK, body)
+
+    def set_port_hairpin(self, index: int, on: bool) -> None:
+        """Hairpin mode of a bridge port (`bridge link set dev X hairpin on`): an AF_BRIDGE
+        RTM_SETLINK with IFLA_PROTINFO/IFLA_BRPORT_MODE, as iproute2 sends it."""
+        body = _IFINFO.pack(socket.AF_BRIDGE, 0, index, 0, 0) \
+            + attr(IFLA_PROTINFO | NLA_F_NESTED, attr(IFLA_BRPORT_MODE, bytes([1 if on else 0])))
         self.request(RTM_SETLINK, F_ACK, body)
 
     def forwarding(self, family: int) -> bool | None:

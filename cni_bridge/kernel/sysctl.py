@@ -54,3 +54,24 @@ class Sysctls(Handle):
             return write()
         with switched(self.ns_fd):
             return write()
+
+
+def set_route_localnet(ifname: str, enabled: bool) -> bool:
+    """net.ipv4.conf.<ifname>.route_localnet in the calling thread's namespace: lets a packet
+    with a 127.0.0.0/8 source be routed out of `ifname` (host -> 127.0.0.1:port DNATed to a
+    container). Written by path, since interface names may contain dots. False when the
+    interface is gone."""
+    path = f"/proc/sys/net/ipv4/conf/{ifname}/route_localnet"
+    value = "1" if enabled else "0"
+    try:
+        with open(path) as f:
+            if f.read().strip() == value:
+                return True
+        with open(path, "w") as f:
+            f.write(value)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise PluginError(INTERNAL, f"cannot set route_localnet on {ifname}", exc.strerror or str(exc)) from None
+

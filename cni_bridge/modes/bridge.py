@@ -110,6 +110,24 @@ def setup_network(host: Netlink, spec: NetworkSpec, addressing: Addressing) -> L
     return bridge
 
 
+def gateways(addressing: Addressing) -> list[IPAddress]:
+    return list(dict.fromkeys(ip.gateway for ip in addressing.ips if ip.gateway is not None))
+
+
+def ensure_isolation(spec: NetworkSpec, addressing: Addressing) -> None:
+    """`isolate`: the network's bridge in the shared isolation table (idempotent, re-done at
+    every attachment so that a reboot or a firewall reload does not leave it open)."""
+    if spec.isolate and spec.is_gateway:
+        from cni_bridge.firewall import isolation  # lazy: only isolated networks
+        isolation.isolate(spec.bridge, gateways(addressing))
+
+
+def release_isolation(spec: NetworkSpec, gateway_list: list[IPAddress] = ()) -> None:
+    if spec.isolate:
+        from cni_bridge.firewall import isolation  # lazy: only isolated networks
+        isolation.release(spec.bridge, gateway_list)
+
+
 def add_masquerade(spec: NetworkSpec, att: Attachment, addressing: Addressing, undo: Undo, *,
                    forward: bool = True) -> None:
     """Put the attachment's addresses in the network's member sets (owner: host veth name),
@@ -146,6 +164,7 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
             configure_container(ns, inner.index, addressing,
                                 allow_ipv6_on_ipv4=spec.allow_ipv6_on_ipv4_interface)
             add_masquerade(spec, att, addressing, undo)
+            ensure_isolation(spec, addressing)
             interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
                           interface_entry(veth.name, veth.mac),
                           interface_entry(att.ifname, inner.mac, att.netns)]
@@ -155,9 +174,11 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
 
 
 def remove_masquerade(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress] = (), *,
-                      forward: bool = True) -> None:
+                      forward: bool = True) -> bool:
+    """True when that was the network's last member (its table went)."""
     with network_lock(spec.name):
-        firewall.remove_members(masquerade(spec, forward=forward), owners=[att.host_ifname], addrs=addresses)
+        return firewall.remove_members(masquerade(spec, forward=forward), owners=[att.host_ifname],
+                                       addrs=addresses)
 
 
 def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> None:
@@ -165,7 +186,8 @@ def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> No
     with netlink.root() as host:
         host.delete_link(att.host_ifname)
     step("host-veth-deleted")
-    remove_masquerade(spec, att, addresses)
+    if remove_masquerade(spec, att, addresses):
+        release_isolation(spec)  # the network's last container: nothing of it is left
     step("masquerade-removed")
 
 
@@ -227,10 +249,12 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
             undo.push(lambda: [host.delete_address(bridge.index, a) for a in added])
             undo.push(lambda: firewall.network_rules(spec.name, spec.bridge, spec.internal, False))
             firewall.network_rules(spec.name, spec.bridge, spec.internal, True)
+            undo.push(lambda: release_isolation(spec, gateways(addressing)))
+            ensure_isolation(spec, addressing)
         except BaseException as exc:
             undo.fail(exc)
     return {"bridge_created": bridge_created, "uplink_attached": uplink_attached,
-            "addresses": [str(a) for a in added]}
+            "addresses": [str(a) for a in added], "gateways": [str(g) for g in gateways(addressing)]}
 
 
 def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
@@ -240,6 +264,8 @@ def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
     removing either would cut those containers off."""
     with network_lock(spec.name):
         firewall.delete_table(spec.name, spec.bridge, spec.internal)
+    forget_ports(spec)
+    release_isolation(spec, [ipaddress.ip_address(g) for g in created.get("gateways", [])])
     with netlink.root() as host:
         if bridge_in_use(host, spec):
             return
@@ -280,6 +306,7 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
             # DROP policy set after CreateNetwork, the rules would otherwise be missing for good.
             with network_lock(spec.name):
                 firewall.network_rules(spec.name, spec.bridge, spec.internal, True)
+            ensure_isolation(spec, addressing)
             host.delete_link(att.host_ifname)  # stale pair of a crashed CreateEndpoint
             host.delete_link(src_name)
             veth = host.create_veth_pair(att.host_ifname, src_name, mtu=spec.mtu, master=bridge.index,
@@ -305,3 +332,46 @@ def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddres
             host.delete_link(src_name)  # Docker moved it back under its SrcName after Leave
     if spec.ip_masq:
         remove_masquerade(spec, att, addresses, forward=False)
+
+
+# --- published ports (both front ends) ---------------------------------------------------------
+# The DNAT itself is firewall/portmap.py; what the mode adds is the bridge side: the owner tag
+# (network + host veth), the network's subnets for the hairpin masquerade, and hairpin mode on
+# the container's bridge port (with br_netfilter, a container's connection to its own published
+# port is DNATed while bridged and must leave through the port it came in).
+# Imported lazily: an ADD without port mappings never loads firewall.portmap.
+
+def publish(spec: NetworkSpec, host_ifname: str, subnets: list, mappings: list) -> list:
+    """Publish `mappings` (firewall.portmap.PortMapping) for the attachment whose host veth is
+    `host_ifname`; all or nothing. Returns them with the host ports chosen for "any port"."""
+    from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
+    made = portmap.publish(portmap.owner_tag(spec.name, host_ifname), spec.bridge, subnets, mappings)
+    try:
+        with netlink.root() as host:
+            veth = host.link(host_ifname)
+            if veth is None:
+                raise PluginError(INTERNAL, f"cannot publish ports: host interface {host_ifname} is gone")
+            host.set_hairpin(veth.index, True)
+    except BaseException:
+        portmap.unpublish(portmap.owner_tag(spec.name, host_ifname))
+        raise
+    return made
+
+
+def unpublish(spec: NetworkSpec, host_ifname: str, known: list = ()) -> list:
+    """Remove the attachment's published ports (idempotent); returns what was removed.
+    `known`: the mappings it was given, if the caller knows them (removed by key: flat cost)."""
+    from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
+    return portmap.unpublish(portmap.owner_tag(spec.name, host_ifname), known)
+
+
+def forget_ports(spec: NetworkSpec) -> None:
+    """The network is going: its leftover mappings and its entries in the shared ports table."""
+    from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
+    portmap.drop_network(spec.name, spec.bridge)
+
+
+def published(spec: NetworkSpec, host_ifname: str) -> list:
+    from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
+    owner = portmap.owner_tag(spec.name, host_ifname)
+    return [m for o, m in portmap.published(owner) if o == owner]

@@ -303,16 +303,6 @@ def test_ipv6_with_default_pools(dk: Scenario) -> None:
     assert leased(dk.driver, v6) == []
 
 
-def test_publishing_ports_is_refused_clearly(dk: Scenario) -> None:
-    net = dk.network()
-    name = unique_name("c")
-    dk.containers.append(name)
-    proc = dk.docker("run", "-d", "--name", name, "--network", net.name, "-p", "18080:80", support.IMAGE,
-                     "sleep", "60", check=False)
-    assert proc.returncode != 0 and "does not publish ports" in proc.stderr, proc.stderr
-    dk.remove_all_and_check(net)
-
-
 def test_driver_never_answers_html(dk: Scenario) -> None:
     status, body = support.plugin_call(dk.driver.socket, "NetworkDriver.Join", {"NetworkID": "x"})
     assert status == 500 and "EndpointID is required" in body["Err"]

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import random
 import re
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.host import run
 from tests.support.images import busybox_available
 from tests.support.podman import IMAGE, Podman, busybox_podman, podman_missing
 from tests.support.runtime_checks import TestNetwork, bridge_ports, masq_table, network_factory, nft_table_text
 from tests.support.session import unique_name
+from tests.support.topology import Uplink
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(300)]
 
@@ -134,4 +138,25 @@ def test_stop_then_rm_releases(podman: Podman, networks: Callable[..., TestNetwo
     podman.run("stop", "--time", "0", name)
     assert net.leases() == [] and bridge_ports(net.bridge) == []
     podman.run("rm", name)
+    assert_released(net)
+
+
+def test_publish_port_natively(podman: Podman, networks: Callable[..., TestNetwork], uplink: Uplink) -> None:
+    """`podman run -p` on a pybridge conflist with `capabilities: {portMappings: true}` and no
+    portmap plugin in the chain (issue 16): reachable from an outside namespace and from the
+    host's 127.0.0.1; `rm` removes the mapping."""
+    net = networks(ip_masq=True, is_default_gateway=True, extra={"capabilities": {"portMappings": True}})
+    podman.add_network(net.conflist)
+    name, port = unique_name("pc"), random.randrange(20000, 30000)
+    podman.run("run", "-d", "--name", name, "--network", net.name, "-p", f"{port}:80", IMAGE,
+               "sh", "-c", "while true; do echo hello | nc -l -p 80; done")
+    client = ("import socket,sys,time\nfor _ in range(40):\n    try:\n"
+              "        print(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).recv(20).decode()); break\n"
+              "    except OSError:\n        time.sleep(0.25)\n")
+    assert "hello" in uplink.outside.run(sys.executable, "-c", client, str(uplink.host_ip), str(port)).stdout
+    assert "hello" in run([sys.executable, "-c", client, "127.0.0.1", str(port)]).stdout
+    assert f"tcp . {port} " in run(["nft", "list", "table", "inet", "pybridge_ports"]).stdout
+    podman.run("rm", "--force", "--time", "0", name)
+    table = run(["nft", "list", "table", "inet", "pybridge_ports"], check=False).stdout
+    assert f"tcp . {port} " not in table
     assert_released(net)

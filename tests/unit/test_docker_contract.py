@@ -72,7 +72,7 @@ def test_any_content_type_is_accepted(plugin: Plugin, content_type: str) -> None
     ("NetworkDriver.Join", {"EndpointID": "e1"}, "NetworkID is required"),
     ("NetworkDriver.Leave", {"NetworkID": "n1", "EndpointID": "e1"}, "not known"),
     ("NetworkDriver.ProgramExternalConnectivity", {"NetworkID": "n1", "EndpointID": "e1",
-      "Options": {"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 8080}]}}, "does not publish ports"),
+      "Options": {"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 8080}]}}, "e1 is not known"),
     ("NetworkDriver.RevokeExternalConnectivity", {}, "NetworkID is required"),
     ("IpamDriver.RequestPool", {"Pool": "10.0.0.0/24", "V6": True}, "is not an IPv6 subnet"),
     ("IpamDriver.RequestPool", {"SubPool": "10.0.0.0/25"}, "needs Pool"),

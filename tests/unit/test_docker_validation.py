@@ -185,10 +185,23 @@ def test_valid_requests_are_still_accepted(client: Any, method: str, body: dict[
     assert status == 200 and "Err" not in payload, payload
 
 
-def test_port_publishing_is_still_refused(client: Any) -> None:
+@pytest.mark.parametrize("binding, message", [
+    ({"Proto": 1, "Port": 80}, "protocol 1 cannot be published"),
+    ({"Proto": 6, "Port": 70000}, "Port must be a port number"),
+    ({"Proto": 6, "Port": 80, "HostPort": -1}, "HostPort must be a port number"),
+    ({"Proto": 6, "Port": 80, "HostIP": "nonsense"}, "HostIP 'nonsense' is not an IP address"),
+    ({"Proto": 17, "Port": 0}, "Port must be a port number from 1"),
+])
+def test_port_bindings_are_checked_before_anything(client: Any, binding: dict, message: str) -> None:
+    """A bad binding is a clear error, before the endpoint is even looked up (issue 16)."""
+    assert message in err(client, "NetworkDriver.ProgramExternalConnectivity",
+                          {**REF, "Options": {"com.docker.network.portmap": [binding]}})
+
+
+def test_publishing_for_an_unknown_endpoint_is_refused(client: Any) -> None:
     message = err(client, "NetworkDriver.ProgramExternalConnectivity",
                   {**REF, "Options": {"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 8080}]}})
-    assert "does not publish ports" in message
+    assert "is not known to the pybridge driver" in message
 
 
 def test_internal_flag_spellings(client: Any) -> None:
