@@ -645,7 +645,11 @@ def _has(d: dict, c: int) -> bool:
 
 
 def plot(results: dict[str, Any], out: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the `bench` extra is not installed: the numbers matter, not the picture
+        log("matplotlib not installed (pip install -e '.[bench]'): no latency_vs_attached.png")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(10, 4.2))
