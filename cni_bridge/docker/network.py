@@ -405,12 +405,19 @@ def _mac_for(address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None) 
 
 
 def _endpoint_addressing(network: dict[str, Any], addresses: list) -> Addressing:
+    """The endpoint's addresses with their pool's prefix and gateway. An address outside every
+    pool of the network is refused: dockerd never asks for one (it checks `--ip` itself), and the
+    network's firewall sets would otherwise learn a subnet that is not the network's."""
     ips = []
     for address in addresses:
         data = network["ipv4" if address.version == 4 else "ipv6"]
-        gateway = next((ipaddress.ip_address(d["gateway"]) for d in data
-                        if d["gateway"] and address.ip in ipaddress.ip_network(d["pool"])), None)
-        ips.append(IpConfig(address, gateway))
+        pool = next((d for d in data if address.ip in ipaddress.ip_network(d["pool"])), None)
+        if pool is None:
+            raise config_error(f"CreateEndpoint: address {address} is not in a subnet of network "
+                               f"{network['id'][:12]}")
+        gateway = ipaddress.ip_address(pool["gateway"]) if pool["gateway"] else None
+        prefix = ipaddress.ip_network(pool["pool"]).prefixlen
+        ips.append(IpConfig(ipaddress.ip_interface(f"{address.ip}/{prefix}"), gateway))
     return Addressing(ips)
 
 

@@ -208,6 +208,33 @@ def test_disk_full_after_create_endpoint_rolls_back(tmp_path: Path, tiny_state: 
         plugin.call("NetworkDriver.DeleteNetwork", {"NetworkID": nid})
 
 
+def test_endpoint_address_outside_the_network_is_refused(tmp_path: Path, bridges: Callable[[], str]) -> None:
+    """An address in no pool of the network (seen from a fuzzed CreateEndpoint: 224.0.0.1/32)
+    is refused with an error, and the network's firewall table learns no foreign subnet; an
+    address of the pool written with another prefix length takes the pool's."""
+    plugin = Plugin(driver_settings(tmp_path))
+    subnet, bridge = unique_subnet(4), bridges()
+    nid = unique_name("nid") + "d" * 20
+    eids = [unique_name("eid") + c * 20 for c in "ef"]
+    plugin.ok("NetworkDriver.CreateNetwork", network_body(nid, subnet, {"bridge": bridge}))
+    try:
+        inside = {"NetworkID": nid, "EndpointID": eids[0], "Options": {},
+                  "Interface": {"Address": f"{subnet.network_address + 2}/8"}}
+        plugin.ok("NetworkDriver.CreateEndpoint", inside)
+        table_before = run(["nft", "list", "table", "inet", table_name(nid)]).stdout
+        assert "nets4" in table_before and str(subnet) in table_before
+        for address in ("224.0.0.1/32", "127.0.0.1/8", f"{subnet.broadcast_address + 1}/{subnet.prefixlen}"):
+            outside = {"NetworkID": nid, "EndpointID": eids[1], "Options": {}, "Interface": {"Address": address}}
+            err = plugin.call("NetworkDriver.CreateEndpoint", outside)["Err"]
+            assert "is not in a subnet of network" in err, err
+            assert link(Attachment(eids[1], ENDPOINT_IFNAME, None).host_ifname) is None
+        assert run(["nft", "list", "table", "inet", table_name(nid)]).stdout == table_before
+    finally:
+        for eid in eids:
+            plugin.call("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
+        plugin.call("NetworkDriver.DeleteNetwork", {"NetworkID": nid})
+
+
 def test_serve_starts_past_bad_records_and_status_reports_them(served_driver: Any, tmp_path: Path) -> None:
     """Unusable files in every kind of record: `serve` starts anyway (and still recovers a
     half-created network next to them), logs each; `cni-bridge status` lists each."""

@@ -20,6 +20,7 @@ import pytest
 
 from tests.support import session as support_session
 from tests.support.cnitool import CniTool, bridge_conflist
+from tests.support.forwarding import forward_allowance
 from tests.support.host import run, wait_for
 from tests.support.hostsnap import assert_unchanged, diff, mine, snapshot
 from tests.support.leaks import lease_files
@@ -81,49 +82,50 @@ def test_go_bridge_host_local_loopback(cni: CniTool, netns) -> None:
     """The reference plugins, driven like a runtime would: the baseline for everything else."""
     name, br, subnet = unique_name("net"), unique_name("br"), unique_subnet()
     gw = str(subnet.network_address + 1)
-    conf = bridge_conflist(name, bridge=br, subnets=[str(subnet)], data_dir=cni.data_dir,
-                           is_default_gateway=True, chain=[{"type": "loopback"}])
-    before = snapshot([cni.data_dir])
-    a, b = netns(), netns()
-    ida, idb = unique_name("ctr"), unique_name("ctr")
+    with forward_allowance(br):  # a Docker host drops forwarding by default; the Go bridge adds no accept
+        conf = bridge_conflist(name, bridge=br, subnets=[str(subnet)], data_dir=cni.data_dir,
+                               is_default_gateway=True, chain=[{"type": "loopback"}])
+        before = snapshot([cni.data_dir])
+        a, b = netns(), netns()
+        ida, idb = unique_name("ctr"), unique_name("ctr")
 
-    ra = cni.add(conf, a.path, container_id=ida, args="IgnoreUnknown=1;K8S_POD_NAME=pa")
-    res = ra.result
-    assert [c.plugin for c in ra.calls] == ["bridge", "loopback"]
-    assert res["cniVersion"] == "1.0.0"
-    ifaces = res["interfaces"]
-    assert ifaces[0]["name"] == br and "sandbox" not in ifaces[0]
-    eth0 = [i for i in ifaces if i.get("sandbox")]
-    assert len(eth0) == 1 and eth0[0]["name"] == "eth0" and eth0[0]["sandbox"] == a.path
-    assert re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", eth0[0]["mac"])
-    ip_a = ipaddress.ip_interface(res["ips"][0]["address"])
-    assert ip_a.network == subnet and res["ips"][0]["gateway"] == gw
-    assert ifaces[res["ips"][0]["interface"]]["name"] == "eth0"
-    assert a.addresses("eth0") == [str(ip_a)]
-    assert a.ip_json("route", "show", "default")[0]["gateway"] == gw
-    assert cni.cached(conf, ida).result == res
+        ra = cni.add(conf, a.path, container_id=ida, args="IgnoreUnknown=1;K8S_POD_NAME=pa")
+        res = ra.result
+        assert [c.plugin for c in ra.calls] == ["bridge", "loopback"]
+        assert res["cniVersion"] == "1.0.0"
+        ifaces = res["interfaces"]
+        assert ifaces[0]["name"] == br and "sandbox" not in ifaces[0]
+        eth0 = [i for i in ifaces if i.get("sandbox")]
+        assert len(eth0) == 1 and eth0[0]["name"] == "eth0" and eth0[0]["sandbox"] == a.path
+        assert re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", eth0[0]["mac"])
+        ip_a = ipaddress.ip_interface(res["ips"][0]["address"])
+        assert ip_a.network == subnet and res["ips"][0]["gateway"] == gw
+        assert ifaces[res["ips"][0]["interface"]]["name"] == "eth0"
+        assert a.addresses("eth0") == [str(ip_a)]
+        assert a.ip_json("route", "show", "default")[0]["gateway"] == gw
+        assert cni.cached(conf, ida).result == res
 
-    ip_b = ipaddress.ip_interface(cni.add(conf, b.path, container_id=idb).result["ips"][0]["address"])
-    assert a.ping(ip_b.ip) and b.ping(ip_a.ip) and a.ping(gw)
-    assert len(lease_files(cni.data_dir)) == 2
+        ip_b = ipaddress.ip_interface(cni.add(conf, b.path, container_id=idb).result["ips"][0]["address"])
+        assert a.ping(ip_b.ip) and b.ping(ip_a.ip) and a.ping(gw)
+        assert len(lease_files(cni.data_dir)) == 2
 
-    assert [c.plugin for c in cni.check(conf, a.path, container_id=ida).calls] == ["bridge", "loopback"]
+        assert [c.plugin for c in cni.check(conf, a.path, container_id=ida).calls] == ["bridge", "loopback"]
 
-    rd = cni.delete(conf, a.path, container_id=ida)
-    assert [c.plugin for c in rd.calls] == ["loopback", "bridge"]
-    assert "eth0" not in a.link_names() and len(lease_files(cni.data_dir)) == 1
-    assert cni.cached(conf, ida) is None
-    cni.delete(conf, a.path, container_id=ida)  # DEL twice: still success
+        rd = cni.delete(conf, a.path, container_id=ida)
+        assert [c.plugin for c in rd.calls] == ["loopback", "bridge"]
+        assert "eth0" not in a.link_names() and len(lease_files(cni.data_dir)) == 1
+        assert cni.cached(conf, ida) is None
+        cni.delete(conf, a.path, container_id=ida)  # DEL twice: still success
 
-    cni.delete(conf, "", container_id=idb)  # runtime lost the netns: IPAM must still release
-    assert lease_files(cni.data_dir) == []
-    b.delete()  # the container end goes with the namespace, and its host veth with it
-    assert wait_for(lambda: json.loads(run(["ip", "-j", "link", "show", "master", br]).stdout or "[]") == [])
-    run(["ip", "link", "delete", br])
-    # host-local keeps its bookkeeping (lock, last_reserved_ip.N); anything else is a leak.
-    # Only what is ours: other test runs may change the host at the same time.
-    assert_unchanged(before, snapshot([cni.data_dir]), only=mine(cni.data_dir),
-                     ignore=[rf"/{name}/$", rf"/{name}/lock = ", rf"/{name}/last_reserved_ip\.\d+ = "])
+        cni.delete(conf, "", container_id=idb)  # runtime lost the netns: IPAM must still release
+        assert lease_files(cni.data_dir) == []
+        b.delete()  # the container end goes with the namespace, and its host veth with it
+        assert wait_for(lambda: json.loads(run(["ip", "-j", "link", "show", "master", br]).stdout or "[]") == [])
+        run(["ip", "link", "delete", br])
+        # host-local keeps its bookkeeping (lock, last_reserved_ip.N); anything else is a leak.
+        # Only what is ours: other test runs may change the host at the same time.
+        assert_unchanged(before, snapshot([cni.data_dir]), only=mine(cni.data_dir),
+                         ignore=[rf"/{name}/$", rf"/{name}/lock = ", rf"/{name}/last_reserved_ip\.\d+ = "])
 
 
 def test_snapshot_sees_changes(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ the same way in every test file, so they are written once here. Shell-outs only 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.cnitool import bridge_conflist
+from tests.support.forwarding import forward_allowance
 from tests.support.host import run
 from tests.support.leaks import lease_files
 from tests.support.netns import Netns
@@ -160,16 +162,22 @@ def new_network(data_dir: Path, *, impl: tuple[str, str] = PYBRIDGE, cni_version
 
 
 def network_factory(base: Path) -> Iterator[Callable[..., TestNetwork]]:
-    """Generator behind a fixture: makes networks, removes their bridges at the end."""
+    """Generator behind a fixture: makes networks, removes their bridges at the end. A Go bridge
+    network gets the FORWARD allowance an operator gives it on a Docker host (tests.support.forwarding)."""
     made: list[TestNetwork] = []
     counter = [0]
+    with contextlib.ExitStack() as allowances:
 
-    def make(**kwargs: Any) -> TestNetwork:
-        counter[0] += 1
-        net = new_network(base / f"data{counter[0]}", **kwargs)
-        made.append(net)
-        return net
+        def make(**kwargs: Any) -> TestNetwork:
+            counter[0] += 1
+            net = new_network(base / f"data{counter[0]}", **kwargs)
+            made.append(net)
+            if net.main["type"] == GO[0]:  # the Go bridge adds no FORWARD accepts of its own
+                allowances.enter_context(forward_allowance(net.bridge))
+            return net
 
-    yield make
-    for net in made:
-        remove_bridge(net.bridge)
+        try:
+            yield make
+        finally:
+            for net in made:
+                remove_bridge(net.bridge)
