@@ -16,7 +16,7 @@ Order: ADD/DEL latency on empty networks (both plugins' calls interleaved); 32 p
 scaling: pybridge's ladder 0/250/500/1000 alone on the host, its containers detached, Go's
 ladder alone, then pybridge's attached again next to Go's (a stress point, reported); Docker
 `docker run` to first ping against the built-in bridge driver; the daemon's memory and idle CPU.
-(pip's console scripts against the launchers: bench/entry_points.py.)
+(the plugins `pip install` writes against the launchers: bench/entry_points.py.)
 """
 
 from __future__ import annotations

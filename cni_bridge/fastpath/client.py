@@ -6,8 +6,9 @@ Imports nothing beyond `sys` and `posix` (loaded at interpreter start) and the C
 `from __future__ import annotations` 0.2 ms. Hence a small binary wire format instead of JSON,
 and `posix` instead of `os`. The launchers call `main()` here directly (not through the
 `cni_bridge.cni` package): measured per VERSION call through a warm daemon, 16.2 ms -> 13.5 ms
-in one run (a bare interpreter start took ~11 ms in it). pip's console scripts enter here too
-(`pybridge()`, `pybridge_ipam()`); bench/entry_points.py compares the two.
+in one run (a bare interpreter start took ~11 ms in it). The scripts pip installs
+(`scripts/pybridge`) start the interpreter the same way and call `main()` too;
+bench/entry_points.py compares the two.
 
 Wire format (version 1, all integers big-endian), one request per connection:
 
@@ -212,13 +213,3 @@ def main(plugin: str) -> None:
     if environb.get(DEBUG_ENV.encode()) == b"1":
         print(f"pybridge fastpath: served by {reply.served_by}", file=sys.stderr)
     sys.exit(reply.exit_code)
-
-
-def pybridge() -> None:
-    """pip's console script `pybridge` (pyproject [project.scripts]): the launchers' path."""
-    main("pybridge")
-
-
-def pybridge_ipam() -> None:
-    """pip's console script `pybridge-ipam`."""
-    main("pybridge-ipam")

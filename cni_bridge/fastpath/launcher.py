@@ -1,11 +1,11 @@
 """Write lean `pybridge` / `pybridge-ipam` executables for a CNI bin directory.
 
-Why not the pip console scripts: their interpreter runs `site`, which in an editable install
-imports pathlib & co. for the editable finder (~16 ms per exec here, more than the whole fast
-path). The launchers start the venv's real interpreter with `-I -S` (isolated: no PYTHONPATH, no
-user site, no cwd on sys.path; no site) and put only the directory holding `cni_bridge` on
-sys.path. The in-process fallback runs `site.main()` itself before importing pyroute2. pip's console
-scripts enter at the same client function; bench/entry_points.py measures both.
+Why not a console script: its interpreter runs `site`, which in an editable install imports
+pathlib & co. for the editable finder (~16 ms per exec here, more than the whole fast path). The
+launchers start the venv's real interpreter with `-I -S` (isolated: no PYTHONPATH, no user site,
+no cwd on sys.path; no site) and put only the directory holding `cni_bridge` on sys.path. The
+in-process fallback runs `site.main()` itself before importing pyroute2. The scripts pip installs
+(`scripts/pybridge`) do the same from wherever pip put them; bench/entry_points.py measures both.
 
     python -m cni_bridge.fastpath.launcher /opt/cni/bin [--python /path/to/venv/bin/python]
 """
