@@ -2,8 +2,8 @@
 
 Each reach path a user relies on: from another machine (an "outside" namespace behind a veth on
 dockerd's side), from the host itself (its own address and 127.0.0.1), and from a container of
-the same network through the host's address (hairpin). The container runs busybox httpd with a
-CGI that prints REMOTE_ADDR, so the test sees which client address the container saw.
+the same network through the host's address (hairpin). The container's web server says which
+client address it saw (tests/support/web.py).
 """
 
 from __future__ import annotations
@@ -19,50 +19,11 @@ from tests.support import dockerd as support
 from tests.support.docker_scenario import Net, Scenario, bridge_of, nft_tables
 from tests.support.session import unique_name
 from tests.support.subnets import unique_subnet
+from tests.support.web import from_container, from_host, from_ns, get, start_web, wait_listening
 
 pytestmark = pytest.mark.docker
 
 PORTS_TABLE = "pybridge_ports"
-# busybox httpd answering /cgi-bin/ip with the client address it saw
-HTTPD = ("sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\n"
-         "echo \"$REMOTE_ADDR\"\\n' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && "
-         "exec /bin/busybox httpd -f -p 80 -h /www")
-
-
-def _web(dk: Scenario, net: Net | str, *publish: str) -> str:
-    name = dk.run(net, *publish, cmd=HTTPD)
-    _wait_listening(dk, name)
-    return name
-
-
-def _wait_listening(dk: Scenario, name: str) -> None:
-    deadline = time.monotonic() + 20
-    while ":80 " not in dk.exec(name, "/bin/busybox", "netstat", "-ltn", check=False).stdout:
-        assert time.monotonic() < deadline, "httpd did not start in the container"
-        time.sleep(0.2)
-
-
-def _get(run, address: str, port: int | str) -> str | None:
-    """The client address the container saw, or None when the port does not answer. `run`
-    executes argv where the client is (a namespace, dockerd's host side, a container). An HTTP
-    request through busybox nc (busybox's static wget crashes in its resolver here)."""
-    proc = run("sh", "-c", f"printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 4 {address} {port}")
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines or not lines[0].startswith("HTTP/"):
-        return None
-    return lines[-1].strip().strip("[]").removeprefix("::ffff:")  # httpd listens on [::]
-
-
-def _from_ns(ns):
-    return lambda *argv: ns.run(*argv, check=False)
-
-
-def _from_host(dk: Scenario):
-    return lambda *argv: dk.engine.host_run(*argv, check=False)
-
-
-def _from_container(dk: Scenario, name: str):
-    return lambda *argv: dk.exec(name, *argv, check=False)
 
 
 def _published(dk: Scenario) -> str:
@@ -81,14 +42,14 @@ def test_publish_reach_paths_and_client_address(dk: Scenario) -> None:
     outside, _, subnet = dk.outside()
     host_ip, outside_ip = str(subnet.network_address + 1), str(subnet.network_address + 2)
     net = dk.network()
-    web = _web(dk, net, "-p", "18080:80")
+    web = start_web(dk, net, "-p", "18080:80")
     other = dk.run(net)
-    assert _get(_from_ns(outside), host_ip, 18080) == outside_ip
-    assert _get(_from_host(dk), host_ip, 18080) == host_ip
-    assert _get(_from_host(dk), "127.0.0.1", 18080) is not None
-    assert _get(_from_host(dk), str(net.subnet.network_address + 1), 18080) is not None
-    assert _get(_from_container(dk, other), host_ip, 18080) is not None
-    assert _get(_from_container(dk, web), host_ip, 18080) is not None
+    assert get(from_ns(outside), host_ip, 18080) == outside_ip
+    assert get(from_host(dk), host_ip, 18080) == host_ip
+    assert get(from_host(dk), "127.0.0.1", 18080) is not None
+    assert get(from_host(dk), str(net.subnet.network_address + 1), 18080) is not None
+    assert get(from_container(dk, other), host_ip, 18080) is not None
+    assert get(from_container(dk, web), host_ip, 18080) is not None
     # one rule per path, whatever the number of ports: the mapping is a map element
     assert "tcp . 18080" in _published(dk)
     dk.remove_all_and_check(net)
@@ -101,21 +62,21 @@ def test_publish_forms(dk: Scenario) -> None:
     outside, _, subnet = dk.outside()
     host_ip = str(subnet.network_address + 1)
     net = dk.network()
-    loopback = _web(dk, net, "-p", "127.0.0.1:18081:80")
-    assert _get(_from_host(dk), "127.0.0.1", 18081) is not None
-    assert _get(_from_ns(outside), host_ip, 18081) is None  # bound to 127.0.0.1 only
+    loopback = start_web(dk, net, "-p", "127.0.0.1:18081:80")
+    assert get(from_host(dk), "127.0.0.1", 18081) is not None
+    assert get(from_ns(outside), host_ip, 18081) is None  # bound to 127.0.0.1 only
     ranged = dk.run(net, "-p", "18090-18091:80-81", "-p", "18100-18105:82", "-p", "18110:5353/udp",
                     "-p", "18111:7/sctp")
     table = _published(dk)
     for element in ("tcp . 18090", "tcp . 18091", "udp . 18110", "sctp . 18111"):
         assert element in table, table
     assert any(f"tcp . {p} " in table for p in range(18100, 18106)), table
-    anyport = _web(dk, net, "-p", "80", "--expose", "81")
+    anyport = start_web(dk, net, "-p", "80", "--expose", "81")
     picked = _endpoint_ports(dk, anyport, net)
     assert len(picked) == 1 and picked[0]["Port"] == 80
     low, high = (int(x) for x in dk.engine.host_run("cat", "/proc/sys/net/ipv4/ip_local_port_range").stdout.split())
     assert low <= picked[0]["HostPort"] <= high
-    assert _get(_from_ns(outside), host_ip, picked[0]["HostPort"]) is not None
+    assert get(from_ns(outside), host_ip, picked[0]["HostPort"]) is not None
     dk.docker("rm", "-f", loopback, ranged, anyport)
     dk.containers.clear()
     _assert_no_ports_left(dk)
@@ -131,11 +92,11 @@ def test_publish_on_ipv6_network(dk: Scenario) -> None:
     dk.engine.host_run("ip", "-6", "addr", "add", f"{host6}/64", "dev", host_if, "nodad")
     outside.ip("-6", "addr", "add", f"{out6}/64", "dev", "ext0", "nodad")
     net = dk.network("--ipv6", "--subnet", str(unique_subnet(6)))
-    _web(dk, net, "-p", "18160:80", "-p", "[::]:18161:80")
-    assert _get(_from_ns(outside), str(host6), 18160) == str(out6)
-    assert _get(_from_ns(outside), str(subnet.network_address + 1), 18160) == str(subnet.network_address + 2)
-    assert _get(_from_ns(outside), str(host6), 18161) == str(out6)
-    assert _get(_from_ns(outside), str(subnet.network_address + 1), 18161) is None  # IPv6 only
+    start_web(dk, net, "-p", "18160:80", "-p", "[::]:18161:80")
+    assert get(from_ns(outside), str(host6), 18160) == str(out6)
+    assert get(from_ns(outside), str(subnet.network_address + 1), 18160) == str(subnet.network_address + 2)
+    assert get(from_ns(outside), str(host6), 18161) == str(out6)
+    assert get(from_ns(outside), str(subnet.network_address + 1), 18161) is None  # IPv6 only
     dk.remove_all_and_check(net)
     _assert_no_ports_left(dk)
 
@@ -171,14 +132,14 @@ def test_conflicting_host_port_is_refused(dk: Scenario) -> None:
     second container publishes nothing (not even its other, free ports)."""
     outside, _, subnet = dk.outside()
     net1, net2 = dk.network(), dk.network()
-    first = _web(dk, net1, "-p", "18130:80")
+    first = start_web(dk, net1, "-p", "18130:80")
     name = unique_name("c")
     dk.containers.append(name)
     proc = dk.docker("run", "-d", "--name", name, "--network", net2.name, "-p", "18131:80", "-p", "18130:80",
                      support.IMAGE, "sleep", "60", check=False)
     assert proc.returncode != 0 and "18130/tcp" in proc.stderr and "already published" in proc.stderr, proc.stderr
     assert "18131" not in _published(dk)
-    assert _get(_from_ns(outside), str(subnet.network_address + 1), 18130) is not None  # the first still works
+    assert get(from_ns(outside), str(subnet.network_address + 1), 18130) is not None  # the first still works
     dk.docker("rm", "-f", first, name)
     dk.containers.clear()
     dk.remove_network(net2)
@@ -192,20 +153,20 @@ def test_stop_disconnect_and_restart_of_the_driver(dk: Scenario) -> None:
     outside, _, subnet = dk.outside()
     host_ip = str(subnet.network_address + 1)
     net = dk.network()
-    web = _web(dk, net, "-p", "18140:80")
+    web = start_web(dk, net, "-p", "18140:80")
     dk.docker("stop", "-t", "1", web)
     assert "18140" not in _published(dk)
     dk.docker("start", web)
-    _wait_listening(dk, web)
-    assert _get(_from_ns(outside), host_ip, 18140) is not None
+    wait_listening(dk, web)
+    assert get(from_ns(outside), host_ip, 18140) is not None
     dk.driver.kill()
     try:
-        assert _get(_from_ns(outside), host_ip, 18140) is not None  # the data plane needs no driver
+        assert get(from_ns(outside), host_ip, 18140) is not None  # the data plane needs no driver
         dk.engine.host_run("nft", "delete", "table", "inet", PORTS_TABLE)  # a firewall reload
     finally:
         dk.driver.start()
     assert "already" not in dk.driver.log_tail()
-    assert _get(_from_ns(outside), host_ip, 18140) is not None  # restored at start-up
+    assert get(from_ns(outside), host_ip, 18140) is not None  # restored at start-up
     dk.docker("network", "disconnect", net.name, web)
     _assert_no_ports_left(dk)
     dk.remove_all_and_check(net)

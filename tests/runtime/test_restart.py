@@ -1,7 +1,8 @@
 """Restart survival with a real dockerd (issue #8): the Docker driver killed between
 CreateEndpoint and Join, SIGKILL of the whole driver while dockerd starts and removes containers,
 and a reboot simulation (runtime state such as links, nft tables, namespaces and /run gone; dockerd's
-data root, the driver's state directory and the lease store kept).
+data root, the driver's state directory and the lease store kept), with a published port that must
+answer again afterwards.
 
 The same at the contract level without dockerd, and the CNI reboot: tests/integration/test_restart.py.
 """
@@ -28,6 +29,7 @@ from tests.support import hostsnap
 from tests.support.docker_scenario import Net, Scenario, assert_network_gone, bridge_of, leased, link_exists
 from tests.support.hostsnap import LEASE_HINTS
 from tests.support.session import unique_name
+from tests.support.web import from_ns, get, start_web, wait_listening
 
 
 def restart_driver(drv: docker_support.DriverProcess, crash_after: str | None = None) -> None:
@@ -219,11 +221,14 @@ def _shims_of(engine: docker_support.DockerEngine) -> list[int]:
 def test_docker_reboot_simulation(dk: Scenario, crashable: Any) -> None:
     if not dk.engine.ours or dk.engine.netns is None:
         pytest.skip("the Docker Engine was not started by the tests; not rebooting it")
+    outside, _, outside_net = dk.outside()
+    host_ip, outside_ip = str(outside_net.network_address + 1), str(outside_net.network_address + 2)
     net = dk.network()
     gateway = str(net.subnet.network_address + 1)
-    always = dk.run(net, "--restart", "always")
+    always = start_web(dk, net, "--restart", "always", "-p", "18170:80")
     plain = dk.run(net)
     old = {dk.address(always, net), dk.address(plain, net)}
+    assert get(from_ns(outside), host_ip, 18170) == outside_ip
     simulate_reboot(dk, net)
     assert not link_exists(dk.engine, bridge_of(dk, net))
     # The boot sequence: the packet filter first (dockerd sets FORWARD DROP in its init, before
@@ -238,6 +243,8 @@ def test_docker_reboot_simulation(dk: Scenario, crashable: Any) -> None:
         time.sleep(0.5)
     dk.docker("start", plain)
     assert link_exists(dk.engine, bridge_of(dk, net))  # re-created at CreateEndpoint
+    wait_listening(dk, always)
+    assert get(from_ns(outside), host_ip, 18170) == outside_ip, "the published port did not come back"
     addresses = [dk.address(c, net) for c in (always, plain)]
     assert len(set(addresses)) == 2 and set(addresses) <= {str(a) for a in net.subnet.hosts()}, addresses
     assert dk.ping(always, gateway) and dk.ping(plain, gateway) and dk.ping(plain, addresses[0])
