@@ -162,7 +162,7 @@ def _need_root() -> None:
 
 @pytest.fixture(scope="session")
 def test_prefix() -> str:
-    """This session's name prefix (`pbt` + 4 hex); every created name should contain it."""
+    """The name prefix of this pytest run (`pbt` + 4 hex); every created name should contain it."""
     return support_session.session().prefix
 
 

@@ -207,7 +207,7 @@ def test_exhausted_range_leaves_nothing_behind(cni, netns, bridges):
     spaces = [netns() for _ in range(6)]
     for ns in spaces[:5]:
         cni.add(conf, ns.path)
-    prefix = conf["name"][:7]  # this session's prefix: other sessions' links change meanwhile
+    prefix = conf["name"][:7]  # this pytest run's prefix: links of concurrent runs change meanwhile
 
     def our_links() -> list[str]:
         out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

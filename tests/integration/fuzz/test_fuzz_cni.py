@@ -50,7 +50,7 @@ CONFIG_KEYS = ("cniVersion", "name", "type", "mode", "bridge", "mtu", "isGateway
 
 @dataclasses.dataclass
 class World:
-    """What the fuzzed requests may name: all of it unique to this session, none of it present
+    """What the fuzzed requests may name: all of it unique to this pytest run, none of it present
     on the host except the dataDir."""
     tmp: Path
     data_dir: Path

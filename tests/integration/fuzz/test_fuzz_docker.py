@@ -6,9 +6,9 @@ text (a Python exception in a handler). A refused request writes nothing to the 
 lease directories (checked per request), and a batch leaves the host as it found it.
 
 Requests that succeed are undone at once (DeleteNetwork, DeleteEndpoint, ReleaseAddress,
-ReleasePool). Mutated bodies only ever name this session's objects: a real network, endpoint and
+ReleasePool). Mutated bodies only ever name this pytest run's objects: a real network, endpoint and
 pool made by the fixture, prefixed names, unique subnets; pools and gateways are junk or inside
-the session's subnets (a valid 10.0.0.0/8 pool would put a route on the host).
+the run's subnets (a valid 10.0.0.0/8 pool would put a route on the host).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def fixture_objects_intact(d: Driver) -> None:
 def test_arbitrary_bodies(driver: Driver) -> None:
     """Bytes, non-objects and junk objects to every method (and to unknown paths).
     CreateNetwork never gets a NetworkID from here: an accepted one would make a bridge whose
-    name comes from the junk (the mutation test covers CreateNetwork with this session's names)."""
+    name comes from the junk (the mutation test covers CreateNetwork with this run's names)."""
 
     @fuzz(800)
     @given(method=st.sampled_from(METHODS) | st.sampled_from(["NetworkDriver.Teleport", "", "Plugin.activate"]),
