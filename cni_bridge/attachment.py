@@ -17,6 +17,7 @@ from cni_bridge.errors import config_error
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IFB_PREFIX = "pbifb"
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,17 @@ class Attachment:
     @property
     def host_ifname(self) -> str:
         """Host-side veth name derived from container id + ifname, so DEL finds it without the netns."""
-        digest = hashlib.sha256(f"{self.container_id}\0{self.ifname}".encode()).hexdigest()
-        return "veth" + digest[:11]
+        return "veth" + self._digest()[:11]
+
+    @property
+    def ifb_ifname(self) -> str:
+        """The ifb device that shapes what the container sends (shaping.py): `pbifb` + the first
+        10 hex digits of the host veth's, so DEL finds it without the netns and gc can tell an
+        ifb whose host veth is gone (15 bytes, the kernel's limit)."""
+        return IFB_PREFIX + self._digest()[:10]
+
+    def _digest(self) -> str:
+        return hashlib.sha256(f"{self.container_id}\0{self.ifname}".encode()).hexdigest()
 
 
 def interface_entry(name: str, mac: str, sandbox: str | None = None, mtu: int | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from cni_bridge import validate
+from cni_bridge import shaping, validate
 from cni_bridge.errors import config_error, shown
 
 MODES = ("bridge", "macvlan", "ipvlan", "vlan")
@@ -45,6 +45,9 @@ class NetworkSpec:
     allow_ipv6_on_ipv4_interface: bool = False
     ipam: Mapping[str, Any] = field(default_factory=dict)
     dns: Mapping[str, Any] = field(default_factory=dict)
+    # bridge mode: limits of every attachment (shaping.py); the CNI front end puts the
+    # runtime's runtimeConfig.bandwidth here instead when it passes one
+    bandwidth: shaping.Bandwidth | None = None
 
 
 def _bool(cfg: Mapping[str, Any], key: str, default: bool = False) -> bool:
@@ -95,6 +98,8 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
     vlan_id = _int(cfg, "vlanId", 1, 4094) if cfg.get("vlanId") not in (None, "") else None
     if cfg.get("vlanId") not in (None, "") and vlan_id is None:
         raise config_error("vlanId must be an integer from 1 to 4094")
+    mtu = _int(cfg, "mtu", 68, 65535)
+    bandwidth = shaping.parse(cfg["bandwidth"], "bandwidth", mtu) if cfg.get("bandwidth") is not None else None
     spec = NetworkSpec(
         name=name,
         mode=mode,
@@ -112,11 +117,13 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
         macvlan_mode=_choice(cfg, "macvlanMode", MACVLAN_MODES, "bridge"),
         ipvlan_mode=_choice(cfg, "ipvlanMode", IPVLAN_MODES, "l2"),
         vlan_id=vlan_id,
-        mtu=_int(cfg, "mtu", 68, 65535),
+        mtu=mtu,
         allow_ipv6_on_ipv4_interface=_bool(cfg, "allowIPv6OnIPv4Interface"),
         ipam=ipam,
         dns=dns,
+        bandwidth=bandwidth,
     )
+    shaping.require_bridge(spec.mode, spec.bandwidth)
     if spec.internal and spec.mode != "bridge":
         raise config_error("internal is for bridge networks (a macvlan/ipvlan/vlan link is on the NIC's segment)")
     if spec.internal and spec.ip_masq:

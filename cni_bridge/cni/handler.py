@@ -73,9 +73,23 @@ def handle(plugin: str, env: Mapping[str, str], stdin: bytes, *,
 # Imports marked "lazy" stay in the functions: the exec'd plugin runs this module in-process when
 # the daemon is absent, and VERSION or pybridge-ipam must not pay for the main plugin's modules
 # (the modes import pyroute2, ~140 ms).
-def _spec(req: CniRequest):
+def _spec(req: CniRequest, *, lenient: bool = False):
+    """The network's spec, with the runtime's runtimeConfig.bandwidth in place of the network's
+    `bandwidth` when it passes one (shaping.py). `lenient` (DEL): a bad or misplaced
+    runtimeConfig.bandwidth only means "remove whatever shaping there is"."""
     from cni_bridge.config import parse_network  # lazy
-    return parse_network(req.config)
+    spec = parse_network(req.config)
+    if "bandwidth" not in req.runtime_config() and "capabilities" not in req.config:
+        return spec
+    from cni_bridge import shaping  # lazy (loaded with config; named here for the lookups)
+    try:
+        bandwidth = shaping.effective(spec.bandwidth, req.config, spec.mtu)
+        shaping.require_bridge(spec.mode, bandwidth)
+    except PluginError:
+        if not lenient:
+            raise
+        bandwidth = shaping.Bandwidth()
+    return spec if bandwidth is spec.bandwidth else dataclasses.replace(spec, bandwidth=bandwidth)
 
 
 def _attachment(req: CniRequest):
@@ -213,7 +227,7 @@ def _addresses_to_release(req: CniRequest) -> list:
 def cmd_del(req: CniRequest) -> None:
     from cni_bridge import modes  # lazy
     from cni_bridge.locks import attachment_lock  # lazy
-    spec = _spec(req)
+    spec = _spec(req, lenient=True)
     att = _attachment(req)
     if att.netns and not validate.could_be_netns(att.netns):
         # DEL succeeds without the namespace; a path that cannot be one is never opened (a FIFO

@@ -8,6 +8,8 @@ What counts as stale, judged from `cni_bridge.inventory` (see `cni-bridge status
 - a masquerade table of a known network that has no elements;
 - a pybridge host veth (`veth` + 11 hex) on the bridge of a pybridge bridge network whose lease
   store is known, that no lease of any store and no Docker endpoint claims: the link is deleted.
+- a pybridge ifb device (`pbifb` + 10 hex, made for bandwidth shaping) whose host veth is gone:
+  the device is deleted.
 Never touched: leases of the Docker IPAM driver and Docker endpoints (dockerd owns them), leases
 of attachments that are still attached or cannot be judged ("unknown" in `status`), tables of
 networks not found on this host (reported only). Each removal re-verifies its item right before
@@ -92,7 +94,8 @@ def render_json(results: list[dict[str, Any]], inv: Inventory, applied: bool) ->
 
 def render_text(results: list[dict[str, Any]], inv: Inventory) -> None:
     for r in results:
-        print(f"{r['outcome']}: network {r['network']}: {r['what']} ({r['why']})")
+        where = f"network {r['network']}: " if r["network"] else ""
+        print(f"{r['outcome']}: {where}{r['what']} ({r['why']})")
     for table in inv.foreign_tables:
         print(f"left alone: nft table inet {table} (no network found for it; "
               "pass its --conf-dir/--data-dir to judge it)")

@@ -3,7 +3,8 @@
 `docker network create -d pybridge -o KEY=VALUE` options arrive as strings in
 Options["com.docker.network.generic"]; `--internal` and `--ipv6` as booleans beside it. The
 option names are the CNI config keys (docs/configuration.md), plus Docker's own spellings for the bridge name,
-the MTU and masquerade, and Docker's macvlan/ipvlan `parent`. Anything else is rejected, so a
+the MTU and masquerade, Docker's macvlan/ipvlan `parent`, and the members of the `bandwidth`
+object as options of their own (`-o egressRate=10000000 -o egressBurst=100000`). Anything else is rejected, so a
 typo fails `docker network create` instead of being silently ignored.
 """
 
@@ -36,6 +37,8 @@ OPTION_KEYS: dict[str, str] = {
     "ipvlanMode": "ipvlanMode",
     "vlanId": "vlanId",
     "isolate": "isolate",
+    # members of the `bandwidth` object (shaping.py): every endpoint of the network is shaped
+    "ingressRate": "bandwidth", "ingressBurst": "bandwidth", "egressRate": "bandwidth", "egressBurst": "bandwidth",
 }
 BRIDGE_PREFIX = "pbr-"
 
@@ -67,9 +70,13 @@ def network_config(network_id: str, options: Mapping[str, Any]) -> dict[str, Any
         cni_key = OPTION_KEYS.get(key)
         if cni_key is None:
             raise config_error(f"unknown option -o {shown(key, quote=False)}",
-                               "supported: " + ", ".join(sorted(OPTION_KEYS)))
+                               "supported: " + ", ".join(sorted(k for k in OPTION_KEYS if not k.startswith("com.docker.")))
+                               + " and Docker's com.docker.network.* spellings of bridge, mtu and ipMasq")
         if not isinstance(value, (str, int, bool)):
             raise config_error(f"option -o {key} must be a string, got {shown(value)}")
+        if cni_key == "bandwidth":
+            config.setdefault("bandwidth", {})[key] = value
+            continue
         if cni_key in config and config[cni_key] != value:
             raise config_error(f"option -o {key}={shown(value, quote=False)} contradicts another spelling of "
                                f"{cni_key}={shown(config[cni_key], quote=False)}")

@@ -18,7 +18,7 @@ from cni_bridge import firewall
 from cni_bridge.inventory.gather import gather_files
 from cni_bridge.inventory.judge import claims_of
 from cni_bridge.inventory.model import Inventory, Network
-from cni_bridge.inventory.stale import ELEMENT, LEASE, PORT, TABLE, Finding
+from cni_bridge.inventory.stale import ELEMENT, IFB, IFB_DEVICE, LEASE, PORT, TABLE, Finding, veth_of_ifb
 from cni_bridge.ipam.store import LeaseStore
 from cni_bridge.kernel import netlink
 from cni_bridge.locks import network_lock
@@ -30,6 +30,9 @@ class Kept(Exception):
 
 def remove(finding: Finding, inv: Inventory) -> None:
     """Remove what `finding` names, or raise Kept (in use again) or another error (failed)."""
+    if finding.kind == IFB:  # not a network's
+        _delete_ifb(finding)
+        return
     net = inv.network(finding.network)
     assert net is not None, finding
     REMOVALS[finding.kind](finding, net, inv)
@@ -75,6 +78,22 @@ def _delete_port(finding: Finding, net: Network, inv: Inventory) -> None:
         why = claims.why_unprovable(bridge.name)
         if finding.subject in claims.ports or why:
             raise Kept(why or f"{finding.subject} is claimed now (an attachment was made meanwhile)")
+        host.delete_link(finding.subject)
+
+
+def _delete_ifb(finding: Finding) -> None:
+    """Only the same device (same index), and only while no host veth of its attachment exists:
+    an ADD makes the veth before the ifb, so an attachment being made keeps its ifb."""
+    with netlink.root() as host:
+        ifb = host.link(finding.subject)
+        if ifb is None:
+            raise Kept(f"{finding.subject} is gone already")
+        if ifb.index != finding.index:
+            raise Kept(f"{finding.subject} changed since the scan")
+        match = IFB_DEVICE.match(finding.subject)
+        assert match is not None, finding
+        if veth_of_ifb(match.group(1), [link.name for link in host.links()]):
+            raise Kept(f"{finding.subject} has its host veth again (an attachment was made meanwhile)")
         host.delete_link(finding.subject)
 
 

@@ -8,6 +8,9 @@
   store is known, that no owner claims (`Claims`: every lease store, every Docker endpoint
   record, whatever networks were asked for). Bridges where an owner's claims are out of sight
   (`Claims.unprovable`) are left alone and said so (`held_back`).
+- a pybridge ifb device (`pbifb` + 10 hex, shaping.py) whose host veth (`veth` + the same 10 hex
+  + 1) is on no host link: the attachment it shaped is gone (a DEL that did not know of the
+  shaping, or a crash). Not tied to a network: reported with network "".
 Never: Docker IPAM leases and Docker endpoints (dockerd owns them), endpoints that are attached
 or cannot be judged, tables of networks not found here.
 
@@ -18,22 +21,25 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
+from cni_bridge.attachment import IFB_PREFIX
 from cni_bridge.inventory.judge import owned_addresses
 from cni_bridge.inventory.model import STALE, Inventory, Network
 
 HOST_VETH = re.compile(r"^veth[0-9a-f]{11}$")
-LEASE, ELEMENT, TABLE, PORT = "lease", "masquerade element", "table", "port"
+IFB_DEVICE = re.compile(rf"^{IFB_PREFIX}([0-9a-f]{{10}})$")
+LEASE, ELEMENT, TABLE, PORT, IFB = "lease", "masquerade element", "table", "port", "ifb"
 
 
 @dataclass(frozen=True)
 class Finding:
     network: str
-    kind: str                  # LEASE, ELEMENT, TABLE or PORT
+    kind: str                  # LEASE, ELEMENT, TABLE, PORT or IFB
     what: str
     why: str
-    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT: the link name
-    index: int | None = None   # PORT: the link's index when judged (a new link of that name is not it)
+    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT, IFB: the link name
+    index: int | None = None   # PORT, IFB: the link's index when judged (a new link of that name is not it)
 
 
 def findings(inv: Inventory) -> list[Finding]:
@@ -45,7 +51,24 @@ def findings(inv: Inventory) -> list[Finding]:
         ports = unclaimed_ports(net, inv, judged_ports)
         judged_ports |= {f.subject for f in ports}
         out += ports
+    return out + orphan_ifbs(inv.links)
+
+
+def orphan_ifbs(links: Mapping[str, Any]) -> list[Finding]:
+    """pybridge ifb devices without their host veth (see the module docstring)."""
+    out = []
+    for name, link in sorted(links.items()):
+        match = IFB_DEVICE.match(name)
+        if match and link.kind == "ifb" and not veth_of_ifb(match.group(1), links):
+            out.append(Finding("", IFB, f"ifb device {name}", f"no host veth veth{match.group(1)}? is left",
+                               name, link.index))
     return out
+
+
+def veth_of_ifb(digits: str, names: Iterable[str]) -> bool:
+    """Is there a host veth whose name the ifb's digits begin (Attachment.ifb_ifname)?"""
+    prefix = "veth" + digits
+    return any(n.startswith(prefix) and HOST_VETH.match(n) for n in names)
 
 
 def stale_leases(net: Network) -> list[Finding]:

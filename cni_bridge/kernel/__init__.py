@@ -9,7 +9,8 @@ sockets (enforced by ruff's banned-api rule in pyproject.toml).
     addresses   interface addresses
     routes      main-table routes
     sysctl      sysctls and the netconf forwarding check
-    netlink     `Netlink`, one handle per namespace (links + addresses + routes + sysctls):
+    tc          traffic control: ifb devices, tbf qdiscs, the ingress redirect to an ifb
+    netlink     `Netlink`, one handle per namespace (links + addresses + routes + sysctls + tc):
                 root() for the host, netns(path) for a container
     nft         nftables scripts through libnftables (ctypes), else the `nft` executable
     nfnetlink   nftables set elements as raw nfnetlink messages on pooled sockets

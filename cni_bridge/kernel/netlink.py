@@ -1,7 +1,7 @@
 """`Netlink`: one handle per network namespace, the API the modes, the Docker driver and the CLI
 use for links, addresses, routes and sysctls. root() gives the host's, netns(path) a container's.
 
-Each request family lives in its own module (links.py, addresses.py, routes.py, sysctl.py) on
+Each request family lives in its own module (links.py, addresses.py, routes.py, sysctl.py, tc.py) on
 the sockets of handle.py; this module only assembles them and opens handles.
 """
 
@@ -18,12 +18,13 @@ from cni_bridge.kernel.nlsock import NetlinkError, netlink_error_text
 from cni_bridge.kernel.routes import Routes
 from cni_bridge.kernel.rtnl import Rtnl
 from cni_bridge.kernel.sysctl import Sysctls
+from cni_bridge.kernel.tc import Qdisc, Tc
 
-__all__ = ["Link", "LinkDetails", "Netlink", "NetlinkError", "NetnsGone", "netlink_error_text", "netns",
-           "root"]
+__all__ = ["Link", "LinkDetails", "Netlink", "NetlinkError", "NetnsGone", "Qdisc", "netlink_error_text",
+           "netns", "root"]
 
 
-class Netlink(Links, Addresses, Routes, Sysctls):
+class Netlink(Links, Addresses, Routes, Sysctls, Tc):
     """Typed wrappers over the handful of rtnetlink calls the modes need, in one namespace."""
 
 

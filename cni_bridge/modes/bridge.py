@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from cni_bridge import firewall
+from cni_bridge import firewall, shaping
 from cni_bridge.attachment import Addressing, Attachment, IPAddress, build_result, interface_entry
 from cni_bridge.config import NetworkSpec
 from cni_bridge.crashpoint import step
@@ -158,6 +158,8 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
             if spec.hairpin_mode:
                 host.set_hairpin(veth.index, True)
                 step("hairpin")
+            if spec.bandwidth:
+                shaping.apply(host, att, spec.bandwidth, undo)
             inner = ns.link(att.ifname)
             assert inner is not None
             addressing = with_default_routes(addressing, spec.is_default_gateway)
@@ -185,7 +187,9 @@ def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> No
     """Idempotent; needs neither the netns nor the container's interface."""
     with netlink.root() as host:
         host.delete_link(att.host_ifname)
-    step("host-veth-deleted")
+        step("host-veth-deleted")
+        if spec.bandwidth is not None:  # configured now or maybe at ADD (shaping.Bandwidth)
+            shaping.remove(host, att)
     if remove_masquerade(spec, att, addresses):
         release_isolation(spec)  # the network's last container: nothing of it is left
     step("masquerade-removed")
@@ -203,6 +207,8 @@ def check(spec: NetworkSpec, att: Attachment, prev: dict[str, Any]) -> None:
         veth = host.link(att.host_ifname)
         if veth is None or veth.master != bridge.index:
             raise PluginError(INTERNAL, f"host interface {att.host_ifname} missing or not on bridge {spec.bridge}")
+        if spec.bandwidth:
+            shaping.check(host, att, spec.bandwidth)
     if spec.ip_masq:
         missing = set(addressing.addresses()) - set(firewall.members(spec.name))
         if missing:
@@ -316,6 +322,8 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
             if spec.hairpin_mode:
                 host.set_hairpin(veth.index, True)
                 step("hairpin")
+            if spec.bandwidth:
+                shaping.apply(host, att, spec.bandwidth, undo)
             peer = host.link(src_name)
             if peer is None:
                 raise PluginError(INTERNAL, f"veth peer {src_name} vanished right after creation")
@@ -330,6 +338,8 @@ def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddres
     with netlink.root() as host:
         if not host.delete_link(att.host_ifname):
             host.delete_link(src_name)  # Docker moved it back under its SrcName after Leave
+        if spec.bandwidth is not None:
+            shaping.remove(host, att)
     if spec.ip_masq:
         remove_masquerade(spec, att, addresses, forward=False)
 
