@@ -43,10 +43,10 @@ class Tc(Handle):
     """The tc requests of a namespace handle (see netlink.Netlink)."""
 
     def add_ifb(self, name: str) -> Link:
-        """Create the ifb device `name`, up (an ifb that is down drops what is redirected to it)."""
+        """Create the ifb device `name`, down: the caller brings it up (`set_up` with
+        `no_ipv6_addresses`: an ifb needs no link-local address or fe80::/64 route), since an
+        ifb that is down drops what is redirected to it."""
         self.ipr.link("add", ifname=name, kind="ifb")
-        index = self.ipr.link_lookup(ifname=name)[0]
-        self.ipr.link("set", index=index, state="up")
         return Link(*self.raw.get_link(name))
 
     def set_tbf(self, index: int, rate: int, burst: int, limit: int) -> None:

@@ -5,6 +5,7 @@ outside namespace) -> `tuning` (a sysctl in the container) -> `firewall`. These 
 pybridge's result as prevResult, so this proves the result is what real chained plugins need.
 DEL runs in reverse and must leave no iptables rule of portmap/firewall for the container.
 Reverse: the Go `bridge` with `"ipam": {"type": "pybridge-ipam"}` (exec'd from CNI_PATH).
+And the Go `bandwidth` after pybridge: it shapes pybridge's host veth, found in prevResult.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cni_bridge.attachment import Attachment
 from tests.support.cnitool import CniTool, load_netconf
 from tests.support.host import wait_for
 from tests.support.netns import Netns
@@ -31,6 +33,7 @@ from tests.support.runtime_checks import (
     nft_table_text,
 )
 from tests.support.session import foreign_patterns, unique_name
+from tests.support.shaping import ifb_devices, ingress_redirect, qdiscs, tbf_rate
 from tests.support.topology import Uplink
 
 pytestmark = pytest.mark.timeout(180)
@@ -180,3 +183,27 @@ def test_go_bridge_pybridge_ipam_check_sees_lost_lease(cni: CniTool, netns: Call
 
 
 
+
+
+@pytest.mark.skipif(not (GO_DIR / "bandwidth").exists(), reason="apt-get install containernetworking-plugins")
+def test_go_bandwidth_after_pybridge(cni: CniTool, netns: Callable[..., Netns],
+                                     networks: Callable[..., TestNetwork]) -> None:
+    """The Go `bandwidth` finds pybridge's host veth in prevResult and shapes it (tbf on the veth,
+    its own `bwp` ifb); CHECK passes; DEL in reverse order leaves neither ifb nor veth."""
+    chain = [{"type": "bandwidth", "ingressRate": 8_000_000, "ingressBurst": 256_000,
+              "egressRate": 16_000_000, "egressBurst": 256_000}]
+    net = networks(chain=chain)
+    ns, cid = netns(), unique_name("ctr")
+    before = set(ifb_devices())
+    run = cni.add(net.conflist, ns.path, container_id=cid)
+    assert [c.plugin for c in run.calls] == ["pybridge", "bandwidth"]
+    host_veth = Attachment(cid, "eth0", None).host_ifname
+    assert tbf_rate(host_veth) == 8_000_000
+    go_ifbs = [name for name in set(ifb_devices()) - before if name.startswith("bwp")]
+    assert len(go_ifbs) == 1 and tbf_rate(go_ifbs[0]) == 16_000_000, go_ifbs
+    assert f"Redirect to device {go_ifbs[0]}" in ingress_redirect(host_veth)
+    cni.check(net.conflist, ns.path, container_id=cid)
+    dele = cni.delete(net.conflist, ns.path, container_id=cid)
+    assert [c.plugin for c in dele.calls] == ["bandwidth", "pybridge"]
+    assert go_ifbs[0] not in ifb_devices() and qdiscs(host_veth) == []
+    assert bridge_ports(net.bridge) == [] and net.state_files() == []

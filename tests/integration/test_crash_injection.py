@@ -50,19 +50,23 @@ CURSOR_FILES = r"/last_reserved\.\d+ = "
 BRIDGE_STEPS = {"ipam-owner-file", "ipam-lease-file", "ipam-hints", "bridge", "bridge-mac-pinned",
                 "gateway-address", "ip-forward-sysctl", "veth-into-netns", "container-address",
                 "container-link-up", "container-route", "masquerade", "result-ready"}
+SHAPING_STEPS = {"ifb", "ifb-tbf", "ingress-redirect", "veth-tbf"}
 MACVLAN_STEPS = {"ipam-owner-file", "ipam-lease-file", "ipam-hints", "macvlan-created",
                  "macvlan-moved-into-netns", "arp-notify-sysctl", "container-address",
                  "container-link-up", "result-ready"}
 
 
 # ----- helpers -----------------------------------------------------------------------------
-def bridge_conflist(data_dir: Path, *, dual_stack: bool = False, hairpin: bool = False) -> dict[str, Any]:
+def bridge_conflist(data_dir: Path, *, dual_stack: bool = False, hairpin: bool = False,
+                    bandwidth: dict[str, int] | None = None) -> dict[str, Any]:
     ranges = [[{"subnet": str(unique_subnet(4, 24))}]]
     if dual_stack:
         ranges.append([{"subnet": str(unique_subnet(6, 64))}])
     plugin = {"type": "pybridge", "bridge": unique_name("br"), "isGateway": True,
               "isDefaultGateway": True, "ipMasq": True, "hairpinMode": hairpin,
               "ipam": {"type": "pybridge-ipam", "ranges": ranges, "dataDir": str(data_dir)}}
+    if bandwidth:
+        plugin["bandwidth"] = bandwidth
     return {"cniVersion": "1.1.0", "name": unique_name("net"), "plugins": [plugin]}
 
 
@@ -100,7 +104,7 @@ def owned(cni: CniTool, cid: str, *names: str) -> list[str]:
     """What this test may have touched: the session's prefix and subnets, the dataDir, the
     attachment's derived link names."""
     att = Attachment(cid, "eth0", None)
-    return hostsnap.mine(cni.data_dir, att.host_ifname, temp_name(att), *names)
+    return hostsnap.mine(cni.data_dir, att.host_ifname, temp_name(att), att.ifb_ifname, *names)
 
 
 def snap(cni: CniTool) -> hostsnap.HostSnapshot:
@@ -179,6 +183,14 @@ def network(cni: CniTool, own_bridges: list[str], **kw: Any) -> dict[str, Any]:
 def test_bridge_add_crash_at_every_step_is_undone(cni, netns, own_bridges, cleanup):
     conf = network(cni, own_bridges)
     crash_every_step(cni, conf, netns, BRIDGE_STEPS, cleanup)
+
+
+@pytest.mark.parametrize("cleanup", [cleanup_by_del, cleanup_by_gc], ids=["DEL", "GC"])
+def test_shaped_bridge_add_crash_at_every_step_is_undone(cni, netns, own_bridges, cleanup):
+    """Bandwidth limits in both directions: the ifb, its tbf, the redirect, the veth's tbf."""
+    conf = network(cni, own_bridges, bandwidth={"ingressRate": 10_000_000, "ingressBurst": 256_000,
+                                                "egressRate": 10_000_000, "egressBurst": 256_000})
+    crash_every_step(cni, conf, netns, BRIDGE_STEPS | SHAPING_STEPS, cleanup)
 
 
 def test_dual_stack_hairpin_add_crash_at_every_step_is_undone_by_del(cni, netns, own_bridges):

@@ -135,6 +135,7 @@ def test_del_without_netns_removes_the_ifb(cni: CniTool, netns: Callable[..., Ne
     cni.add(net.conflist, ns.path, container_id=cid)
     att = Attachment(cid, "eth0", None)
     assert att.ifb_ifname in ifb_devices()
+    assert run(["ip", "-6", "addr", "show", "dev", att.ifb_ifname]).stdout == ""  # no fe80:: of its own
     path = ns.path
     ns.delete()
     cni.delete(net.conflist, path, container_id=cid)
