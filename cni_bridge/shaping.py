@@ -26,11 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from cni_bridge.attachment import Attachment
 from cni_bridge.crashpoint import step
 from cni_bridge.errors import INTERNAL, PluginError, config_error, shown
 
-if TYPE_CHECKING:  # config.py imports this module: parsing must not load the kernel layer
+if TYPE_CHECKING:  # config.py imports this module: parsing loads neither the kernel layer nor more
+    from cni_bridge.attachment import Attachment
     from cni_bridge.kernel.netlink import Netlink
     from cni_bridge.modes.common import Undo
 
