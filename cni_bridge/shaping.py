@@ -158,7 +158,6 @@ def apply(host: Netlink, att: Attachment, bandwidth: Bandwidth, undo: Undo) -> N
         host.delete_link(att.ifb_ifname)  # stale ifb of an earlier, crashed ADD
         ifb = host.add_ifb(att.ifb_ifname)
         undo.push(lambda: host.delete_link(att.ifb_ifname))
-        host.set_up(ifb.index, no_ipv6_addresses=True)  # no fe80:: address or route for it
         step("ifb")
         egress = tbf(bandwidth.egress_rate, bandwidth.egress_burst)
         host.set_tbf(ifb.index, egress.rate, egress.burst, egress.limit)

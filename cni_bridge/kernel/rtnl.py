@@ -117,6 +117,13 @@ class Rtnl(NetlinkSocket):
             body += attr(IFLA_AF_SPEC, attr(socket.AF_INET6, mode))
         self.request(RTM_SETLINK, F_ACK, body)
 
+    def set_no_ipv6_addresses(self, index: int) -> None:
+        """IPv6 address generation mode "none" alone, for a link that is still down: one that
+        has carrier as soon as it is up (ifb) gets its link-local address during the up of a
+        combined request (set_up), before the mode is applied; EAFNOSUPPORT where IPv6 is off."""
+        mode = attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE]))
+        self.request(RTM_SETLINK, F_ACK, _IFINFO.pack(0, 0, index, 0, 0) + attr(IFLA_AF_SPEC, attr(socket.AF_INET6, mode)))
+
     def set_port_hairpin(self, index: int, on: bool) -> None:
         """Hairpin mode of a bridge port (`bridge link set dev X hairpin on`): an AF_BRIDGE
         RTM_SETLINK with IFLA_PROTINFO/IFLA_BRPORT_MODE, as iproute2 sends it."""

@@ -43,10 +43,17 @@ class Tc(Handle):
     """The tc requests of a namespace handle (see netlink.Netlink)."""
 
     def add_ifb(self, name: str) -> Link:
-        """Create the ifb device `name`, down: the caller brings it up (`set_up` with
-        `no_ipv6_addresses`: an ifb needs no link-local address or fe80::/64 route), since an
-        ifb that is down drops what is redirected to it."""
+        """Create the ifb device `name` and bring it up (an ifb that is down drops what is
+        redirected to it), without IPv6 addresses: it needs no link-local address and
+        fe80::/64 route on the host (the mode is set while it is down: see set_no_ipv6_addresses)."""
         self.ipr.link("add", ifname=name, kind="ifb")
+        index = Link(*self.raw.get_link(name)).index
+        try:
+            self.raw.set_no_ipv6_addresses(index)
+        except NetlinkError as exc:
+            if exc.code != errno.EAFNOSUPPORT:  # IPv6 disabled on this host: nothing to avoid
+                raise
+        self.raw.set_up(index)
         return Link(*self.raw.get_link(name))
 
     def set_tbf(self, index: int, rate: int, burst: int, limit: int) -> None:
