@@ -4,7 +4,8 @@ What a user checks: a TCP transfer between the shaped container and a peer conta
 network runs at the configured rate in each direction (±20 %), `tc` shows the qdiscs on the host
 veth and the ifb, CHECK notices a removed qdisc, and after DEL (also without the netns) neither
 the ifb nor anything else is left; `cni-bridge gc` removes an ifb whose attachment is gone; bad
-values are error 7 and leave nothing behind.
+values are error 7 and leave nothing behind; link modes refuse limits; the Docker driver shapes
+every endpoint of a network created with `-o ingressRate=...`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.attachment import Attachment
+from cni_bridge.docker.network import ENDPOINT_IFNAME
 from tests.support.cli import cli, cli_sources
 from tests.support.cnitool import CniTool
 from tests.support.host import run
@@ -24,6 +26,7 @@ from tests.support.netns import Netns
 from tests.support.runtime_checks import TestNetwork, bridge_ports, network_factory
 from tests.support.session import unique_name
 from tests.support.shaping import ifb_devices, ingress_redirect, qdiscs, tbf_rate, tcp_rate
+from tests.support.subnets import unique_subnet
 from tests.support.topology import Uplink
 
 pytestmark = pytest.mark.timeout(240)
@@ -213,3 +216,36 @@ def test_gc_removes_an_ifb_whose_attachment_is_gone(cni: CniTool, netns: Callabl
     assert live_att.ifb_ifname not in applied.stdout
     cni.delete(net.conflist, live_ns.path, container_id=live)
     assert_unshaped_gone(live_att)
+
+
+def test_docker_options_shape_every_endpoint(plugin: Any) -> None:
+    """`docker network create -o ingressRate=... -o egressRate=...`: CreateEndpoint shapes the
+    host veth (Docker moves the other end into the container itself), DeleteEndpoint removes the
+    ifb; a burst without its rate is refused at CreateNetwork."""
+    subnet = unique_subnet(4)
+    bridge, nid, eid = unique_name("br"), unique_name("nid") + "4" * 20, unique_name("eid") + "5" * 20
+    generic = {"bridge": bridge, "ingressRate": str(10 * MBIT), "ingressBurst": str(BURST),
+               "egressRate": str(12 * MBIT), "egressBurst": str(BURST)}
+    body = {"NetworkID": nid, "Options": {"com.docker.network.generic": generic,
+                                          "com.docker.network.enable_ipv6": False},
+            "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": str(subnet),
+                          "Gateway": f"{subnet.network_address + 1}/24", "AuxAddresses": {}}], "IPv6Data": []}
+    bad = {**body, "NetworkID": unique_name("nid") + "6" * 20,
+           "Options": {**body["Options"], "com.docker.network.generic": {"bridge": bridge, "egressBurst": "1"}}}
+    assert "egressBurst needs egressRate" in plugin.err("NetworkDriver.CreateNetwork", bad)
+    att = Attachment(eid, ENDPOINT_IFNAME, None)
+    try:
+        plugin.ok("NetworkDriver.CreateNetwork", body)
+        plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": nid, "EndpointID": eid,
+                                                   "Interface": {"Address": f"{subnet.network_address + 2}/24"}})
+        host_if = plugin.ok("NetworkDriver.EndpointOperInfo", {"NetworkID": nid, "EndpointID": eid})["Value"]["hostIfname"]
+        ifb = att.ifb_ifname
+        assert tbf_rate(host_if) == 10 * MBIT and tbf_rate(ifb) == 12 * MBIT
+        assert f"Redirect to device {ifb}" in ingress_redirect(host_if)
+        plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
+        assert ifb not in ifb_devices() and qdiscs(host_if) == []
+    finally:
+        plugin.call("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
+        plugin.call("NetworkDriver.DeleteNetwork", {"NetworkID": nid})
+        run(["ip", "link", "del", bridge], check=False)
+        run(["ip", "link", "del", att.ifb_ifname], check=False)
