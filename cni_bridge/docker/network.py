@@ -189,9 +189,9 @@ def _remove_endpoint(ctx: Driver, spec: NetworkSpec | None, record: dict[str, An
         _unpublish(spec, record)
     if spec is not None:
         _mode(spec).delete_endpoint(spec, att, addresses, record["src_name"])
-    else:  # the network is gone from our state: its links are all that can be left
+    else:  # the network is gone from our state: its links (and a shaping ifb) are all that can be left
         modes.driver("bridge").delete_endpoint(
-            parse_network({"name": record.get("network") or "unknown", "bridge": "unknown"}),
+            parse_network({"name": record.get("network") or "unknown", "bridge": "unknown", "bandwidth": {}}),
             att, [], record["src_name"])
     ctx.state.delete("endpoints", record["id"])
 
