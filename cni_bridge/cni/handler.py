@@ -81,7 +81,7 @@ def _spec(req: CniRequest, *, lenient: bool = False):
     spec = parse_network(req.config)
     if "bandwidth" not in req.runtime_config() and "capabilities" not in req.config:
         return spec
-    from cni_bridge import shaping  # lazy (loaded with config; named here for the lookups)
+    from cni_bridge import shaping  # lazy: config.py has loaded it already
     try:
         bandwidth = shaping.effective(spec.bandwidth, req.config, spec.mtu)
         shaping.require_bridge(spec.mode, bandwidth)
