@@ -147,6 +147,18 @@ def test_del_without_netns_removes_the_ifb(cni: CniTool, netns: Callable[..., Ne
     cni.delete(net.conflist, path, container_id=cid)  # idempotent
 
 
+def test_del_without_runtime_config_removes_the_ifb_when_the_capability_is_declared(
+        cni: CniTool, netns: Callable[..., Netns], networks: Callable[..., TestNetwork]) -> None:
+    """A runtime that lost the runtimeConfig it passed at ADD: the declared capability is enough."""
+    net = networks(extra={"capabilities": {"bandwidth": True}})
+    ns, cid = netns(), unique_name("ctr")
+    cni.add(net.conflist, ns.path, container_id=cid, capability_args={"bandwidth": limits(egress=10 * MBIT)})
+    att = Attachment(cid, "eth0", None)
+    assert tbf_rate(att.ifb_ifname) == 10 * MBIT
+    cni.delete(net.conflist, ns.path, container_id=cid)
+    assert_unshaped_gone(att)
+
+
 @pytest.mark.parametrize(("bandwidth", "message"), [
     ({"ingressRate": 10 * MBIT}, "ingressRate needs ingressBurst"),
     ({"egressBurst": BURST}, "egressBurst needs egressRate"),
