@@ -76,7 +76,7 @@ def _network_items(net) -> list[list[str]]:
     if net.bridge:
         state = ("missing" if net.bridge_present is False else
                  ("up" if net.bridge_up else "down") if net.bridge_present else "?")
-        what = "master" if net.mode in ("macvlan", "ipvlan", "vlan") else "bridge"
+        what = "master" if net.mode in ("macvlan", "ipvlan", "vlan", "macvtap") else "bridge"
         items.append([f"{what} {net.bridge} [{state}] {' '.join(net.bridge_addresses)}".rstrip()])
     if net.ip_masq or net.table_present:
         masq = (f"table inet {net.table}, {len(net.masquerade)} entries" if net.table_present

@@ -47,7 +47,7 @@ from cni_bridge.kernel.nft import nft
 from cni_bridge.state import KINDS, StateStore
 
 NETNS_DIRS = ("/run/netns", "/var/run/netns", "/run/docker/netns", "/var/run/docker/netns")
-LINK_MODES = ("macvlan", "ipvlan", "vlan")
+LINK_MODES = ("macvlan", "ipvlan", "vlan", "macvtap")
 CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 
 Probe = tuple[str | None, str | None, str]   # (host veth name, cached netns path, ifname)

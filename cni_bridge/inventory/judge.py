@@ -29,7 +29,7 @@ from cni_bridge.inventory.model import (
     wanted_name,
 )
 
-BRIDGE_MODES = (None, "bridge")
+BRIDGE_MODES = (None, "bridge", "tap")  # attachments are host veths on the bridge
 
 
 def judge(facts: Facts, wanted: set[str] | None, grace: float) -> Inventory:

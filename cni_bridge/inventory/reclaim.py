@@ -16,7 +16,7 @@ from typing import Callable
 
 from cni_bridge import firewall
 from cni_bridge.inventory.gather import gather_files
-from cni_bridge.inventory.judge import claims_of
+from cni_bridge.inventory.judge import BRIDGE_MODES, claims_of
 from cni_bridge.inventory.model import Inventory, Network
 from cni_bridge.inventory.stale import ELEMENT, LEASE, PORT, TABLE, Finding
 from cni_bridge.ipam.store import LeaseStore
@@ -38,7 +38,7 @@ def remove(finding: Finding, inv: Inventory) -> None:
 def _bridge_of(net: Network) -> str | None:
     """The bridge whose FORWARD rules go with the masquerade table (CNI networks only: the
     Docker driver keeps its rules for the network's whole life)."""
-    return net.bridge if net.mode in (None, "bridge") and not net.docker_id else None
+    return net.bridge if net.mode in BRIDGE_MODES and not net.docker_id else None
 
 
 def _release_lease(finding: Finding, net: Network, inv: Inventory) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cni_bridge.inventory.judge import owned_addresses
+from cni_bridge.inventory.judge import BRIDGE_MODES, owned_addresses
 from cni_bridge.inventory.model import STALE, Inventory, Network
 
 HOST_VETH = re.compile(r"^veth[0-9a-f]{11}$")
@@ -72,7 +72,7 @@ def empty_table(net: Network) -> list[Finding]:
 
 def port_candidates(net: Network, inv: Inventory) -> bool:
     """Only a pybridge bridge network with a known lease store can tell its ports from others'."""
-    return bool(net.bridge and net.plugin == "pybridge" and net.mode in (None, "bridge") and net.data_dir
+    return bool(net.bridge and net.plugin == "pybridge" and net.mode in BRIDGE_MODES and net.data_dir
                 and net.bridge in inv.links and inv.claims.why_unprovable(net.bridge) is None)
 
 
@@ -92,6 +92,6 @@ def held_back(inv: Inventory) -> list[str]:
     out = {}
     for net in inv.networks:
         why = inv.claims.why_unprovable(net.bridge) if net.bridge else None
-        if why and net.plugin == "pybridge" and net.mode in (None, "bridge") and net.data_dir:
+        if why and net.plugin == "pybridge" and net.mode in BRIDGE_MODES and net.data_dir:
             out[net.bridge] = f"ports of bridge {net.bridge} ({why})"
     return list(out.values())

@@ -9,6 +9,8 @@ sockets (enforced by ruff's banned-api rule in pyproject.toml).
     addresses   interface addresses
     routes      main-table routes
     sysctl      sysctls and the netconf forwarding check
+    tuntap      persistent tap devices (/dev/net/tun ioctls) and what rtnetlink says about them
+    redirect    tc ingress redirects between two links (a tap joined to a veth)
     netlink     `Netlink`, one handle per namespace (links + addresses + routes + sysctls):
                 root() for the host, netns(path) for a container
     nft         nftables scripts through libnftables (ctypes), else the `nft` executable

@@ -1,8 +1,8 @@
 """`Netlink`: one handle per network namespace, the API the modes, the Docker driver and the CLI
 use for links, addresses, routes and sysctls. root() gives the host's, netns(path) a container's.
 
-Each request family lives in its own module (links.py, addresses.py, routes.py, sysctl.py) on
-the sockets of handle.py; this module only assembles them and opens handles.
+Each request family lives in its own module (links.py, addresses.py, routes.py, sysctl.py,
+redirect.py) on the sockets of handle.py; this module only assembles them and opens handles.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from cni_bridge.kernel.addresses import Addresses
 from cni_bridge.kernel.links import Link, LinkDetails, Links
 from cni_bridge.kernel.netns import NetnsGone, open_netns, switched
 from cni_bridge.kernel.nlsock import NetlinkError, netlink_error_text
+from cni_bridge.kernel.redirect import Redirects
 from cni_bridge.kernel.routes import Routes
 from cni_bridge.kernel.rtnl import Rtnl
 from cni_bridge.kernel.sysctl import Sysctls
@@ -23,7 +24,7 @@ __all__ = ["Link", "LinkDetails", "Netlink", "NetlinkError", "NetnsGone", "netli
            "root"]
 
 
-class Netlink(Links, Addresses, Routes, Sysctls):
+class Netlink(Links, Addresses, Routes, Sysctls, Redirects):
     """Typed wrappers over the handful of rtnetlink calls the modes need, in one namespace."""
 
 
