@@ -129,7 +129,7 @@ def probes(facts: Facts, wanted: set[str] | None) -> list[Probe]:
 
 
 # --- files -----------------------------------------------------------------------------------
-def _plugins_of(document: Any) -> list[dict[str, Any]]:
+def plugins_of(document: Any) -> list[dict[str, Any]]:
     if not isinstance(document, dict):
         return []
     if isinstance(document.get("plugins"), list):
@@ -137,7 +137,7 @@ def _plugins_of(document: Any) -> list[dict[str, Any]]:
     return [document]
 
 
-def _config_files(conf_dirs: Iterable[Path]) -> Iterator[Path]:
+def config_files(conf_dirs: Iterable[Path]) -> Iterator[Path]:
     for conf_dir in conf_dirs:
         with contextlib.suppress(OSError):
             for fname in sorted(os.listdir(conf_dir)):
@@ -148,13 +148,13 @@ def _config_files(conf_dirs: Iterable[Path]) -> Iterator[Path]:
 def read_configs(conf_dirs: Iterable[Path], problems: list[str]) -> list[NetworkConfig]:
     """Networks whose config uses pybridge as main plugin or pybridge-ipam as IPAM."""
     found = []
-    for path in _config_files(conf_dirs):
+    for path in config_files(conf_dirs):
         try:
             document = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             problems.append(f"cannot read CNI config {path}: {exc}")
             continue
-        found += [cfg for plugin in _plugins_of(document) if (cfg := _network_config(path, plugin))]
+        found += [cfg for plugin in plugins_of(document) if (cfg := _network_config(path, plugin))]
     return found
 
 

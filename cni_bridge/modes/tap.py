@@ -49,11 +49,13 @@ def peer_name(att: Attachment) -> str:
     return PEER_PREFIX + att.host_ifname[len("veth"):]
 
 
-def make_tap(ns: Netlink, spec: NetworkSpec, name: str, mac: str | None) -> netlink.Link:
-    """The persistent tap, with the device errors (EPERM, EBUSY ...) said in the mode's words."""
+def make_tap(where: Netlink, name: str, *, owner: int | None, group: int | None, multi_queue: bool,
+             mac: str | None, mtu: int | None, master: int | None = None) -> netlink.Link:
+    """A persistent tap in `where`'s namespace (also the host's: `cni-bridge vm attach`), with
+    the device errors (EPERM, EBUSY, EINVAL ...) said in the mode's words."""
     try:
-        return ns.create_tap(name, owner=spec.owner, group=spec.group, multi_queue=spec.multi_queue,
-                             mac=mac, mtu=spec.mtu)
+        return where.create_tap(name, owner=owner, group=group, multi_queue=multi_queue, mac=mac, mtu=mtu,
+                                master=master)
     except OSError as exc:
         raise PluginError(INTERNAL, f"cannot create tap device {name}",
                           f"/dev/net/tun: {exc.strerror or exc}") from None
@@ -74,7 +76,8 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
             if spec.hairpin_mode:
                 host.set_hairpin(veth.index, True)
                 step("hairpin")
-            tap = make_tap(ns, spec, att.ifname, att.mac)
+            tap = make_tap(ns, att.ifname, owner=spec.owner, group=spec.group, multi_queue=spec.multi_queue,
+                           mac=att.mac, mtu=spec.mtu)
             undo.push(lambda: ns.delete_link(att.ifname))
             step("tap-created")
             inner = ns.link(peer)
