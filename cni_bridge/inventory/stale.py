@@ -4,7 +4,9 @@
 - a masquerade set element whose owner (a host veth name) is on no host link and belongs to no
   live endpoint;
 - a masquerade table of a known network without elements;
-- a pybridge host veth (`veth` + 11 hex) on the bridge of a pybridge bridge network whose lease
+- a VM port (`cni-bridge vm`) whose tap or record is gone: the rest of it (tap, lease,
+  masquerade entries, record);
+- a pybridge host veth (`veth` + 11 hex) or default-named VM tap (`pbtap` + 10 hex) on the bridge of a pybridge bridge network whose lease
   store is known, that no owner claims (`Claims`: every lease store, every Docker endpoint
   record, whatever networks were asked for). Bridges where an owner's claims are out of sight
   (`Claims.unprovable`) are left alone and said so (`held_back`).
@@ -21,9 +23,10 @@ from dataclasses import dataclass
 
 from cni_bridge.inventory.judge import BRIDGE_MODES, owned_addresses
 from cni_bridge.inventory.model import STALE, Inventory, Network
+from cni_bridge.vm import names as vm_names
 
 HOST_VETH = re.compile(r"^veth[0-9a-f]{11}$")
-LEASE, ELEMENT, TABLE, PORT = "lease", "masquerade element", "table", "port"
+LEASE, ELEMENT, TABLE, PORT, VM_PORT = "lease", "masquerade element", "table", "port", "VM port"
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class Finding:
     kind: str                  # LEASE, ELEMENT, TABLE or PORT
     what: str
     why: str
-    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT: the link name
+    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT, VM_PORT: the link name
     index: int | None = None   # PORT: the link's index when judged (a new link of that name is not it)
 
 
@@ -41,7 +44,7 @@ def findings(inv: Inventory) -> list[Finding]:
     out: list[Finding] = []
     judged_ports: set[str] = set()
     for net in inv.networks:
-        out += stale_leases(net) + orphan_elements(net, inv) + empty_table(net)
+        out += stale_leases(net) + stale_vm_ports(net) + orphan_elements(net, inv) + empty_table(net)
         ports = unclaimed_ports(net, inv, judged_ports)
         judged_ports |= {f.subject for f in ports}
         out += ports
@@ -53,6 +56,13 @@ def stale_leases(net: Network) -> list[Finding]:
                     + (f" (+ masquerade {', '.join(ep.masquerade)})" if ep.masquerade else ""),
                     ep.why, f"{ep.container_id} {ep.ifname}")
             for ep in net.endpoints if ep.state == STALE and ep.source == "cni"]
+
+
+def stale_vm_ports(net: Network) -> list[Finding]:
+    """A VM port whose tap or record is gone: what is left of it (tap, lease, masquerade, record)."""
+    return [Finding(net.name, VM_PORT, f"VM port {ep.ifname}" + (f" lease {','.join(ep.leased)}" if ep.leased else "")
+                    + (f" (+ masquerade {', '.join(ep.masquerade)})" if ep.masquerade else ""), ep.why, ep.ifname)
+            for ep in net.endpoints if ep.state == STALE and ep.source == "vm"]
 
 
 def orphan_elements(net: Network, inv: Inventory) -> list[Finding]:
@@ -83,7 +93,8 @@ def unclaimed_ports(net: Network, inv: Inventory, judged: set[str]) -> list[Find
     return [Finding(net.name, PORT, f"host link {link.name} on {bridge.name}", "no lease or endpoint claims it",
                     link.name, link.index)
             for link in sorted(inv.links.values(), key=lambda link: link.name)
-            if link.master == bridge.index and HOST_VETH.match(link.name)
+            if link.master == bridge.index and (HOST_VETH.match(link.name) or (
+                link.kind == "tun" and vm_names.DEFAULT_TAP.match(link.name)))
             and link.name not in inv.claims.ports and link.name not in judged]
 
 

@@ -28,9 +28,9 @@ detached, with (event, VmNetwork, record).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,35 +43,15 @@ from cni_bridge.locks import attachment_lock, network_lock
 from cni_bridge.modes import bridge, tap, uplink
 from cni_bridge.modes.common import Undo
 from cni_bridge.state import StateStore
+from cni_bridge.vm.names import CREATING, DEFAULT_PORT_DIR, KIND, READY, default_tap_name, owner_of
 from cni_bridge.vm.networks import DOCKER, VmNetwork, addressing
 
 log = logging.getLogger("cni_bridge.vm")
 
-DEFAULT_PORT_DIR = Path(os.environ.get("PYBRIDGE_VM_DIR", "/var/lib/cni-bridge/vm"))
-KIND = "ports"
-OWNER_PREFIX = "pybridge-vm-"   # lease owner: (OWNER_PREFIX + tap, tap)
-TAP_PREFIX = "pbtap"            # default names: pbtap + 10 hex digits = 15 bytes
-CREATING, READY = "creating", "ready"
 ATTACHED, DETACHED = "attached", "detached"
 
 Hook = Callable[[str, VmNetwork, dict[str, Any]], None]
 HOOKS: list[Hook] = []
-
-
-def owner_of(tap_name: str) -> tuple[str, str]:
-    """The lease owner key of a port (the store's conventions: container id, ifname)."""
-    return OWNER_PREFIX + tap_name, tap_name
-
-
-def tap_of_owner(container_id: str, ifname: str) -> str | None:
-    """The tap a lease owner names, or None when the lease is no VM port's."""
-    return ifname if container_id == OWNER_PREFIX + ifname else None
-
-
-def default_tap_name(network: str, mac: str) -> str:
-    """Derived from network and guest MAC: attaching the same guest NIC twice names the same tap
-    (and is refused), and the name says nothing the record does not."""
-    return TAP_PREFIX + hashlib.sha256(f"{network}\0{mac.lower()}".encode()).hexdigest()[:10]
 
 
 def random_mac() -> str:
@@ -124,7 +104,7 @@ def attach(net: VmNetwork, port_dir: Path, *, name: str | None = None, mac: str 
         record = {"id": name, "tap": name, "network": net.name, "source": net.source, "bridge": spec.bridge,
                   "mac": mac, "host_mac": host_mac(mac), "addresses": [], "gateway": None,
                   "owner": owner, "group": group, "multi_queue": multi_queue,
-                  "bridge_created": bridge_created, "status": CREATING,
+                  "bridge_created": bridge_created, "status": CREATING, "since": time.time(),
                   "stores": [[s.store, str(s.data_dir)] for s in net.leases]}
         store.put(KIND, name, record)  # the claim comes first (see the module docstring)
         step("vm-port-recorded")
@@ -227,3 +207,7 @@ def _run_hooks(event: str, net: VmNetwork, record: dict[str, Any]) -> None:
             hook(event, net, record)
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.warning("vm port %s %s: hook %s failed: %s", record["tap"], event, getattr(hook, "__name__", hook), exc)
+
+
+__all__ = ["ATTACHED", "CREATING", "DEFAULT_PORT_DIR", "DETACHED", "HOOKS", "KIND", "READY", "attach", "detach",
+           "owner_of", "ports", "records"]
