@@ -44,7 +44,9 @@ def findings(inv: Inventory) -> list[Finding]:
     out: list[Finding] = []
     judged_ports: set[str] = set()
     for net in inv.networks:
-        out += stale_leases(net) + stale_vm_ports(net) + orphan_elements(net, inv) + empty_table(net)
+        vm_ports = stale_vm_ports(net)  # their taps go with them, not as unclaimed ports
+        judged_ports |= {f.subject for f in vm_ports}
+        out += stale_leases(net) + vm_ports + orphan_elements(net, inv) + empty_table(net)
         ports = unclaimed_ports(net, inv, judged_ports)
         judged_ports |= {f.subject for f in ports}
         out += ports

@@ -24,7 +24,7 @@ from cni_bridge.config import NetworkSpec
 from cni_bridge.errors import INTERNAL, PluginError
 from cni_bridge.kernel.netlink import Link
 from cni_bridge.modes import macvlan, sublink
-from cni_bridge.modes.common import Lease
+from cni_bridge.modes.common import Lease, container_interface, open_netns
 
 DEVICE_DIR = "/dev"
 
@@ -62,4 +62,15 @@ def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> No
 
 
 def check(spec: NetworkSpec, att: Attachment, prev: dict[str, Any]) -> None:
+    """sublink's checks, and that prevResult's device is still the link's and present."""
     sublink.check(spec, att, prev, child(spec), spec.master)
+    reported = container_interface(prev, att.ifname, att.netns).get("socketPath")
+    with open_netns(att) as ns:
+        link = ns.link(att.ifname)
+    if link is None:
+        raise PluginError(INTERNAL, f"interface {att.ifname} not found in the container")
+    path = device_path(link.index)
+    if reported is not None and reported != path:
+        raise PluginError(INTERNAL, f"{att.ifname}'s device is {path}, prevResult says {reported}")
+    if not os.path.exists(path):
+        raise PluginError(INTERNAL, f"macvtap device {path} of {att.ifname} is missing")
