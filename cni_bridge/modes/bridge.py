@@ -163,14 +163,21 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
             addressing = with_default_routes(addressing, spec.is_default_gateway)
             configure_container(ns, inner.index, addressing,
                                 allow_ipv6_on_ipv4=spec.allow_ipv6_on_ipv4_interface)
-            add_masquerade(spec, att.host_ifname, addressing, undo)
-            ensure_isolation(spec, addressing)
-            interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
-                          interface_entry(veth.name, veth.mac),
-                          interface_entry(att.ifname, inner.mac, att.netns)]
-            return build_result(interfaces, 2, addressing)
+            return join_network(host, spec, att, addressing, undo, bridge, veth, inner.mac)
         except BaseException as exc:
             undo.fail(exc)
+
+
+def join_network(host: Netlink, spec: NetworkSpec, att: Attachment, addressing: Addressing, undo: Undo,
+                 bridge: Link, veth: Link, container_mac: str) -> dict[str, Any]:
+    """The end of an ADD whose host veth is a port of `bridge` (bridge and tap modes): masquerade
+    membership, isolation, and the result (bridge, host veth, the container's interface)."""
+    add_masquerade(spec, att.host_ifname, addressing, undo)
+    ensure_isolation(spec, addressing)
+    interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
+                  interface_entry(veth.name, veth.mac),
+                  interface_entry(att.ifname, container_mac, att.netns)]
+    return build_result(interfaces, 2, addressing)
 
 
 def remove_masquerade(spec: NetworkSpec, owner: str, addresses: list[IPAddress] = (), *,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from cni_bridge.attachment import Addressing, Attachment, IPAddress, build_result, interface_entry
+from cni_bridge.attachment import Addressing, Attachment, IPAddress
 from cni_bridge.config import NetworkSpec
 from cni_bridge.crashpoint import step
 from cni_bridge.errors import INTERNAL, PluginError
@@ -90,12 +90,7 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
             ns.redirect_ingress(tap.index, inner.index)
             step("tc-redirect")
             addressing = with_default_routes(addressing, spec.is_default_gateway)
-            bridge.add_masquerade(spec, att.host_ifname, addressing, undo)
-            bridge.ensure_isolation(spec, addressing)
-            interfaces = [interface_entry(port.name, host.link(port.name).mac),
-                          interface_entry(veth.name, veth.mac),
-                          interface_entry(att.ifname, tap.mac, att.netns)]
-            return build_result(interfaces, 2, addressing)
+            return bridge.join_network(host, spec, att, addressing, undo, port, veth, tap.mac)
         except BaseException as exc:
             undo.fail(exc)
 

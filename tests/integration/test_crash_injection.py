@@ -25,7 +25,7 @@ import re
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,15 +164,6 @@ def crash_every_step(cni: CniTool, conf: dict[str, Any], make_ns: Callable[[], N
 
 
 # ----- fixtures ----------------------------------------------------------------------------
-@pytest.fixture
-def own_bridges() -> Iterator[list[str]]:
-    """Bridges outlive DEL (they are the network's, not the container's): removed here."""
-    made: list[str] = []
-    yield made
-    for name in made:
-        run(["ip", "link", "del", name], check=False)
-
-
 def network(cni: CniTool, own_bridges: list[str], **kw: Any) -> dict[str, Any]:
     conf = bridge_conflist(cni.data_dir, **kw)
     own_bridges.append(conf["plugins"][0]["bridge"])

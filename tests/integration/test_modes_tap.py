@@ -51,14 +51,6 @@ def macvtap_conflist(cni: CniTool, uplink: Uplink, **options: Any) -> dict[str, 
     return {"cniVersion": "1.1.0", "name": unique_name("net"), "plugins": [plugin]}
 
 
-@pytest.fixture
-def bridges() -> Any:
-    made: list[str] = []
-    yield made
-    for name in made:
-        run(["ip", "link", "del", name], check=False)
-
-
 def link_json(ns: Netns | None, name: str) -> dict[str, Any]:
     argv = ["ip", "-d", "-j", "link", "show", "dev", name]
     out = ns.run(*argv).stdout if ns is not None else run(argv).stdout
@@ -70,10 +62,10 @@ def host_links() -> list[str]:
 
 
 # ----- tap -----------------------------------------------------------------------------------
-def test_tap_add_check_del(cni: CniTool, netns: Callable[..., Netns], bridges: list[str]) -> None:
+def test_tap_add_check_del(cni: CniTool, netns: Callable[..., Netns], own_bridges: list[str]) -> None:
     conf = tap_conflist(cni, owner=4242, group=4343, multiQueue=True)
     bridge = conf["plugins"][0]["bridge"]
-    bridges.append(bridge)
+    own_bridges.append(bridge)
     ns = netns()
     mac = "02:11:22:33:44:55"
     result = cni.add(conf, ns.path, ifname="tap0", args={"MAC": mac}).result
@@ -110,10 +102,10 @@ def test_tap_add_check_del(cni: CniTool, netns: Callable[..., Netns], bridges: l
     cni.delete(conf, ns.path, ifname="tap0")  # idempotent
 
 
-def test_tap_del_without_netns(cni: CniTool, netns: Callable[..., Netns], bridges: list[str]) -> None:
+def test_tap_del_without_netns(cni: CniTool, netns: Callable[..., Netns], own_bridges: list[str]) -> None:
     """The runtime deleted the sandbox first: the tap went with it, DEL removes the host side."""
     conf = tap_conflist(cni)
-    bridges.append(conf["plugins"][0]["bridge"])
+    own_bridges.append(conf["plugins"][0]["bridge"])
     ns = netns()
     cni.add(conf, ns.path, ifname="tap0")
     host_veth = Attachment(CniTool.default_container_id(ns.path), "tap0", None).host_ifname
@@ -125,9 +117,9 @@ def test_tap_del_without_netns(cni: CniTool, netns: Callable[..., Netns], bridge
 
 
 def test_tap_gc_releases_a_forgotten_attachment(cni: CniTool, netns: Callable[..., Netns],
-                                                bridges: list[str]) -> None:
+                                                own_bridges: list[str]) -> None:
     conf = tap_conflist(cni)
-    bridges.append(conf["plugins"][0]["bridge"])
+    own_bridges.append(conf["plugins"][0]["bridge"])
     ns = netns()
     cni.add(conf, ns.path, ifname="tap0")
     cni.gc(conf, [("bystander", "eth0")])

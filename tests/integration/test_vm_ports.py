@@ -113,19 +113,20 @@ def vms(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
-def bridges() -> Any:
-    made: list[str] = []
-    yield made
-    for name in made:
-        run(["ip", "link", "del", name], check=False)
+def vm_net(vms: Any, tmp_path: Path, cni: CniTool, own_bridges: list[str]) -> tuple[Vm, dict[str, Any]]:
+    """A `Vm` and a CNI bridge network in its config dir (bridge removed at the end)."""
+    vm = vms(tmp_path)
+    conf = cni_network(vm, cni)
+    own_bridges.append(conf["plugins"][0]["bridge"])
+    return vm, conf
 
 
 # ----- CNI networks --------------------------------------------------------------------------
-def test_attach_ls_detach_on_a_cni_network(vms: Any, tmp_path: Path, cni: CniTool, bridges: list[str]) -> None:
+def test_attach_ls_detach_on_a_cni_network(vms: Any, tmp_path: Path, cni: CniTool, own_bridges: list[str]) -> None:
     vm = vms(tmp_path)
     conf = cni_network(vm, cni)
     name, bridge = conf["name"], conf["plugins"][0]["bridge"]
-    bridges.append(bridge)
+    own_bridges.append(bridge)
     port = vm.attach(name, "--mac", "52:54:00:12:34:56", "--owner", "4242", "--group", "4343", "--multi-queue")
     tap = port["tap"]
     assert re.fullmatch(r"pbtap[0-9a-f]{10}", tap) and port["mac"] == "52:54:00:12:34:56"
@@ -161,11 +162,11 @@ def test_attach_ls_detach_on_a_cni_network(vms: Any, tmp_path: Path, cni: CniToo
 
 
 def test_a_container_keeps_the_bridge_and_shares_the_range(vms: Any, tmp_path: Path, cni: CniTool, netns: Any,
-                                                           bridges: list[str]) -> None:
+                                                           own_bridges: list[str]) -> None:
     vm = vms(tmp_path)
     conf = cni_network(vm, cni)
     name, bridge = conf["name"], conf["plugins"][0]["bridge"]
-    bridges.append(bridge)
+    own_bridges.append(bridge)
     port = vm.attach(name, "--name", unique_name("tap"))
     ns = netns()
     result = cni.add(conf, ns.path).result
@@ -177,10 +178,8 @@ def test_a_container_keeps_the_bridge_and_shares_the_range(vms: Any, tmp_path: P
     assert lease_files(cni.data_dir) == []
 
 
-def test_refusals(vms: Any, tmp_path: Path, cni: CniTool, bridges: list[str]) -> None:
-    vm = vms(tmp_path)
-    conf = cni_network(vm, cni)
-    bridges.append(conf["plugins"][0]["bridge"])
+def test_refusals(vm_net: Any, cni: CniTool) -> None:
+    vm, conf = vm_net
     missing = vm.attach(unique_name("nonet"), check=False)
     assert missing.returncode == 1 and "no network" in missing.stderr
     bad_mac = vm.attach(conf["name"], "--mac", "01:00:00:00:00:01", check=False)
@@ -194,11 +193,9 @@ def test_refusals(vms: Any, tmp_path: Path, cni: CniTool, bridges: list[str]) ->
 
 
 # ----- gc --------------------------------------------------------------------------------------
-def test_gc_reclaims_a_port_whose_record_or_tap_is_gone(vms: Any, tmp_path: Path, cni: CniTool, bridges: list[str]) -> None:
-    vm = vms(tmp_path)
-    conf = cni_network(vm, cni)
+def test_gc_reclaims_a_port_whose_record_or_tap_is_gone(vm_net: Any, cni: CniTool) -> None:
+    vm, conf = vm_net
     name = conf["name"]
-    bridges.append(conf["plugins"][0]["bridge"])
     keep = vm.attach(name)
     lost_record = vm.attach(name)
     lost_tap = vm.attach(name)
@@ -217,11 +214,9 @@ def test_gc_reclaims_a_port_whose_record_or_tap_is_gone(vms: Any, tmp_path: Path
 
 
 # ----- crash injection -------------------------------------------------------------------------
-def test_attach_crash_at_every_step_is_undone_by_detach(vms: Any, tmp_path: Path, cni: CniTool, bridges: list[str]) -> None:
-    vm = vms(tmp_path)
-    conf = cni_network(vm, cni)
+def test_attach_crash_at_every_step_is_undone_by_detach(vm_net: Any, cni: CniTool) -> None:
+    vm, conf = vm_net
     name = conf["name"]
-    bridges.append(conf["plugins"][0]["bridge"])
     warm = vm.attach(name, "--name", unique_name("warm"), env={"PYBRIDGE_CRASH_TRACE": "1"}, check=False)
     steps = [m.group(2) for m in TRACE_LINE.finditer(warm.stderr)]
     assert ATTACH_STEPS <= set(steps), steps
@@ -241,10 +236,10 @@ def test_attach_crash_at_every_step_is_undone_by_detach(vms: Any, tmp_path: Path
 
 
 # ----- Docker networks ---------------------------------------------------------------------------
-def test_attach_detach_on_a_docker_network(vms: Any, tmp_path: Path, plugin: Plugin, bridges: list[str]) -> None:
+def test_attach_detach_on_a_docker_network(vms: Any, tmp_path: Path, plugin: Plugin, own_bridges: list[str]) -> None:
     subnet = unique_subnet(4, 24)
     bridge, nid = unique_name("br"), unique_name("nid") + "7" * 40
-    bridges.append(bridge)
+    own_bridges.append(bridge)
     pool = plugin.ok("IpamDriver.RequestPool", {"Pool": str(subnet)})["PoolID"]
     gateway = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool, "Options": GATEWAY_OPTS})["Address"]
     vm = vms(tmp_path, plugin.settings.state_dir)
