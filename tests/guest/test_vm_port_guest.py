@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pytest
 
 from tests.support.cnitool import CniTool
-from tests.support.guest import RUNNER, VENV, VM_TIMEOUT, in_ci, missing_prerequisites, run_guest
+from tests.support.guest import RUNNER, VENV, VM_TIMEOUT, require_guest, run_guest
 from tests.support.host import run
 from tests.support.leaks import lease_files
 from tests.support.netns import Netns
@@ -39,14 +39,7 @@ def guest_script(mac: str, address: str, *targets: str) -> str:
 
 def test_a_qemu_guest_on_a_vm_port_reaches_the_gateway_and_a_container(
         tmp_path: Path, cni: CniTool, netns: Callable[..., Netns], own_bridges: list[str]) -> None:
-    if os.environ.get("PYBRIDGE_IN_VM") == "1":
-        pytest.skip("already inside the kernel VM")
-    missing = missing_prerequisites()
-    if missing:
-        msg = "kernel VM prerequisites missing (run `bash .ci/vm-setup.sh` as root): " + "; ".join(missing)
-        if in_ci():
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+    require_guest()
     vm = Vm(tmp_path)
     conf = cni_network(vm, cni)
     own_bridges.append(conf["plugins"][0]["bridge"])

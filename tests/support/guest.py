@@ -12,6 +12,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support.paths import REPO as ROOT
 
 RUNNER = Path(os.environ.get("PYBRIDGE_VM_RUNNER", ROOT / "tests/guest/run-in-vm.sh"))
@@ -37,6 +39,19 @@ def missing_prerequisites() -> list[str]:
         if shutil.which(tool) is None:
             missing.append(f"{tool} in PATH")
     return missing
+
+
+def require_guest() -> None:
+    """Skip the calling test where no guest can be booted (already inside one, or prerequisites
+    missing); in CI missing prerequisites fail it instead."""
+    if os.environ.get("PYBRIDGE_IN_VM") == "1":
+        pytest.skip("already inside the kernel VM")
+    missing = missing_prerequisites()
+    if missing:
+        msg = "kernel VM prerequisites missing (run `bash .ci/vm-setup.sh` as root): " + "; ".join(missing)
+        if in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
 
 
 def kill_session(sid: int) -> None:
