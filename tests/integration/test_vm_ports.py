@@ -215,3 +215,18 @@ def test_attach_detach_on_a_docker_network(vms: Any, tmp_path: Path, plugin: Plu
         plugin.call("IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": gateway.split("/")[0]})
         plugin.call("IpamDriver.ReleasePool", {"PoolID": pool})
     assert link(bridge) is None
+
+
+def test_an_l2_only_network_gives_a_port_without_address(vms: Any, tmp_path: Path, own_bridges: list[str]) -> None:
+    """No `ipam` in the network: the port is a bridge port and nothing else (no lease, no table)."""
+    vm = vms(tmp_path)
+    name, bridge = unique_name("net"), unique_name("br")
+    own_bridges.append(bridge)
+    conf = {"cniVersion": "1.1.0", "name": name, "plugins": [{"type": "pybridge", "bridge": bridge}]}
+    (vm.conf_dir / f"20-{name}.conflist").write_text(json.dumps(conf))
+    port = vm.attach(name)
+    assert (port["ips"], port["gateway"]) == ([], None)
+    assert link(port["tap"])["master"] == bridge
+    assert table_name(name) not in run(["nft", "list", "tables"]).stdout
+    vm.detach(name, port["tap"])
+    assert link(port["tap"]) is None and link(bridge) is None
