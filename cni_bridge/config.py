@@ -13,7 +13,9 @@ from typing import Any, Mapping
 from cni_bridge import shaping, validate
 from cni_bridge.errors import config_error, shown
 
-MODES = ("bridge", "macvlan", "ipvlan", "vlan")
+MODES = ("bridge", "macvlan", "ipvlan", "vlan", "tap", "macvtap")
+BRIDGED_MODES = ("bridge", "tap")  # modes whose attachments are ports of the network's bridge
+MAX_ID = 0xFFFFFFFE  # uid / gid: the kernel's -1 (0xFFFFFFFF) means "none"
 MACVLAN_MODES = ("bridge", "vepa", "private", "passthru")
 IPVLAN_MODES = ("l2", "l3", "l3s")
 DEFAULT_BRIDGE = "cni0"
@@ -35,11 +37,15 @@ class NetworkSpec:
     uplink: str | None = None
     internal: bool = False        # Docker --internal: the host forwards nothing in or out
     isolate: bool = False  # walled off from other isolated networks (firewall/isolation.py)
-    # macvlan / ipvlan / vlan
+    # macvlan / ipvlan / vlan / macvtap
     master: str | None = None
     macvlan_mode: str = "bridge"
     ipvlan_mode: str = "l2"
     vlan_id: int | None = None
+    # tap / macvtap: who may open the device (None: root only), and tap multi-queue
+    owner: int | None = None
+    group: int | None = None
+    multi_queue: bool = False
     # all modes
     mtu: int | None = None
     allow_ipv6_on_ipv4_interface: bool = False
@@ -117,6 +123,9 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
         macvlan_mode=_choice(cfg, "macvlanMode", MACVLAN_MODES, "bridge"),
         ipvlan_mode=_choice(cfg, "ipvlanMode", IPVLAN_MODES, "l2"),
         vlan_id=vlan_id,
+        owner=_int(cfg, "owner", 0, MAX_ID),
+        group=_int(cfg, "group", 0, MAX_ID),
+        multi_queue=_bool(cfg, "multiQueue"),
         mtu=mtu,
         allow_ipv6_on_ipv4_interface=_bool(cfg, "allowIPv6OnIPv4Interface"),
         ipam=ipam,
@@ -124,12 +133,16 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
         bandwidth=bandwidth,
     )
     shaping.require_bridge(spec.mode, spec.bandwidth)
-    if spec.internal and spec.mode != "bridge":
+    if spec.internal and spec.mode not in BRIDGED_MODES:
         raise config_error("internal is for bridge networks (a macvlan/ipvlan/vlan link is on the NIC's segment)")
     if spec.internal and spec.ip_masq:
         raise config_error("an internal network cannot masquerade (ipMasq)")
     if spec.mode == "vlan" and spec.vlan_id is None:
         raise config_error("mode vlan needs vlanId (1-4094)")
-    if spec.mode == "bridge" and spec.vlan_id is not None and spec.uplink is None:
+    if spec.mode in BRIDGED_MODES and spec.vlan_id is not None and spec.uplink is None:
         raise config_error("vlanId on a bridge network needs an uplink NIC (uplink)")
+    if spec.multi_queue and spec.mode != "tap":
+        raise config_error("multiQueue is for mode tap")
+    if (spec.owner is not None or spec.group is not None) and spec.mode not in ("tap", "macvtap"):
+        raise config_error("owner and group are for modes tap and macvtap (who may open the device)")
     return spec

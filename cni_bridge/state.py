@@ -48,6 +48,8 @@ REQUIRED: dict[str, dict[str, type]] = {
                   "addresses": list},
     "pools": {"id": str, "space": str, "pool": str, "options": dict, "store": str, "data_dir": str,
               "refs": int},
+    # VM ports (cni_bridge/vm/ports.py), in a store of their own (vm.ports.DEFAULT_PORT_DIR)
+    "ports": {"id": str, "network": str, "status": str, "tap": str, "mac": str, "addresses": list},
 }
 
 Record = dict[str, Any]
@@ -159,7 +161,7 @@ class StateStore:
 
 
 def _check_kind(kind: str) -> str:
-    if kind not in KINDS:
+    if kind not in REQUIRED:
         raise ValueError(f"unknown state kind {kind!r}")
     return kind
 

@@ -190,6 +190,16 @@ def netns() -> Iterator[Callable[..., Netns]]:
 
 
 @pytest.fixture
+def own_bridges() -> Iterator[list[str]]:
+    """Bridges outlive DEL (they are the network's, not the container's): a test appends the
+    names of those it makes, removed here."""
+    made: list[str] = []
+    yield made
+    for name in made:
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+@pytest.fixture
 def uplink_factory() -> Iterator[Callable[..., Uplink]]:
     """Factory over `create_uplink(outside_cidr=None, *, host_addr=True, ipv6=True,
     outside_gateway=None)`; every uplink is removed at test end."""

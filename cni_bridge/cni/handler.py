@@ -284,7 +284,7 @@ def cmd_gc(req: CniRequest) -> None:
 def cmd_status(req: CniRequest) -> None:
     spec = _spec(req)
     ipam_client.status(req)
-    if spec.mode == "bridge" and spec.ip_masq:
+    if spec.mode in ("bridge", "tap") and spec.ip_masq:
         from cni_bridge.kernel.nft import nft  # lazy: loads libnftables
         if not nft.available():
             raise PluginError(50, "masquerade is configured but nftables is not available")

@@ -19,6 +19,7 @@ from cni_bridge.inventory import DEFAULT_CNI_CACHE_DIR, DEFAULT_CONF_DIR
 from cni_bridge.inventory import collect as collect_inventory
 from cni_bridge.ipam.config import DEFAULT_DATA_DIR
 from cni_bridge.state import DEFAULT_STATE_DIR
+from cni_bridge.vm.names import DEFAULT_PORT_DIR
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -35,6 +36,8 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
                    help=f"Docker driver state (default {DEFAULT_STATE_DIR})")
     p.add_argument("--cni-cache-dir", type=Path, default=DEFAULT_CNI_CACHE_DIR,
                    help=f"libcni cache, for netns paths (default {DEFAULT_CNI_CACHE_DIR})")
+    p.add_argument("--port-dir", type=Path, default=DEFAULT_PORT_DIR,
+                   help=f"VM port records of `cni-bridge vm` (default {DEFAULT_PORT_DIR}; $PYBRIDGE_VM_DIR)")
     p.add_argument("--grace", type=float, default=60.0, metavar="SECONDS",
                    help="a lease younger than this is never judged stale (an ADD may be running; default 60)")
 
@@ -43,7 +46,7 @@ def collect(args: argparse.Namespace):
     return collect_inventory(data_dirs=args.data_dir or [DEFAULT_DATA_DIR],
                              conf_dirs=args.conf_dir or [DEFAULT_CONF_DIR],
                              state_dir=args.state_dir, cache_dir=args.cni_cache_dir,
-                             only=args.networks or None, grace=args.grace)
+                             only=args.networks or None, grace=args.grace, port_dir=args.port_dir)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,7 +79,7 @@ def _network_items(net) -> list[list[str]]:
     if net.bridge:
         state = ("missing" if net.bridge_present is False else
                  ("up" if net.bridge_up else "down") if net.bridge_present else "?")
-        what = "master" if net.mode in ("macvlan", "ipvlan", "vlan") else "bridge"
+        what = "master" if net.mode in ("macvlan", "ipvlan", "vlan", "macvtap") else "bridge"
         items.append([f"{what} {net.bridge} [{state}] {' '.join(net.bridge_addresses)}".rstrip()])
     if net.ip_masq or net.table_present:
         masq = (f"table inet {net.table}, {len(net.masquerade)} entries" if net.table_present
@@ -85,7 +88,8 @@ def _network_items(net) -> list[list[str]]:
     if net.data_dir:
         items.append([f"leases in {net.data_dir}"])
     for ep in net.endpoints:
-        item = [f"{ep.source} {ep.container_id[:12]} {ep.ifname} [{ep.state}]"
+        who = ep.ifname if ep.source == "vm" else f"{ep.container_id[:12]} {ep.ifname}"
+        item = [f"{ep.source} {who} [{ep.state}]"
                 f" leased {','.join(ep.leased) or '-'} {_age(ep.since)}".rstrip()]
         if ep.host_ifname:
             link = f"on {ep.host_master}" if ep.host_master else ("present" if ep.host_link else "gone")

@@ -90,7 +90,7 @@ def request_pool(ctx: Driver, body: Body) -> dict[str, Any]:
                       "store": options.get("network") or _store_name(pool),
                       "data_dir": options.get("dataDir") or str(ctx.settings.ipam_data_dir),
                       "gateway": None, "gateway_refs": 0}
-            _config(record)  # the lease store must accept this range: fail now, not at the first address
+            pool_config(record)  # the lease store must accept this range: fail now, not at the first address
         ctx.state.put("pools", pool_key(pool_id), record)
     return {"PoolID": pool_id, "Pool": str(pool), "Data": {}}
 
@@ -169,9 +169,9 @@ def request_address(ctx: Driver, body: Body) -> dict[str, Any]:
     store = _store(record)
     owner = OWNER_PREFIX + uuid.uuid4().hex
     if address is not None:
-        leases = store.allocate(owner, OWNER_IFNAME, _config(record, whole_pool=True), [address])
+        leases = store.allocate(owner, OWNER_IFNAME, pool_config(record, whole_pool=True), [address])
     else:
-        leases = store.allocate(owner, OWNER_IFNAME, _config(record))
+        leases = store.allocate(owner, OWNER_IFNAME, pool_config(record))
     return {"Address": f"{leases[0].address}/{pool.prefixlen}", "Data": {}}
 
 
@@ -227,12 +227,12 @@ def _lease_gateway(record: dict[str, Any], address: IPAddress | None) -> IPAddre
     owner = f"{OWNER_PREFIX}gw-{pool_key(record['id'])[:16]}"
     wanted = address if address is not None else pool.network_address + 1
     try:
-        leases = store.allocate(owner, GATEWAY_IFNAME, _config(record, whole_pool=True, gateway=wanted),
+        leases = store.allocate(owner, GATEWAY_IFNAME, pool_config(record, whole_pool=True, gateway=wanted),
                                 [wanted], allow_gateway=True)
     except PluginError:
         if address is not None:
             raise
-        leases = store.allocate(owner, GATEWAY_IFNAME, _config(record))  # .1 is taken: any free one
+        leases = store.allocate(owner, GATEWAY_IFNAME, pool_config(record))  # .1 is taken: any free one
     return leases[0].address
 
 
@@ -249,7 +249,7 @@ def _store(record: dict[str, Any]) -> LeaseStore:
     return LeaseStore(Path(record["data_dir"]), record["store"])
 
 
-def _config(record: dict[str, Any], *, whole_pool: bool = False, gateway: IPAddress | None = None) -> IpamConfig:
+def pool_config(record: dict[str, Any], *, whole_pool: bool = False, gateway: IPAddress | None = None) -> IpamConfig:
     """The store's view of a pool: dynamic picks stay in --ip-range, static ones may use the
     whole --subnet (as Docker's own IPAM allows)."""
     pool = ipaddress.ip_network(record["pool"])

@@ -37,9 +37,10 @@ __all__ = ["ATTACHED", "DOCKER", "STALE", "UNKNOWN", "Container", "Endpoint", "F
 
 def collect(*, data_dirs: Iterable[Path] = (DEFAULT_DATA_DIR,), conf_dirs: Iterable[Path] = (DEFAULT_CONF_DIR,),
             state_dir: Path | None = DEFAULT_STATE_DIR, cache_dir: Path | None = DEFAULT_CNI_CACHE_DIR,
-            only: Iterable[str] | None = None, with_netns: bool = True, grace: float = 60.0) -> Inventory:
+            only: Iterable[str] | None = None, with_netns: bool = True, grace: float = 60.0,
+            port_dir: Path | None = None) -> Inventory:
     """Everything pybridge has on this host; `only` limits the networks shown to some names
     (claims on host veths are still gathered from every network)."""
-    sources = Sources(tuple(map(Path, data_dirs)), tuple(map(Path, conf_dirs)), state_dir, cache_dir)
+    sources = Sources(tuple(map(Path, data_dirs)), tuple(map(Path, conf_dirs)), state_dir, cache_dir, port_dir)
     wanted = set(only) if only is not None else None
     return judge(gather(sources, wanted, with_netns=with_netns), wanted, grace)

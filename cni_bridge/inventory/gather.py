@@ -7,6 +7,7 @@ Sources, each optional:
   who holds which address since when -- every store, whatever networks were asked for, since
   each lease claims its owner's host veth (`gc` must see every claim on a shared bridge);
 - the Docker driver's state (`/var/lib/cni-bridge/docker`): networks and endpoints;
+- the VM port records (`/var/lib/cni-bridge/vm`, `cni-bridge vm`): tap, network, addresses;
 - libcni's cache (`/var/lib/cni/results`): the netns path a runtime attached an interface in;
 - then the kernel: links (bridges, host veths and their peers), bridge addresses, the
   `pybridge_*` nftables tables with their owner-tagged set elements, and the container side of
@@ -45,9 +46,10 @@ from cni_bridge.ipam.store import LeaseStore, list_networks
 from cni_bridge.kernel import netlink
 from cni_bridge.kernel.nft import nft
 from cni_bridge.state import KINDS, StateStore
+from cni_bridge.vm import names as vm_names
 
 NETNS_DIRS = ("/run/netns", "/var/run/netns", "/run/docker/netns", "/var/run/docker/netns")
-LINK_MODES = ("macvlan", "ipvlan", "vlan")
+LINK_MODES = ("macvlan", "ipvlan", "vlan", "macvtap")
 CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 
 Probe = tuple[str | None, str | None, str]   # (host veth name, cached netns path, ifname)
@@ -66,10 +68,13 @@ def gather_files(sources: Sources) -> Facts:
     facts.configs = read_configs(sources.conf_dirs, facts.config_errors)
     if sources.state_dir:
         _read_docker_state(facts, sources.state_dir)
+    if sources.port_dir:
+        _read_vm_ports(facts, sources.port_dir)
     data_dirs = dict.fromkeys([*sources.data_dirs, *(Path(c.data_dir) for c in facts.configs if c.data_dir)])
     facts.stores = read_stores(data_dirs, facts.store_errors)
     facts.cache = read_cni_cache(sources.cache_dir) if sources.cache_dir else {}
     facts.problems += [*facts.config_errors, *(f"Docker driver state: {line}" for line in facts.docker_errors),
+                       *(f"VM port records: {line}" for line in facts.vm_errors),
                        *facts.store_errors]
     return facts
 
@@ -111,7 +116,8 @@ def read_tables(facts: Facts, wanted: set[str] | None) -> None:
 
 
 def network_names(facts: Facts, wanted: set[str] | None) -> list[str]:
-    names = [c.name for c in facts.configs] + [str(r["id"]) for r in facts.docker_networks]
+    names = [c.name for c in facts.configs] + [str(r["id"]) for r in facts.docker_networks] \
+        + [str(r["network"]) for r in facts.vm_ports.values()]
     return [n for n in dict.fromkeys(names + list(facts.stores)) if n and wanted_name(n, wanted)]
 
 
@@ -121,7 +127,7 @@ def probes(facts: Facts, wanted: set[str] | None) -> list[Probe]:
     for name, stores in facts.stores.items():
         if wanted_name(name, wanted):
             for owner in dict.fromkeys(lease.owner for leases in stores.values() for lease in leases):
-                if not owner[0].startswith(DOCKER_OWNER_PREFIX):
+                if not owner[0].startswith(DOCKER_OWNER_PREFIX) and vm_names.tap_of_owner(*owner) is None:
                     out.append((Attachment(*owner, None).host_ifname, facts.cache.get((name, *owner)), owner[1]))
     out += [(rec["host_ifname"], None, DOCKER_ENDPOINT_IFNAME) for rec in facts.docker_endpoints
             if wanted_name(rec["network"], wanted)]
@@ -129,7 +135,7 @@ def probes(facts: Facts, wanted: set[str] | None) -> list[Probe]:
 
 
 # --- files -----------------------------------------------------------------------------------
-def _plugins_of(document: Any) -> list[dict[str, Any]]:
+def plugins_of(document: Any) -> list[dict[str, Any]]:
     if not isinstance(document, dict):
         return []
     if isinstance(document.get("plugins"), list):
@@ -137,7 +143,7 @@ def _plugins_of(document: Any) -> list[dict[str, Any]]:
     return [document]
 
 
-def _config_files(conf_dirs: Iterable[Path]) -> Iterator[Path]:
+def config_files(conf_dirs: Iterable[Path]) -> Iterator[Path]:
     for conf_dir in conf_dirs:
         with contextlib.suppress(OSError):
             for fname in sorted(os.listdir(conf_dir)):
@@ -148,13 +154,13 @@ def _config_files(conf_dirs: Iterable[Path]) -> Iterator[Path]:
 def read_configs(conf_dirs: Iterable[Path], problems: list[str]) -> list[NetworkConfig]:
     """Networks whose config uses pybridge as main plugin or pybridge-ipam as IPAM."""
     found = []
-    for path in _config_files(conf_dirs):
+    for path in config_files(conf_dirs):
         try:
             document = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             problems.append(f"cannot read CNI config {path}: {exc}")
             continue
-        found += [cfg for plugin in _plugins_of(document) if (cfg := _network_config(path, plugin))]
+        found += [cfg for plugin in plugins_of(document) if (cfg := _network_config(path, plugin))]
     return found
 
 
@@ -183,6 +189,16 @@ def _read_docker_state(facts: Facts, state_dir: Path) -> None:
         return
     facts.docker_networks, facts.docker_endpoints = scans["networks"][0], scans["endpoints"][0]
     facts.docker_errors += [f"unusable file {line} (skipped)" for _, bad in scans.values() for line in bad]
+
+
+def _read_vm_ports(facts: Facts, port_dir: Path) -> None:
+    try:
+        records, bad = StateStore(port_dir).scan(vm_names.KIND)
+    except PluginError as exc:
+        facts.vm_errors.append(str(exc))
+        return
+    facts.vm_ports = {r["tap"]: r for r in records}
+    facts.vm_errors += [f"unusable file {line} (skipped)" for line in bad]
 
 
 def read_stores(data_dirs: Iterable[Path], errors: list[str]) -> dict[str, dict[str, list[Any]]]:

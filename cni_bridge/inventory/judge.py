@@ -28,15 +28,17 @@ from cni_bridge.inventory.model import (
     NetworkConfig,
     wanted_name,
 )
+from cni_bridge.vm import names as vm_names
 
-BRIDGE_MODES = (None, "bridge")
+BRIDGE_MODES = (None, "bridge", "tap")  # attachments are host veths on the bridge
 
 
 def judge(facts: Facts, wanted: set[str] | None, grace: float) -> Inventory:
     networks = build_networks(facts, wanted)
     for net in networks:
         describe(net, facts)
-        net.endpoints = lease_endpoints(net, facts, grace) + docker_endpoints(net, facts)
+        net.endpoints = lease_endpoints(net, facts, grace) + docker_endpoints(net, facts) \
+            + record_only_vm_ports(net, facts, grace)
         net.problems += network_problems(net)
     known = {n.table for n in networks}
     foreign = sorted(t for t in facts.tables if t not in known) if wanted is None else []
@@ -57,6 +59,9 @@ def build_networks(facts: Facts, wanted: set[str] | None) -> list[Network]:
     for rec in facts.docker_networks:
         if wanted_name(rec["id"], wanted):
             add_docker_network(net_of(rec["id"]), rec)
+    for rec in facts.vm_ports.values():
+        if wanted_name(rec["network"], wanted):
+            net_of(rec["network"]).sources.append("VM port records")
     for name, stores in facts.stores.items():
         if wanted_name(name, wanted):
             net = net_of(name)
@@ -123,6 +128,9 @@ def lease_endpoints(net: Network, facts: Facts, grace: float) -> list[Endpoint]:
         if cid.startswith(DOCKER_OWNER_PREFIX):
             out.append(Endpoint(cid, ifname, "docker-ipam", DOCKER, leased=leased, since=since,
                                 why="held by the Docker IPAM driver", data_dir=data_dir))
+        elif vm_names.tap_of_owner(cid, ifname) is not None:
+            out.append(vm_endpoint(net, facts, Endpoint(cid, ifname, "vm", UNKNOWN, leased=leased, since=since,
+                                                        data_dir=data_dir), grace))
         else:
             out.append(cni_endpoint(net, facts, Endpoint(cid, ifname, "cni", UNKNOWN, leased=leased, since=since,
                                                          data_dir=data_dir), grace))
@@ -139,6 +147,40 @@ def cni_endpoint(net: Network, facts: Facts, ep: Endpoint, grace: float) -> Endp
     ep.state, ep.why = judge_endpoint(ep, net, cached, facts.netns_present.get(cached or "", False),
                                       facts.now, grace)
     return ep
+
+
+def vm_endpoint(net: Network, facts: Facts, ep: Endpoint, grace: float) -> Endpoint:
+    """A VM port (`cni-bridge vm`): its tap is the host link, its record the claim. Both there:
+    attached; one without the other: stale (an attach writes the record before anything else and
+    a detach removes it last, so only a crash or an operator leaves one alone), unless younger
+    than `grace` (an attach may be running)."""
+    tap = ep.ifname
+    link = facts.links.get(tap)
+    record = facts.vm_ports.get(tap)
+    ep.host_ifname, ep.host_link = tap, link is not None and link.kind == "tun"
+    ep.host_master = facts.name_of(link.master) if link else None
+    ep.masquerade = owned_addresses(net, tap)
+    if ep.since is None and record is not None:
+        ep.since = record.get("since")
+    if ep.host_link and record is not None:
+        ep.state, ep.why = ATTACHED, "tap present"
+    elif ep.since is not None and facts.now - ep.since < grace:
+        ep.state, ep.why = UNKNOWN, f"younger than {grace:g}s (an attach may be in progress)"
+    else:
+        ep.state = STALE
+        ep.why = "no port record claims the tap" if ep.host_link else \
+            f"tap {tap} is gone" + ("" if record is not None else " and no port record")
+    return ep
+
+
+def record_only_vm_ports(net: Network, facts: Facts, grace: float) -> list[Endpoint]:
+    """VM port records of this network without a lease anywhere (L2-only networks, or a crash
+    after the lease went): judged like the others."""
+    leased = {lease.ifname for stores in facts.stores.values() for held in stores.values() for lease in held
+              if vm_names.tap_of_owner(*lease.owner) is not None}
+    return [vm_endpoint(net, facts, Endpoint(vm_names.owner_of(tap)[0], tap, "vm", UNKNOWN,
+                                             leased=list(rec.get("addresses", [])), since=rec.get("since")), grace)
+            for tap, rec in sorted(facts.vm_ports.items()) if rec["network"] == net.name and tap not in leased]
 
 
 def judge_endpoint(ep: Endpoint, net: Network, cached_netns: str | None, cached_present: bool,
@@ -194,17 +236,20 @@ def claims_of(facts: Facts) -> Claims:
 
 
 def claimed_ports(facts: Facts) -> set[str]:
+    """Host veths of leases and Docker endpoints, and the taps of VM port records (a VM lease
+    alone claims nothing: its tap without a record is gc's to remove)."""
     leases = [lease for stores in facts.stores.values() for held in stores.values() for lease in held]
     return ({Attachment(*lease.owner, None).host_ifname for lease in leases
-             if not lease.container_id.startswith(DOCKER_OWNER_PREFIX)}
-            | {rec["host_ifname"] for rec in facts.docker_endpoints})
+             if not lease.container_id.startswith(DOCKER_OWNER_PREFIX) and vm_names.tap_of_owner(*lease.owner) is None}
+            | {rec["host_ifname"] for rec in facts.docker_endpoints} | set(facts.vm_ports))
 
 
 def unprovable_bridges(facts: Facts) -> dict[str, str]:
     out = {cfg.bridge: f"network {cfg.name} on it keeps its leases in another IPAM" for cfg in facts.configs
            if cfg.bridge and cfg.plugin == "pybridge" and cfg.mode in BRIDGE_MODES and not cfg.data_dir}
     unread = [what for what, errors in (("a CNI config", facts.config_errors), ("a lease store", facts.store_errors),
-                                        ("the Docker driver's state", facts.docker_errors)) if errors]
+                                        ("the Docker driver's state", facts.docker_errors),
+                                        ("the VM port records", facts.vm_errors)) if errors]
     if unread:
         out[ALL_BRIDGES] = f"{' and '.join(unread)} could not be read completely"
     return out

@@ -37,6 +37,7 @@ class Sources:
     conf_dirs: tuple[Path, ...]
     state_dir: Path | None
     cache_dir: Path | None
+    port_dir: Path | None = None   # VM port records (cni_bridge/vm)
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Container:
 class Endpoint:
     container_id: str
     ifname: str
-    source: str                 # "cni", "docker" (driver endpoint) or "docker-ipam" (address only)
+    source: str                 # "cni", "docker" (driver endpoint), "docker-ipam" (address only) or "vm"
     state: str
     host_ifname: str | None = None
     host_link: bool = False
@@ -135,6 +136,8 @@ class Facts:
     docker_networks: list[dict[str, Any]] = field(default_factory=list)
     docker_endpoints: list[dict[str, Any]] = field(default_factory=list)
     docker_errors: list[str] = field(default_factory=list)       # unusable state files
+    vm_ports: dict[str, dict[str, Any]] = field(default_factory=dict)  # tap -> VM port record
+    vm_errors: list[str] = field(default_factory=list)           # unusable VM port records
     stores: dict[str, dict[str, list[Lease]]] = field(default_factory=dict)  # network -> dataDir -> leases
     store_errors: list[str] = field(default_factory=list)         # lease stores that could not be read
     cache: dict[tuple[str, str, str], str] = field(default_factory=dict)    # (net, cid, ifname) -> netns

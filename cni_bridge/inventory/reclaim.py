@@ -16,12 +16,14 @@ from typing import Callable
 
 from cni_bridge import firewall
 from cni_bridge.inventory.gather import gather_files
-from cni_bridge.inventory.judge import claims_of
+from cni_bridge.inventory.judge import BRIDGE_MODES, claims_of
 from cni_bridge.inventory.model import Inventory, Network
-from cni_bridge.inventory.stale import ELEMENT, IFB, IFB_DEVICE, LEASE, PORT, TABLE, Finding, veth_of_ifb
+from cni_bridge.inventory.stale import ELEMENT, IFB, IFB_DEVICE, LEASE, PORT, TABLE, VM_PORT, Finding, veth_of_ifb
 from cni_bridge.ipam.store import LeaseStore
 from cni_bridge.kernel import netlink
-from cni_bridge.locks import network_lock
+from cni_bridge.locks import attachment_lock, network_lock
+from cni_bridge.state import StateStore
+from cni_bridge.vm import names as vm_names
 
 
 class Kept(Exception):
@@ -41,7 +43,7 @@ def remove(finding: Finding, inv: Inventory) -> None:
 def _bridge_of(net: Network) -> str | None:
     """The bridge whose FORWARD rules go with the masquerade table (CNI networks only: the
     Docker driver keeps its rules for the network's whole life)."""
-    return net.bridge if net.mode in (None, "bridge") and not net.docker_id else None
+    return net.bridge if net.mode in BRIDGE_MODES and not net.docker_id else None
 
 
 def _release_lease(finding: Finding, net: Network, inv: Inventory) -> None:
@@ -51,6 +53,33 @@ def _release_lease(finding: Finding, net: Network, inv: Inventory) -> None:
         if ep.host_ifname and net.table_present:
             firewall.remove_members(firewall.Masquerade(net.name, _bridge_of(net), ()), owners=[ep.host_ifname])
     LeaseStore(Path(ep.data_dir or ""), net.name).release(ep.container_id, ep.ifname)
+
+
+def _release_vm_port(finding: Finding, net: Network, inv: Inventory) -> None:
+    """Under the port's own lock (the one attach and detach hold): re-read the record and the tap;
+    if both exist now the port is whole again and kept. Else the tap (if a tap), the masquerade
+    entries, the lease and the record go, as `cni-bridge vm detach` would remove them."""
+    tap = finding.subject
+    ep = next(e for e in net.endpoints if e.source == "vm" and e.ifname == tap)
+    cid, ifname = vm_names.owner_of(tap)
+    assert inv.sources is not None
+    records = StateStore(inv.sources.port_dir) if inv.sources.port_dir else None
+    with attachment_lock(net.name, cid, ifname), netlink.root() as host:
+        record = records.get(vm_names.KIND, tap) if records is not None else None
+        details = host.link_details(tap)
+        if details is not None and details.tun is None:
+            raise Kept(f"{tap} is not a tap device")
+        if details is not None and record is not None:
+            raise Kept("its tap and record are both there again")
+        if details is not None:
+            host.delete_link(tap)
+        with network_lock(net.name):
+            if net.table_present:
+                firewall.remove_members(firewall.Masquerade(net.name, _bridge_of(net), ()), owners=[tap])
+        if ep.data_dir:
+            LeaseStore(Path(ep.data_dir), net.name).release(cid, ifname)
+        if records is not None:
+            records.delete(vm_names.KIND, tap)
 
 
 def _remove_element(finding: Finding, net: Network, inv: Inventory) -> None:
@@ -106,4 +135,5 @@ def _absent(host_ifname: str | None) -> None:
 
 
 REMOVALS: dict[str, Callable[[Finding, Network, Inventory], None]] = {
-    LEASE: _release_lease, ELEMENT: _remove_element, TABLE: _delete_table, PORT: _delete_port}
+    LEASE: _release_lease, ELEMENT: _remove_element, TABLE: _delete_table, PORT: _delete_port,
+    VM_PORT: _release_vm_port}

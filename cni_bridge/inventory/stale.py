@@ -4,7 +4,9 @@
 - a masquerade set element whose owner (a host veth name) is on no host link and belongs to no
   live endpoint;
 - a masquerade table of a known network without elements;
-- a pybridge host veth (`veth` + 11 hex) on the bridge of a pybridge bridge network whose lease
+- a VM port (`cni-bridge vm`) whose tap or record is gone: the rest of it (tap, lease,
+  masquerade entries, record);
+- a pybridge host veth (`veth` + 11 hex) or default-named VM tap (`pbtap` + 10 hex) on the bridge of a pybridge bridge network whose lease
   store is known, that no owner claims (`Claims`: every lease store, every Docker endpoint
   record, whatever networks were asked for). Bridges where an owner's claims are out of sight
   (`Claims.unprovable`) are left alone and said so (`held_back`).
@@ -24,21 +26,22 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from cni_bridge.attachment import IFB_PREFIX
-from cni_bridge.inventory.judge import owned_addresses
+from cni_bridge.inventory.judge import BRIDGE_MODES, owned_addresses
 from cni_bridge.inventory.model import STALE, Inventory, Network
+from cni_bridge.vm import names as vm_names
 
 HOST_VETH = re.compile(r"^veth[0-9a-f]{11}$")
 IFB_DEVICE = re.compile(rf"^{IFB_PREFIX}([0-9a-f]{{10}})$")
-LEASE, ELEMENT, TABLE, PORT, IFB = "lease", "masquerade element", "table", "port", "ifb"
+LEASE, ELEMENT, TABLE, PORT, VM_PORT, IFB = "lease", "masquerade element", "table", "port", "VM port", "ifb"
 
 
 @dataclass(frozen=True)
 class Finding:
     network: str
-    kind: str                  # LEASE, ELEMENT, TABLE, PORT or IFB
+    kind: str                  # LEASE, ELEMENT, TABLE, PORT, VM_PORT or IFB
     what: str
     why: str
-    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT, IFB: the link name
+    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT, VM_PORT, IFB: the link name
     index: int | None = None   # PORT, IFB: the link's index when judged (a new link of that name is not it)
 
 
@@ -47,7 +50,9 @@ def findings(inv: Inventory) -> list[Finding]:
     out: list[Finding] = []
     judged_ports: set[str] = set()
     for net in inv.networks:
-        out += stale_leases(net) + orphan_elements(net, inv) + empty_table(net)
+        vm_ports = stale_vm_ports(net)  # their taps go with them, not as unclaimed ports
+        judged_ports |= {f.subject for f in vm_ports}
+        out += stale_leases(net) + vm_ports + orphan_elements(net, inv) + empty_table(net)
         ports = unclaimed_ports(net, inv, judged_ports)
         judged_ports |= {f.subject for f in ports}
         out += ports
@@ -78,6 +83,13 @@ def stale_leases(net: Network) -> list[Finding]:
             for ep in net.endpoints if ep.state == STALE and ep.source == "cni"]
 
 
+def stale_vm_ports(net: Network) -> list[Finding]:
+    """A VM port whose tap or record is gone: what is left of it (tap, lease, masquerade, record)."""
+    return [Finding(net.name, VM_PORT, f"VM port {ep.ifname}" + (f" lease {','.join(ep.leased)}" if ep.leased else "")
+                    + (f" (+ masquerade {', '.join(ep.masquerade)})" if ep.masquerade else ""), ep.why, ep.ifname)
+            for ep in net.endpoints if ep.state == STALE and ep.source == "vm"]
+
+
 def orphan_elements(net: Network, inv: Inventory) -> list[Finding]:
     """Elements whose owner is on no host link and is no endpoint's (live ones keep theirs, a
     stale lease's go with the lease)."""
@@ -95,7 +107,7 @@ def empty_table(net: Network) -> list[Finding]:
 
 def port_candidates(net: Network, inv: Inventory) -> bool:
     """Only a pybridge bridge network with a known lease store can tell its ports from others'."""
-    return bool(net.bridge and net.plugin == "pybridge" and net.mode in (None, "bridge") and net.data_dir
+    return bool(net.bridge and net.plugin == "pybridge" and net.mode in BRIDGE_MODES and net.data_dir
                 and net.bridge in inv.links and inv.claims.why_unprovable(net.bridge) is None)
 
 
@@ -106,7 +118,8 @@ def unclaimed_ports(net: Network, inv: Inventory, judged: set[str]) -> list[Find
     return [Finding(net.name, PORT, f"host link {link.name} on {bridge.name}", "no lease or endpoint claims it",
                     link.name, link.index)
             for link in sorted(inv.links.values(), key=lambda link: link.name)
-            if link.master == bridge.index and HOST_VETH.match(link.name)
+            if link.master == bridge.index and (HOST_VETH.match(link.name) or (
+                link.kind == "tun" and vm_names.DEFAULT_TAP.match(link.name)))
             and link.name not in inv.claims.ports and link.name not in judged]
 
 
@@ -115,6 +128,6 @@ def held_back(inv: Inventory) -> list[str]:
     out = {}
     for net in inv.networks:
         why = inv.claims.why_unprovable(net.bridge) if net.bridge else None
-        if why and net.plugin == "pybridge" and net.mode in (None, "bridge") and net.data_dir:
+        if why and net.plugin == "pybridge" and net.mode in BRIDGE_MODES and net.data_dir:
             out[net.bridge] = f"ports of bridge {net.bridge} ({why})"
     return list(out.values())

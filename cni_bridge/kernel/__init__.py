@@ -9,7 +9,8 @@ sockets (enforced by ruff's banned-api rule in pyproject.toml).
     addresses   interface addresses
     routes      main-table routes
     sysctl      sysctls and the netconf forwarding check
-    tc          traffic control: ifb devices, tbf qdiscs, the ingress redirect to an ifb
+    tuntap      persistent tap devices (/dev/net/tun ioctls) and what rtnetlink says about them
+    tc          traffic control: ifb devices, tbf qdiscs, the ingress redirect (to an ifb, or between a tap and a veth)
     netlink     `Netlink`, one handle per namespace (links + addresses + routes + sysctls + tc):
                 root() for the host, netns(path) for a container
     nft         nftables scripts through libnftables (ctypes), else the `nft` executable

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from cni_bridge.errors import INVALID_CONFIG, PluginError
 from cni_bridge.kernel.handle import Handle
 from cni_bridge.kernel.nlsock import NetlinkError
+from cni_bridge.kernel.tuntap import TunInfo, create_tap, tun_info
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,9 @@ class LinkDetails:
     link: Link
     parent: int | None         # IFLA_LINK: index of the lower device (in `parent_netnsid`'s ns)
     parent_netnsid: int | None  # set when the lower device lives in another namespace
-    mode: str | int | None      # macvlan mode name, or ipvlan mode number (0 l2, 1 l3, 2 l3s)
+    mode: str | int | None      # macvlan / macvtap mode name, or ipvlan mode number (0 l2, 1 l3, 2 l3s)
     vlan_id: int | None
+    tun: TunInfo | None = None  # tun / tap devices: type, owner, group, multi-queue
 
 
 def _details_from_msg(msg) -> LinkDetails:
@@ -38,12 +40,13 @@ def _details_from_msg(msg) -> LinkDetails:
     mode: str | int | None = None
     vlan_id = None
     if data is not None:
-        mode = data.get("IFLA_MACVLAN_MODE")
-        if mode is None:
-            mode = data.get("IFLA_IPVLAN_MODE")
+        for attr in ("IFLA_MACVLAN_MODE", "IFLA_MACVTAP_MODE", "IFLA_IPVLAN_MODE"):
+            mode = data.get(attr)
+            if mode is not None:
+                break
         vlan_id = data.get("IFLA_VLAN_ID")
     return LinkDetails(_link_from_msg(msg), msg.get("IFLA_LINK"), msg.get("IFLA_LINK_NETNSID"),
-                       mode, vlan_id)
+                       mode, vlan_id, tun_info(data) if info and info.get("IFLA_INFO_KIND") == "tun" else None)
 
 
 def _link_from_msg(msg) -> Link:
@@ -143,6 +146,20 @@ class Links(Handle):
         assert created is not None
         self.set_up(created.index, no_ipv6_addresses=True)
         return replace(created, up=True)
+
+    def create_tap(self, name: str, *, owner: int | None, group: int | None, multi_queue: bool,
+                   mac: str | None = None, mtu: int | None = None, master: int | None = None) -> Link:
+        """A persistent tap in this namespace (kernel/tuntap.py), with its MAC, MTU and bridge set
+        in one RTM_SETLINK; left down (the caller brings it up once it is complete)."""
+        create_tap(name, owner=owner, group=group, multi_queue=multi_queue, ns_fd=self.ns_fd)
+        created = self.link(name)
+        if created is None:
+            raise NetlinkError(errno.ENODEV, f"tap {name} vanished right after creation")
+        changes = {k: v for k, v in (("address", mac), ("mtu", mtu), ("master", master)) if v}
+        if changes:
+            self.ipr.link("set", index=created.index, **changes)
+            created = self.link(name) or created
+        return created
 
     def add_link(self, **kwargs) -> None:
         """Generic link creation for the macvlan/ipvlan/vlan modes (kwargs as pyroute2 link())."""

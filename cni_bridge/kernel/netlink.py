@@ -1,8 +1,8 @@
 """`Netlink`: one handle per network namespace, the API the modes, the Docker driver and the CLI
 use for links, addresses, routes and sysctls. root() gives the host's, netns(path) a container's.
 
-Each request family lives in its own module (links.py, addresses.py, routes.py, sysctl.py, tc.py) on
-the sockets of handle.py; this module only assembles them and opens handles.
+Each request family lives in its own module (links.py, addresses.py, routes.py, sysctl.py, tc.py)
+on the sockets of handle.py; this module only assembles them and opens handles.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ shapes them (the seed's IFB, the Go bandwidth plugin's layout). The match-all fi
 with an empty key plus the mirred action: kernels without the `matchall` classifier or the
 `clsact` qdisc (this project's CI host) have u32, mirred and the ingress qdisc.
 
+The same redirect, one in each direction, joins a tap to a veth in a pod's namespace (CNI mode
+`tap`): Kata Containers' default "tcfilter" network model and AWS's `tc-redirect-tap` plugin for
+Firecracker do it so; the namespace's own stack never sees those frames, so the guest behind the
+tap owns the addresses.
+
 All requests go through pyroute2 on the namespace's handle (rare requests: only attachments
 that are shaped pay for them; the tc modules load on first use).
 """
@@ -66,8 +71,13 @@ class Tc(Handle):
 
     def redirect_ingress(self, index: int, target: int) -> None:
         """Every packet the device receives goes out of `target` instead (an ifb: it then
-        comes back to the stack as if received by the device, after the ifb's qdisc)."""
-        self.ipr.tc("add", "ingress", index, INGRESS_HANDLE)
+        comes back to the stack as if received by the device, after the ifb's qdisc; a veth
+        or a tap: the frame leaves through it untouched). An ingress qdisc already there is kept."""
+        try:
+            self.ipr.tc("add", "ingress", index, INGRESS_HANDLE)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
         self.ipr.tc("add-filter", "u32", index, parent=INGRESS_HANDLE, protocol=ETH_P_ALL, prio=1,
                     keys=MATCH_ALL, target=FLOW_ID,
                     action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": target})

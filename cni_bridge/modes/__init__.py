@@ -13,6 +13,7 @@ from types import ModuleType
 from cni_bridge.errors import config_error
 
 _MODULES = {"bridge": "cni_bridge.modes.bridge", "macvlan": "cni_bridge.modes.macvlan",
+            "tap": "cni_bridge.modes.tap", "macvtap": "cni_bridge.modes.macvtap",
             "ipvlan": "cni_bridge.modes.ipvlan", "vlan": "cni_bridge.modes.vlan"}
 
 

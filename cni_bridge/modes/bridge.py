@@ -128,18 +128,18 @@ def release_isolation(spec: NetworkSpec, gateway_list: list[IPAddress] = ()) -> 
         isolation.release(spec.bridge, gateway_list)
 
 
-def add_masquerade(spec: NetworkSpec, att: Attachment, addressing: Addressing, undo: Undo, *,
+def add_masquerade(spec: NetworkSpec, owner: str, addressing: Addressing, undo: Undo, *,
                    forward: bool = True) -> None:
-    """Put the attachment's addresses in the network's member sets (owner: host veth name),
+    """Put the attachment's addresses in the network's member sets (`owner`: the name of its
+    port on the bridge, a host veth or a VM's tap),
     with or without ipMasq: the first member brings the network's FORWARD accept rules (hosts
     with a DROP policy), the last takes them away. An attachment without addresses is no member
     (an L2-only network on such a host needs its own FORWARD rule). Docker endpoints
     (`forward=False`: the rules live as long as the network) are members only to masquerade."""
     if addressing.ips and (spec.ip_masq or forward):
         with network_lock(spec.name):
-            firewall.add_members(masquerade(spec, addressing, forward=forward), addressing.addresses(),
-                                 att.host_ifname)
-        undo.push(lambda: remove_masquerade(spec, att, forward=forward))
+            firewall.add_members(masquerade(spec, addressing, forward=forward), addressing.addresses(), owner)
+        undo.push(lambda: remove_masquerade(spec, owner, forward=forward))
         step("masquerade")
 
 
@@ -165,22 +165,28 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
             addressing = with_default_routes(addressing, spec.is_default_gateway)
             configure_container(ns, inner.index, addressing,
                                 allow_ipv6_on_ipv4=spec.allow_ipv6_on_ipv4_interface)
-            add_masquerade(spec, att, addressing, undo)
-            ensure_isolation(spec, addressing)
-            interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
-                          interface_entry(veth.name, veth.mac),
-                          interface_entry(att.ifname, inner.mac, att.netns)]
-            return build_result(interfaces, 2, addressing)
+            return join_network(host, spec, att, addressing, undo, bridge, veth, inner.mac)
         except BaseException as exc:
             undo.fail(exc)
 
 
-def remove_masquerade(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress] = (), *,
+def join_network(host: Netlink, spec: NetworkSpec, att: Attachment, addressing: Addressing, undo: Undo,
+                 bridge: Link, veth: Link, container_mac: str) -> dict[str, Any]:
+    """The end of an ADD whose host veth is a port of `bridge` (bridge and tap modes): masquerade
+    membership, isolation, and the result (bridge, host veth, the container's interface)."""
+    add_masquerade(spec, att.host_ifname, addressing, undo)
+    ensure_isolation(spec, addressing)
+    interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
+                  interface_entry(veth.name, veth.mac),
+                  interface_entry(att.ifname, container_mac, att.netns)]
+    return build_result(interfaces, 2, addressing)
+
+
+def remove_masquerade(spec: NetworkSpec, owner: str, addresses: list[IPAddress] = (), *,
                       forward: bool = True) -> bool:
     """True when that was the network's last member (its table went)."""
     with network_lock(spec.name):
-        return firewall.remove_members(masquerade(spec, forward=forward), owners=[att.host_ifname],
-                                       addrs=addresses)
+        return firewall.remove_members(masquerade(spec, forward=forward), owners=[owner], addrs=addresses)
 
 
 def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> None:
@@ -190,7 +196,7 @@ def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> No
         step("host-veth-deleted")
         if spec.bandwidth is not None:  # configured now or maybe at ADD (shaping.Bandwidth)
             shaping.remove(host, att)
-    if remove_masquerade(spec, att, addresses):
+    if remove_masquerade(spec, att.host_ifname, addresses):
         release_isolation(spec)  # the network's last container: nothing of it is left
     step("masquerade-removed")
 
@@ -200,15 +206,21 @@ def check(spec: NetworkSpec, att: Attachment, prev: dict[str, Any]) -> None:
     entry = container_interface(prev, att.ifname, att.netns)
     with open_netns(att) as ns:
         check_container(ns, att.ifname, entry.get("mac"), addressing)
+    check_host_side(spec, att.host_ifname, addressing)
+    if spec.bandwidth:
+        with netlink.root() as host:
+            shaping.check(host, att, spec.bandwidth)
+
+
+def check_host_side(spec: NetworkSpec, port: str, addressing: Addressing) -> None:
+    """The bridge exists, `port` is one of its ports, and (ipMasq) the addresses are members."""
     with netlink.root() as host:
         bridge = host.link(spec.bridge)
         if bridge is None:
             raise PluginError(INTERNAL, f"bridge {spec.bridge} not found")
-        veth = host.link(att.host_ifname)
-        if veth is None or veth.master != bridge.index:
-            raise PluginError(INTERNAL, f"host interface {att.host_ifname} missing or not on bridge {spec.bridge}")
-        if spec.bandwidth:
-            shaping.check(host, att, spec.bandwidth)
+        link = host.link(port)
+        if link is None or link.master != bridge.index:
+            raise PluginError(INTERNAL, f"host interface {port} missing or not on bridge {spec.bridge}")
     if spec.ip_masq:
         missing = set(addressing.addresses()) - set(firewall.members(spec.name))
         if missing:
@@ -327,7 +339,7 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
             peer = host.link(src_name)
             if peer is None:
                 raise PluginError(INTERNAL, f"veth peer {src_name} vanished right after creation")
-            add_masquerade(spec, att, addressing, undo, forward=False)
+            add_masquerade(spec, att.host_ifname, addressing, undo, forward=False)
             return peer.mac
         except BaseException as exc:
             undo.fail(exc)
@@ -341,7 +353,7 @@ def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddres
         if spec.bandwidth is not None:
             shaping.remove(host, att)
     if spec.ip_masq:
-        remove_masquerade(spec, att, addresses, forward=False)
+        remove_masquerade(spec, att.host_ifname, addresses, forward=False)
 
 
 # --- published ports (both front ends) ---------------------------------------------------------

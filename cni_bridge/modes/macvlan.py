@@ -15,7 +15,7 @@ from cni_bridge.modes import sublink
 from cni_bridge.modes.common import Lease
 
 
-def _explain(spec: NetworkSpec, master: Link, code: int) -> str | None:
+def explain(spec: NetworkSpec, master: Link, code: int) -> str | None:
     if code != errno.EINVAL:
         return None
     if spec.macvlan_mode == "passthru":
@@ -27,7 +27,7 @@ def _explain(spec: NetworkSpec, master: Link, code: int) -> str | None:
 
 def child(spec: NetworkSpec) -> sublink.ChildKind:
     return sublink.ChildKind("macvlan", {"macvlan_mode": spec.macvlan_mode}, mode=spec.macvlan_mode,
-                             kernel_feature="CONFIG_MACVLAN / module macvlan", explain=_explain)
+                             kernel_feature="CONFIG_MACVLAN / module macvlan", explain=explain)
 
 
 def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:

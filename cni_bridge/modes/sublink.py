@@ -109,7 +109,9 @@ def create_child(host: Netlink, spec: NetworkSpec, att: Attachment, child: Child
 
 
 def add(spec: NetworkSpec, att: Attachment, lease: Lease, child: ChildKind,
-        master_name: str | None) -> dict[str, Any]:
+        master_name: str | None, finish: Callable[[Link], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`finish`: called with the configured link in the namespace; what it returns is added to
+    the link's interface entry of the result (macvtap: the character device)."""
     if att.mac and not child.mac_allowed:
         raise config_error(f"mode {spec.mode} cannot set a MAC address: {child.kind} links share "
                            "the master's MAC")
@@ -145,7 +147,10 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease, child: ChildKind,
             addressing = with_default_routes(addressing, spec.is_default_gateway)
             configure_container(ns, inner.index, addressing,
                                 allow_ipv6_on_ipv4=spec.allow_ipv6_on_ipv4_interface)
-            return build_result([interface_entry(att.ifname, inner.mac, att.netns)], 0, addressing)
+            entry = interface_entry(att.ifname, inner.mac, att.netns)
+            if finish is not None:
+                entry.update(finish(inner))
+            return build_result([entry], 0, addressing)
         except netlink.NetlinkError as exc:
             undo.run()
             raise PluginError(INTERNAL, f"{child.kind}: netlink request failed",

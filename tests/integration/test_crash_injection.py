@@ -25,7 +25,7 @@ import re
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +54,19 @@ SHAPING_STEPS = {"ifb", "ifb-tbf", "ingress-redirect", "veth-tbf"}
 MACVLAN_STEPS = {"ipam-owner-file", "ipam-lease-file", "ipam-hints", "macvlan-created",
                  "macvlan-moved-into-netns", "arp-notify-sysctl", "container-address",
                  "container-link-up", "result-ready"}
+TAP_STEPS = {"ipam-owner-file", "ipam-lease-file", "ipam-hints", "bridge", "bridge-mac-pinned",
+             "gateway-address", "ip-forward-sysctl", "veth-into-netns", "tap-created", "container-link-up",
+             "tc-redirect", "masquerade", "result-ready"}
+MACVTAP_STEPS = {step.replace("macvlan", "macvtap") for step in MACVLAN_STEPS}
 
 
 # ----- helpers -----------------------------------------------------------------------------
 def bridge_conflist(data_dir: Path, *, dual_stack: bool = False, hairpin: bool = False,
-                    bandwidth: dict[str, int] | None = None) -> dict[str, Any]:
+                    bandwidth: dict[str, int] | None = None, mode: str = "bridge") -> dict[str, Any]:
     ranges = [[{"subnet": str(unique_subnet(4, 24))}]]
     if dual_stack:
         ranges.append([{"subnet": str(unique_subnet(6, 64))}])
-    plugin = {"type": "pybridge", "bridge": unique_name("br"), "isGateway": True,
+    plugin = {"type": "pybridge", "mode": mode, "bridge": unique_name("br"), "isGateway": True,
               "isDefaultGateway": True, "ipMasq": True, "hairpinMode": hairpin,
               "ipam": {"type": "pybridge-ipam", "ranges": ranges, "dataDir": str(data_dir)}}
     if bandwidth:
@@ -70,9 +74,9 @@ def bridge_conflist(data_dir: Path, *, dual_stack: bool = False, hairpin: bool =
     return {"cniVersion": "1.1.0", "name": unique_name("net"), "plugins": [plugin]}
 
 
-def macvlan_conflist(data_dir: Path, uplink: Uplink) -> dict[str, Any]:
+def macvlan_conflist(data_dir: Path, uplink: Uplink, mode: str = "macvlan") -> dict[str, Any]:
     net = uplink.subnet
-    plugin = {"type": "pybridge", "mode": "macvlan", "master": uplink.host_if,
+    plugin = {"type": "pybridge", "mode": mode, "master": uplink.host_if,
               "ipam": {"type": "pybridge-ipam", "dataDir": str(data_dir),
                        "ranges": [[{"subnet": str(net), "rangeStart": str(net.network_address + 10),
                                     "gateway": str(uplink.outside_ip)}]],
@@ -163,15 +167,6 @@ def crash_every_step(cni: CniTool, conf: dict[str, Any], make_ns: Callable[[], N
 
 
 # ----- fixtures ----------------------------------------------------------------------------
-@pytest.fixture
-def own_bridges() -> Iterator[list[str]]:
-    """Bridges outlive DEL (they are the network's, not the container's): removed here."""
-    made: list[str] = []
-    yield made
-    for name in made:
-        run(["ip", "link", "del", name], check=False)
-
-
 def network(cni: CniTool, own_bridges: list[str], **kw: Any) -> dict[str, Any]:
     conf = bridge_conflist(cni.data_dir, **kw)
     own_bridges.append(conf["plugins"][0]["bridge"])
@@ -240,6 +235,19 @@ def test_macvlan_add_crash_at_every_step_is_undone(cni, netns, uplink, cleanup):
     then move it: a crash between the two leaves a link that DEL and GC must find by name."""
     conf = macvlan_conflist(cni.data_dir, uplink)
     crash_every_step(cni, conf, netns, MACVLAN_STEPS, cleanup)
+
+
+@pytest.mark.parametrize("cleanup", [cleanup_by_del, cleanup_by_gc], ids=["DEL", "GC"])
+def test_tap_add_crash_at_every_step_is_undone(cni, netns, own_bridges, cleanup):
+    """tap mode: the bridge attachment's steps, then the tap and the redirects in the sandbox."""
+    conf = network(cni, own_bridges, mode="tap")
+    crash_every_step(cni, conf, netns, TAP_STEPS, cleanup)
+
+
+@pytest.mark.parametrize("cleanup", [cleanup_by_del, cleanup_by_gc], ids=["DEL", "GC"])
+def test_macvtap_add_crash_at_every_step_is_undone(cni, netns, uplink, cleanup):
+    conf = macvlan_conflist(cni.data_dir, uplink, mode="macvtap")
+    crash_every_step(cni, conf, netns, MACVTAP_STEPS, cleanup)
 
 
 def test_del_crash_at_every_step_then_del_again(cni, netns, own_bridges):

@@ -28,8 +28,9 @@ from cni_bridge.inventory.model import (
     NetworkConfig,
     Sources,
 )
-from cni_bridge.inventory.stale import ELEMENT, LEASE, PORT, TABLE, findings, held_back
+from cni_bridge.inventory.stale import ELEMENT, LEASE, PORT, TABLE, VM_PORT, findings, held_back
 from cni_bridge.ipam.lease import Lease
+from cni_bridge.vm.names import owner_of
 
 NOW = 1_000_000.0
 DATA = "/leases"
@@ -189,3 +190,42 @@ def test_docker_endpoints_and_problems() -> None:
 def test_status_json_shape_is_unchanged() -> None:
     inv = judge(shared_bridge(), None, grace=60)
     assert set(inv.to_dict()) == {"networks", "foreign_tables", "netns", "problems"}
+
+
+# --- VM ports (cni-bridge vm) ----------------------------------------------------------------------
+def vm_facts(*, tap_link: bool, record: bool, age: float = 3600, extra_links: list[HostLink] = ()) -> Facts:
+    tap = "pbtap0123456789"
+    f = facts(configs=[config("net1")], stores={"net1": [lease("10.1.0.5", *owner_of(tap), age=age)]},
+              links=[HostLink(tap, 21, "tun", "fe:00:00:00:00:05", True, BRIDGE.index)] if tap_link else [])
+    f.links.update({link.name: link for link in extra_links})
+    if record:
+        f.vm_ports = {tap: {"id": tap, "tap": tap, "network": "net1", "status": "ready", "mac": "52:54:00:00:00:05",
+                            "addresses": ["10.1.0.5/24"], "since": NOW - age}}
+    return f
+
+
+def test_a_vm_port_with_tap_and_record_is_attached_and_claims_its_tap() -> None:
+    inv = judge(vm_facts(tap_link=True, record=True), None, 60)
+    (ep,) = inv.network("net1").endpoints
+    assert (ep.source, ep.ifname, ep.state, ep.host_master) == ("vm", "pbtap0123456789", ATTACHED, "br0")
+    assert "pbtap0123456789" in inv.claims.ports and findings(inv) == []
+
+
+def test_a_vm_port_missing_its_tap_or_its_record_is_stale() -> None:
+    for tap_link, record, why in ((False, True, "is gone"), (True, False, "no port record")):
+        inv = judge(vm_facts(tap_link=tap_link, record=record), None, 60)
+        (ep,) = inv.network("net1").endpoints
+        assert ep.state == STALE and why in ep.why
+        assert [(f.kind, f.subject) for f in findings(inv)] == [(VM_PORT, "pbtap0123456789")]
+
+
+def test_a_young_vm_port_is_left_alone() -> None:
+    inv = judge(vm_facts(tap_link=False, record=True, age=5), None, 60)
+    assert inv.network("net1").endpoints[0].state == UNKNOWN and findings(inv) == []
+
+
+def test_an_unclaimed_default_named_tap_on_the_bridge_is_a_port_finding_but_not_other_taps() -> None:
+    stray = HostLink("pbtapabcdefabcd", 22, "tun", "fe:00:00:00:00:06", True, BRIDGE.index)
+    vnet = HostLink("vnet0", 23, "tun", "fe:00:00:00:00:07", True, BRIDGE.index)
+    inv = judge(vm_facts(tap_link=True, record=True, extra_links=[stray, vnet]), None, 60)
+    assert [(f.kind, f.subject) for f in findings(inv)] == [(PORT, "pbtapabcdefabcd")]

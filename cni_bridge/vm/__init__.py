@@ -1,0 +1,1 @@
+"""VM ports: tap devices on pybridge networks for VMs on this host (`cni-bridge vm`)."""
