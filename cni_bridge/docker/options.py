@@ -36,6 +36,7 @@ OPTION_KEYS: dict[str, str] = {
     "ipvlanMode": "ipvlanMode",
     "vlanId": "vlanId",
     "isolate": "isolate",
+    "dhcp": "dhcp",
 }
 BRIDGE_PREFIX = "pbr-"
 

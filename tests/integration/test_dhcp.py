@@ -1,0 +1,143 @@
+"""DHCP per network (`dhcp: true`, issue 19): a real dnsmasq in `pbdhcp-<network>` answers a
+real busybox udhcpc with exactly the IPAM's address of its MAC, and nobody else."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni_bridge.dhcp import dnsmasq
+from cni_bridge.dhcp.files import netns_name, network_dir, veth_name
+from cni_bridge.ipam.store import LeaseStore
+from tests.support import dhcp as client
+from tests.support.cnitool import CniTool
+from tests.support.session import unique_name
+from tests.support.subnets import unique_subnet
+
+pytestmark = pytest.mark.usefixtures("netns")
+MTU = 1400
+NAMESERVER = "192.0.2.53"
+
+
+def dhcp_conf(cni: CniTool, subnet: Any) -> dict[str, Any]:
+    plugin = {"type": "pybridge", "bridge": unique_name("br"), "isGateway": True, "isDefaultGateway": True,
+              "ipMasq": False, "mtu": MTU, "dhcp": True, "dns": {"nameservers": [NAMESERVER]},
+              "ipam": {"type": "pybridge-ipam", "ranges": [[{"subnet": str(subnet)}]],
+                       "routes": [{"dst": "198.51.100.0/24"}], "dataDir": str(cni.data_dir)}}
+    return {"cniVersion": "1.1.0", "name": unique_name("net"), "plugins": [plugin]}
+
+
+@pytest.fixture
+def network(cni: CniTool, tmp_path: Path):
+    """A dhcp network's config; whatever the test leaves (attachments, server, bridge) goes."""
+    conf = dhcp_conf(cni, unique_subnet(4, 24))
+    yield conf
+    for entry in cni.cached_attachments(conf["name"]):
+        cni.delete(conf, "", container_id=entry.container_id, ifname=entry.ifname, raise_on_error=False)
+    from cni_bridge.dhcp import stop
+    stop(conf["name"])
+    subprocess.run(["ip", "link", "del", conf["plugins"][0]["bridge"]], capture_output=True)
+
+
+@pytest.fixture
+def probes(tmp_path: Path):
+    """Host ends of the test's client veths, deleted at the end."""
+    made: list[str] = []
+    yield made
+    for name in made:
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
+def attach(cni: CniTool, conf: dict[str, Any], ns: Any) -> tuple[str, str]:
+    """ADD a container: (its address with prefix, its MAC)."""
+    result = cni.add(conf, ns.path).result
+    ip = result["ips"][0]
+    return ip["address"], result["interfaces"][ip["interface"]]["mac"]
+
+
+def ask(netns: Any, probes: list[str], bridge: str, mac: str, script: Path) -> dict[str, str] | None:
+    """A fresh namespace with a veth of MAC `mac` on `bridge` asks for a lease."""
+    ns = netns()
+    host_end = unique_name("dc")
+    probes.append(host_end)
+    client.plug(ns, bridge, host_end, mac)
+    return client.lease(ns, script)
+
+
+def server_pid(name: str) -> int | None:
+    pids = dnsmasq.pids(network_dir(name))
+    assert len(pids) <= 1
+    return pids[0] if pids else None
+
+
+def test_lease_is_the_ipam_address_and_unknown_macs_get_nothing(cni, netns, network, probes, tmp_path):
+    conf, script = network, client.write_script(tmp_path)
+    name, bridge = conf["name"], conf["plugins"][0]["bridge"]
+    a_ns, b_ns = netns(), netns()
+    a_addr, a_mac = attach(cni, conf, a_ns)
+    pid = server_pid(name)
+    assert pid is not None and os.path.exists(f"/run/netns/{netns_name(name)}")
+    gateway = str(ipaddress.ip_interface(a_addr).network.network_address + 1)
+
+    got = ask(netns, probes, bridge, a_mac, script)
+    assert got is not None, (network_dir(name) / "dnsmasq.log").read_text()
+    assert f"{got['ip']}/{got['mask']}" == a_addr
+    assert got["router"] == gateway and got["mtu"] == str(MTU) and got["dns"].strip() == NAMESERVER
+    assert "198.51.100.0/24 " + gateway in got["staticroutes"]
+    assert ask(netns, probes, bridge, "02:00:00:00:00:01", script) is None  # unknown MAC
+
+    b_addr, b_mac = attach(cni, conf, b_ns)      # an ADD: new entry, same process
+    assert server_pid(name) == pid
+    got = ask(netns, probes, bridge, b_mac, script)
+    assert got is not None and f"{got['ip']}/{got['mask']}" == b_addr
+
+    cni.delete(conf, a_ns.path)                  # a DEL: entry gone, same process
+    assert server_pid(name) == pid
+    assert ask(netns, probes, bridge, a_mac, script) is None
+
+    cni.delete(conf, b_ns.path)                  # the last DEL: the server goes with it
+    assert server_pid(name) is None
+    assert not os.path.exists(f"/run/netns/{netns_name(name)}")
+    assert subprocess.run(["ip", "link", "show", veth_name(name)], capture_output=True).returncode != 0
+    assert not network_dir(name).exists()
+    assert LeaseStore(cni.data_dir, name).all_leases() == []  # the server's own address too
+
+
+def test_server_comes_back_after_a_reboot(cni, netns, network, probes, tmp_path):
+    """Reboot simulation: dnsmasq killed, its namespace, the bridge and the run directory gone,
+    the lease store kept. The runtime re-creates the pod: the server is back with its entry."""
+    run_dir = tmp_path / "run"
+    cni.extra_env.update(PYBRIDGE_RUN_DIR=str(run_dir), PYBRIDGE_FASTPATH_SOCKET="off")
+    conf, script = network, client.write_script(tmp_path)
+    name, bridge = conf["name"], conf["plugins"][0]["bridge"]
+    pod = netns()
+    cid = unique_name("ctr")
+    result = cni.add(conf, pod.path, container_id=cid).result
+    address = result["ips"][0]["address"]
+    directory = run_dir / "dhcp" / name
+    pids = dnsmasq.pids(directory)
+    assert len(pids) == 1
+
+    os.kill(pids[0], signal.SIGKILL)             # the reboot
+    pod.delete()
+    subprocess.run(["ip", "netns", "delete", netns_name(name)], check=True)
+    subprocess.run(["ip", "link", "del", bridge], check=True)
+    shutil.rmtree(run_dir)
+
+    pod = netns()
+    again = cni.add(conf, pod.path, container_id=cid).result
+    assert again["ips"][0]["address"] == address
+    mac = again["interfaces"][again["ips"][0]["interface"]]["mac"]
+    assert len(dnsmasq.pids(directory)) == 1
+    got = ask(netns, probes, bridge, mac, script)
+    assert got is not None and f"{got['ip']}/{got['mask']}" == address
+    cni.delete(conf, pod.path, container_id=cid)
+    assert dnsmasq.pids(directory) == [] and not directory.exists()
+    assert LeaseStore(cni.data_dir, name).all_leases() == []
