@@ -73,9 +73,9 @@ def _lock(network: str):
 
 # --- the API for the attachment code (CNI ADD/DEL, Docker endpoints, VM ports) ------------------
 def add_host(info: NetworkInfo, key: str, mac: str, address: ipaddress.IPv4Address,
-             source: AddressSource) -> None:
+             source: AddressSource) -> bool:
     """`key` (the host veth or tap name) now answers to `mac` with `address`; starts the server
-    if it is not running. Idempotent."""
+    if it is not running (then returns True). Idempotent."""
     directory = network_dir(info.network)
     with _lock(info.network):
         directory.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -90,7 +90,7 @@ def add_host(info: NetworkInfo, key: str, mac: str, address: ipaddress.IPv4Addre
         entries[key] = {"mac": mac.lower(), "address": str(address)}
         _publish(directory, info, entries)
         step("dhcp-host-added")
-        _ensure_running(info, directory)
+        return _ensure_running(info, directory)
 
 
 def remove_host(network: str, key: str) -> None:

@@ -141,3 +141,64 @@ def test_server_comes_back_after_a_reboot(cni, netns, network, probes, tmp_path)
     cni.delete(conf, pod.path, container_id=cid)
     assert dnsmasq.pids(directory) == [] and not directory.exists()
     assert LeaseStore(cni.data_dir, name).all_leases() == []
+
+
+# --- the Docker driver (its handlers, as libnetwork calls them) -----------------------------------
+def test_docker_network_with_dhcp(plugin, netns, probes, tmp_path):
+    """`docker network create -d pybridge --ipam-driver pybridge -o dhcp=true`: each endpoint's
+    MAC gets its address; a driver restart after a reboot (dnsmasq and its namespace gone, the
+    run directory wiped) brings the server back from the endpoint records."""
+    from cni_bridge.docker.context import Driver
+    from cni_bridge.docker.network import recover
+    from tests.support.plugin_client import GATEWAY_OPTS
+    script = client.write_script(tmp_path)
+    subnet = unique_subnet(4)
+    bridge, nid = unique_name("br"), unique_name("nid") + "0" * 20
+    eids = [unique_name("eid") + "1" * 20, unique_name("eid") + "2" * 20]
+    pool = plugin.ok("IpamDriver.RequestPool", {"AddressSpace": "pybridge-local", "Pool": str(subnet),
+                                                "SubPool": "", "Options": {}, "V6": False})
+    pid_ = pool["PoolID"]
+    gateway = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pid_, "Address": "", "Options": GATEWAY_OPTS})
+    body = {"NetworkID": nid, "Options": {"com.docker.network.generic": {"bridge": bridge, "dhcp": "true"},
+                                          "com.docker.network.enable_ipv6": False},
+            "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": str(subnet), "Gateway": gateway["Address"],
+                          "AuxAddresses": {}}], "IPv6Data": []}
+    addresses: dict[str, str] = {}
+    try:
+        plugin.ok("NetworkDriver.CreateNetwork", body)
+        macs = {}
+        for eid in eids:
+            addresses[eid] = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pid_, "Address": "",
+                                                                     "Options": {}})["Address"]
+            reply = plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": nid, "EndpointID": eid, "Options": {},
+                                                               "Interface": {"Address": addresses[eid]}})
+            macs[eid] = reply["Interface"]["MacAddress"]
+            if eid == eids[0]:
+                pid = server_pid(nid)
+                assert pid is not None
+        assert server_pid(nid) == pid  # the second endpoint: same process
+        got = ask(netns, probes, bridge, macs[eids[1]], script)
+        assert got is not None and f"{got['ip']}/{got['mask']}" == addresses[eids[1]]
+        assert got["router"] == gateway["Address"].split("/")[0]
+
+        os.kill(pid, signal.SIGKILL)       # a reboot: the server, its namespace and /run are gone
+        subprocess.run(["ip", "netns", "delete", netns_name(nid)], check=True)
+        shutil.rmtree(network_dir(nid))
+        done = recover(Driver(plugin.settings))
+        assert any("started the DHCP server" in line for line in done), done
+        got = ask(netns, probes, bridge, macs[eids[0]], script)
+        assert got is not None and f"{got['ip']}/{got['mask']}" == addresses[eids[0]]
+
+        for eid in eids:
+            plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
+        assert server_pid(nid) is None and not os.path.exists(f"/run/netns/{netns_name(nid)}")
+        assert "docker-dhcp" not in " ".join(plugin.leases().values())  # the server's address is free
+    finally:
+        for eid in eids:
+            plugin.call("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
+        plugin.call("NetworkDriver.DeleteNetwork", {"NetworkID": nid})
+        for address in [*addresses.values(), gateway["Address"]]:
+            plugin.call("IpamDriver.ReleaseAddress", {"PoolID": pid_, "Address": address.split("/")[0]})
+        plugin.call("IpamDriver.ReleasePool", {"PoolID": pid_})
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    assert not network_dir(nid).exists()
