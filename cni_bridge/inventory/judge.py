@@ -28,6 +28,7 @@ from cni_bridge.inventory.model import (
     NetworkConfig,
     wanted_name,
 )
+from cni_bridge.ipam.lease import DHCP_IFNAME, DHCP_OWNER_PREFIX
 
 BRIDGE_MODES = (None, "bridge")
 
@@ -120,7 +121,10 @@ def lease_endpoints(net: Network, facts: Facts, grace: float) -> list[Endpoint]:
     out = []
     for (cid, ifname, data_dir), held in sorted(grouped.items()):
         since, leased = min(lease.since for lease in held), [str(lease.address) for lease in held]
-        if cid.startswith(DOCKER_OWNER_PREFIX):
+        if cid.startswith(DHCP_OWNER_PREFIX) and ifname == DHCP_IFNAME:  # cni_bridge/dhcp: gc judges the server
+            out.append(Endpoint(cid, ifname, "dhcp", ATTACHED, leased=leased, since=since,
+                                why="the network's DHCP server", data_dir=data_dir))
+        elif cid.startswith(DOCKER_OWNER_PREFIX):
             out.append(Endpoint(cid, ifname, "docker-ipam", DOCKER, leased=leased, since=since,
                                 why="held by the Docker IPAM driver", data_dir=data_dir))
         else:

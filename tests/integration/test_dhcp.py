@@ -202,3 +202,30 @@ def test_docker_network_with_dhcp(plugin, netns, probes, tmp_path):
         plugin.call("IpamDriver.ReleasePool", {"PoolID": pid_})
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
     assert not network_dir(nid).exists()
+
+
+def test_status_shows_the_server_and_gc_reclaims_an_orphan(cni, netns, network, tmp_path):
+    """The container vanished without a DEL (its host veth gone with its namespace): the server
+    is an orphan; `cni-bridge gc --apply` stops it and frees its address with the lease."""
+    import json
+
+    from tests.support.cli import cli, cli_sources
+    conf, name = network, network["name"]
+    (tmp_path / "net.d").mkdir()
+    (tmp_path / "net.d" / f"50-{name}.conflist").write_text(json.dumps(conf))
+    pod = netns()
+    attach(cni, conf, pod)
+    pid = server_pid(name)
+    status = cli("status", *cli_sources(cni, tmp_path), name)
+    assert f"dhcp {name}: dnsmasq pid {pid}, netns {netns_name(name)}," in status.stdout, status.stdout
+    assert "1 entries" in status.stdout and status.returncode == 0, status.stdout
+    assert "nothing stale" in cli("gc", *cli_sources(cni, tmp_path), "--grace", "0", name).stdout
+
+    pod.delete()                                  # the host veth goes with the namespace
+    dry = cli("gc", *cli_sources(cni, tmp_path), "--grace", "0", name)
+    assert f"would remove: network {name}: DHCP server netns {netns_name(name)}" in dry.stdout, dry.stdout
+    applied = cli("gc", *cli_sources(cni, tmp_path), "--grace", "0", "--apply", name)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert server_pid(name) is None and not os.path.exists(f"/run/netns/{netns_name(name)}")
+    assert not network_dir(name).exists()
+    assert LeaseStore(cni.data_dir, name).all_leases() == []
