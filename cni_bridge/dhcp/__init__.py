@@ -28,13 +28,14 @@ def ipv4_of(addressing: Addressing):
 
 def network_info(spec: NetworkSpec, addressing: Addressing) -> NetworkInfo | None:
     """The network's side as one attachment's addressing shows it (subnet, gateway, routes,
-    DNS) plus the spec's bridge and MTU; None without an IPv4 address."""
+    DNS, else the network's `dns`) plus the spec's bridge and MTU; None without an IPv4 address."""
     ip = ipv4_of(addressing)
     if ip is None:
         return None
     routes = [(str(r.dst), str(r.gw) if r.gw else None) for r in addressing.routes if r.dst.version == 4]
     return NetworkInfo(spec.name, spec.bridge, str(ip.address.network),
-                       str(ip.gateway) if ip.gateway else None, spec.mtu, routes, dict(addressing.dns or {}))
+                       str(ip.gateway) if ip.gateway else None, spec.mtu, routes,
+                       dict(addressing.dns or spec.dns or {}))
 
 
 def for_cni(config: Mapping[str, Any]) -> AddressSource:

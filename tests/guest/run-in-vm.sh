@@ -4,6 +4,7 @@
 # are shared read-write at the same path; other writes go to tmpfs overlays.
 # Host's exported env is re-exported. Exit = command's (255 guest died, 124 timeout).
 # Knobs: VM_KERNEL VM_VENV(/opt/vng) VM_MEM VM_CPUS VM_TIMEOUT VM_ACCEL(auto|kvm|tcg) VM_CPU VM_VERBOSE=1
+#        VM_QEMU_OPTS (extra QEMU options, e.g. a NIC)
 # Needs: apt qemu-system-x86 linux-image-amd64 busybox-static file kmod; pip virtme-ng==1.42 in
 # VM_VENV -- `bash .ci/vm-setup.sh` (run by .ci/setup.sh) installs all of it.
 # Used by tests/guest/test_boot_guest.py to run tests/guest/kernel in the guest, e.g. by hand:
@@ -51,6 +52,10 @@ for d in "$CWD" "${extra[@]}"; do
   pre+="mount -t 9p -o trans=virtio,version=9p2000.L,access=any,msize=512000,${VM_RW_9P_OPTS-cache=loose} rw$i $d || exit 125"$'\n'
   i=$((i + 1))
 done
+# VM_QEMU_OPTS: more QEMU options (plain words, e.g. a NIC on a host tap:
+# "-netdev tap,id=n0,ifname=TAP,script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=MAC").
+[[ ${VM_QEMU_OPTS:-} =~ ^[A-Za-z0-9_.,=:/\ -]*$ ]] || die "unsupported characters in VM_QEMU_OPTS"
+qopts+=" ${VM_QEMU_OPTS:-}"
 opts+=(--qemu-opts="$qopts")
 
 # Command goes in a file (kernel command line is capped at 2 KiB).

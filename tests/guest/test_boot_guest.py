@@ -16,58 +16,20 @@ arguments for the in-guest pytest, e.g. `-k vlan`).
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import importlib.util
 import os
 import re
 import shlex
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.support.paths import REPO as ROOT
+from tests.support.guest import RUNNER, RUNNER_STATUS, VENV, VM_TIMEOUT, in_ci, missing_prerequisites, run_guest
 
 pytestmark = pytest.mark.vm
 
-RUNNER = Path(os.environ.get("PYBRIDGE_VM_RUNNER", Path(__file__).with_name("run-in-vm.sh")))
-VENV = Path(os.environ.get("VM_VENV", "/opt/vng"))
-VM_TIMEOUT = int(os.environ.get("VM_TIMEOUT", "420"))  # keep + 60 below addopts --timeout=600
 TEST_TIMEOUT = int(os.environ.get("PYBRIDGE_VM_TEST_TIMEOUT", "120"))
-
-# Exit statuses with a meaning of their own (run-in-vm.sh's, or pytest's 2 and 5).
-RUNNER_STATUS = {
-    2: "run-in-vm.sh refused to start, or the in-guest pytest hit a usage error/interrupt (exit 2)",
-    5: "the in-guest pytest collected no test (exit 5)",
-    124: f"the guest did not finish within VM_TIMEOUT={VM_TIMEOUT} s",
-    125: "the guest could not mount or enter the work tree",
-    255: "the guest died (QEMU or kernel failure; rerun with VM_VERBOSE=1)",
-}
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
-
-def missing_prerequisites() -> list[str]:
-    """What the guest needs and this host lacks (empty when a guest can be booted)."""
-    missing = []
-    if not RUNNER.is_file():
-        missing.append(f"{RUNNER} (the guest runner)")
-    if not os.access(VENV / "bin" / "vng", os.X_OK):
-        missing.append(f"{VENV}/bin/vng (virtme-ng 1.42 venv)")
-    kernels = [os.environ["VM_KERNEL"]] if os.environ.get("VM_KERNEL") else glob.glob("/boot/vmlinuz-*")
-    if not any(os.access(k, os.R_OK) for k in kernels):
-        missing.append("a readable kernel in /boot (linux-image-amd64; root needed to read it)")
-    for tool in ("qemu-system-x86_64", "busybox"):
-        if shutil.which(tool) is None:
-            missing.append(f"{tool} in PATH")
-    return missing
 
 
 def guest_pytest_argv() -> list[str]:
@@ -95,43 +57,6 @@ def guest_env() -> dict[str, str]:
     env.setdefault("VM_MEM", "1G")
     env.setdefault("VM_CPUS", "1")  # 2 vCPUs under TCG: 2-3x slower on a busy host
     return env
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of session `sid` (the runner's). `timeout` inside the runner puts
-    QEMU in a process group of its own, so killing the runner's group would not reach it."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: session id
-                os.kill(int(stat.parent.name), signal.SIGKILL)
-
-
-def run_guest(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run the runner in a session of its own; kill that session if it outlives its own timeout,
-    or if this test is interrupted (pytest-timeout, ^C): no QEMU is left behind."""
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=VM_TIMEOUT + 60)
-    except subprocess.TimeoutExpired:
-        kill_session(proc.pid)
-        out, _ = proc.communicate()
-        return 124, out
-    finally:
-        if proc.poll() is None:
-            kill_session(proc.pid)
-            proc.wait()
-    return proc.returncode, out
 
 
 def test_kernel_suite_in_guest() -> None:

@@ -22,28 +22,14 @@ from tests.support.session import unique_name
 from tests.support.subnets import unique_subnet
 
 pytestmark = pytest.mark.usefixtures("netns")
-MTU = 1400
-NAMESERVER = "192.0.2.53"
-
-
-def dhcp_conf(cni: CniTool, subnet: Any) -> dict[str, Any]:
-    plugin = {"type": "pybridge", "bridge": unique_name("br"), "isGateway": True, "isDefaultGateway": True,
-              "ipMasq": False, "mtu": MTU, "dhcp": True, "dns": {"nameservers": [NAMESERVER]},
-              "ipam": {"type": "pybridge-ipam", "ranges": [[{"subnet": str(subnet)}]],
-                       "routes": [{"dst": "198.51.100.0/24"}], "dataDir": str(cni.data_dir)}}
-    return {"cniVersion": "1.1.0", "name": unique_name("net"), "plugins": [plugin]}
+MTU, NAMESERVER = client.MTU, client.NAMESERVER
 
 
 @pytest.fixture
 def network(cni: CniTool, tmp_path: Path):
     """A dhcp network's config; whatever the test leaves (attachments, server, bridge) goes."""
-    conf = dhcp_conf(cni, unique_subnet(4, 24))
-    yield conf
-    for entry in cni.cached_attachments(conf["name"]):
-        cni.delete(conf, "", container_id=entry.container_id, ifname=entry.ifname, raise_on_error=False)
-    from cni_bridge.dhcp import stop
-    stop(conf["name"])
-    subprocess.run(["ip", "link", "del", conf["plugins"][0]["bridge"]], capture_output=True)
+    with client.dhcp_network(cni) as conf:
+        yield conf
 
 
 @pytest.fixture
