@@ -67,8 +67,7 @@ class AddressSource:
 
 
 def _lock(network: str):
-    return locks.flocked(os.path.join(locks._lock_dir(), f"dhcp.{digest(network)[:32]}.lock"),
-                         locks.NETWORK_LOCK_TIMEOUT)
+    return locks.flocked(locks.lock_path(f"dhcp.{digest(network)[:32]}.lock"), locks.NETWORK_LOCK_TIMEOUT)
 
 
 # --- the API for the attachment code (CNI ADD/DEL, Docker endpoints, VM ports) ------------------
@@ -98,12 +97,13 @@ def remove_host(network: str, key: str) -> None:
     directory = network_dir(network)
     with _lock(network):
         entries = read_entries(directory)
-        info = read_info(directory)
-        if key not in entries and (entries or info is None):
+        if key not in entries and entries:
             return
         entries.pop(key, None)
-        if not entries or info is None:
-            _stop(network, directory)
+        info = read_info(directory)
+        if not entries or info is None:  # also what a failed first add_host left
+            if directory.exists() or os.path.exists(kernel_netns.named_path(netns_name(network))):
+                _stop(network, directory)
             return
         _publish(directory, info, entries)
         step("dhcp-host-removed")
@@ -207,6 +207,19 @@ def reclaim(server: dict[str, Any]) -> None:
     if server.get("veth"):
         with netlink.root() as host:
             host.delete_link(server["veth"])
+
+
+def release_stale_address(network: str, data_dir: Path, owner: tuple[str, str]) -> bool:
+    """gc: free the server address a CNI store still holds for a server that is gone (a
+    reboot took it and no attachment came back). Re-checked under the network's lock: a server
+    being started keeps it. True if released."""
+    with _lock(network):
+        if read_info(network_dir(network)) is not None:
+            return False
+        with netlink.root() as host:
+            if host.link(veth_name(network)) is not None:
+                return False
+        return bool(LeaseStore(data_dir, network).release(*owner))
 
 
 # --- internals --------------------------------------------------------------------------------

@@ -215,3 +215,34 @@ def test_status_shows_the_server_and_gc_reclaims_an_orphan(cni, netns, network, 
     assert server_pid(name) is None and not os.path.exists(f"/run/netns/{netns_name(name)}")
     assert not network_dir(name).exists()
     assert LeaseStore(cni.data_dir, name).all_leases() == []
+
+
+def test_gc_frees_the_address_of_a_server_a_reboot_took(cni, netns, network, tmp_path):
+    """After a reboot nobody attaches to the network again: `cni-bridge gc` frees the
+    container's lease and the address the store still holds for the vanished server."""
+    import json
+
+    from tests.support.cli import cli, cli_sources
+    run_dir = tmp_path / "run"
+    cni.extra_env.update(PYBRIDGE_RUN_DIR=str(run_dir), PYBRIDGE_FASTPATH_SOCKET="off")
+    conf, name = network, network["name"]
+    (tmp_path / "net.d").mkdir()
+    (tmp_path / "net.d" / f"50-{name}.conflist").write_text(json.dumps(conf))
+    pod = netns()
+    cni.add(conf, pod.path)
+    store = LeaseStore(cni.data_dir, name)
+    assert len(store.all_leases()) == 2           # the container's and the server's
+    directory = run_dir / "dhcp" / name
+    for pid in dnsmasq.pids(directory):           # the reboot
+        os.kill(pid, signal.SIGKILL)
+    pod.delete()
+    subprocess.run(["ip", "netns", "delete", netns_name(name)], check=True)
+    shutil.rmtree(run_dir)
+
+    env = {"PYBRIDGE_RUN_DIR": str(run_dir)}
+    status = cli("status", *cli_sources(cni, tmp_path), "--grace", "0", name, env=env)
+    assert status.returncode == 1 and "(the network's DHCP server is gone)" in status.stdout, status.stdout
+    applied = cli("gc", *cli_sources(cni, tmp_path), "--grace", "0", "--apply", name, env=env)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "lease" in applied.stdout and "of the DHCP server" in applied.stdout, applied.stdout
+    assert store.all_leases() == []
