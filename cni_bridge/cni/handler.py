@@ -278,6 +278,9 @@ def cmd_check(req: CniRequest) -> None:
     driver = modes.driver(spec.mode)
     validate.netns_present(req.netns)
     driver.check(spec, att, prev)
+    if spec.dhcp and any(ip.get("address", "").count(".") == 3 for ip in prev.get("ips", [])):
+        from cni_bridge import dhcp  # lazy: only dhcp networks
+        dhcp.check_host(spec.name, att.host_ifname)
     if req.runtime_config().get("portMappings"):
         from cni_bridge.cni import ports  # lazy
         ports.check(spec, att, prev, ports.requested(req.config))

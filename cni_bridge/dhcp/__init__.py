@@ -15,9 +15,9 @@ from typing import Any, Mapping
 from cni_bridge.attachment import Addressing
 from cni_bridge.config import NetworkSpec
 from cni_bridge.dhcp.files import NetworkInfo
-from cni_bridge.dhcp.server import AddressSource, add_host, hosts, remove_host, restore, stop
+from cni_bridge.dhcp.server import AddressSource, add_host, check_host, hosts, remove_host, restore, stop
 
-__all__ = ["AddressSource", "NetworkInfo", "add_host", "for_cni", "for_docker", "hosts", "ipv4_of",
+__all__ = ["AddressSource", "NetworkInfo", "add_host", "check_host", "for_cni", "for_docker", "hosts", "ipv4_of",
            "network_info", "remove_host", "restore", "stop"]
 
 

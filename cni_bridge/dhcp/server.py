@@ -122,6 +122,16 @@ def hosts(network: str) -> dict[str, dict[str, str]]:
     return read_entries(network_dir(network))
 
 
+def check_host(network: str, key: str) -> None:
+    """CHECK: the entry exists and the server runs (error 999 naming what is missing)."""
+    directory = network_dir(network)
+    if key not in read_entries(directory):
+        raise PluginError(INTERNAL, f"dhcp: the DHCP server of network {network[:64]} has no entry for {key}")
+    if not dnsmasq.pids(directory):
+        raise PluginError(INTERNAL, f"dhcp: the DHCP server of network {network[:64]} is not running",
+                          "`cni-bridge serve` or the next ADD starts it again")
+
+
 def restore() -> list[str]:
     """At start-up of the driver: every network with entries gets its server back (after a
     killed dnsmasq, a deleted namespace or a re-created bridge). One line per server started."""

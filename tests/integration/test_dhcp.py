@@ -81,6 +81,7 @@ def test_lease_is_the_ipam_address_and_unknown_macs_get_nothing(cni, netns, netw
 
     b_addr, b_mac = attach(cni, conf, b_ns)      # an ADD: new entry, same process
     assert server_pid(name) == pid
+    cni.check(conf, b_ns.path)                   # CHECK looks at the entry and the process
     got = ask(netns, probes, bridge, b_mac, script)
     assert got is not None and f"{got['ip']}/{got['mask']}" == b_addr
 
@@ -150,6 +151,10 @@ def test_docker_network_with_dhcp(plugin, netns, probes, tmp_path):
             "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": str(subnet), "Gateway": gateway["Address"],
                           "AuxAddresses": {}}], "IPv6Data": []}
     addresses: dict[str, str] = {}
+    foreign = unique_subnet(4)  # a pool of another IPAM driver: no address for the server
+    refused = dict(body, IPv4Data=[{"AddressSpace": "x", "Pool": str(foreign), "AuxAddresses": {},
+                                    "Gateway": f"{foreign.network_address + 1}/{foreign.prefixlen}"}])
+    assert "--ipam-driver pybridge" in plugin.err("NetworkDriver.CreateNetwork", refused)
     try:
         plugin.ok("NetworkDriver.CreateNetwork", body)
         macs = {}
