@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from tests.support.guest import RUNNER, RUNNER_STATUS, VENV, VM_TIMEOUT, in_ci, missing_prerequisites, run_guest
+from tests.support.guest import RUNNER, RUNNER_STATUS, VENV, VM_TIMEOUT, require_guest, run_guest
 
 pytestmark = pytest.mark.vm
 
@@ -62,12 +62,7 @@ def guest_env() -> dict[str, str]:
 def test_kernel_suite_in_guest() -> None:
     if os.environ.get("PYBRIDGE_IN_VM") == "1":
         pytest.skip("already inside the kernel VM")
-    missing = missing_prerequisites()
-    if missing:
-        msg = "kernel VM prerequisites missing (run `bash .ci/vm-setup.sh` as root): " + "; ".join(missing)
-        if in_ci():
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+    require_guest()
 
     argv = ["bash", str(RUNNER), *guest_pytest_argv()]
     started = time.monotonic()

@@ -26,7 +26,7 @@ from cni_bridge.attachment import Addressing
 from cni_bridge.config import parse_network
 from cni_bridge.ipam import plugin as ipam_plugin
 from tests.support import dhcp as client
-from tests.support.guest import RUNNER, RUNNER_STATUS, VENV, VM_TIMEOUT, in_ci, missing_prerequisites, run_guest
+from tests.support.guest import RUNNER, RUNNER_STATUS, VENV, VM_TIMEOUT, require_guest, run_guest
 from tests.support.session import unique_name
 
 pytestmark = pytest.mark.vm
@@ -74,12 +74,7 @@ exit 0
 
 
 def test_vm_gets_its_address_by_dhcp_and_reaches_gateway_and_container(cni, netns, tmp_path: Path) -> None:
-    missing = missing_prerequisites()
-    if missing:
-        msg = "QEMU guest prerequisites missing (run `bash .ci/vm-setup.sh` as root): " + "; ".join(missing)
-        if in_ci():
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+    require_guest()
     with client.dhcp_network(cni) as conf:
         pod = netns()
         result = cni.add(conf, pod.path).result

@@ -49,6 +49,17 @@ def missing_prerequisites() -> list[str]:
     return missing
 
 
+def require_guest() -> None:
+    """Skip the calling test when a guest cannot be booted here (fail instead in CI)."""
+    import pytest  # here: the rest of this module is plain subprocess work
+    missing = missing_prerequisites()
+    if missing:
+        msg = "QEMU guest prerequisites missing (run `bash .ci/vm-setup.sh` as root): " + "; ".join(missing)
+        if in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+
+
 def kill_session(sid: int) -> None:
     """SIGKILL every process of session `sid` (the runner's). `timeout` inside the runner puts
     QEMU in a process group of its own, so killing the runner's group would not reach it."""
