@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Show every pybridge network found on this host (CNI configs, IPAM lease "
                     "stores, Docker driver state) as a tree: network -> bridge or master -> "
                     "endpoints -> container (id, netns, interface, addresses, MAC), with the "
-                    "masquerade table and its entries. Read-only.",
+                    "masquerade table and its entries, then the DHCP servers of `dhcp: true` "
+                    "networks (process, namespace, veth, address, entries). Read-only.",
         epilog="exit codes: 0 consistent, 1 problems found (see `cni-bridge gc`), 2 usage error")
     add_source_options(p)
     p.add_argument("--json", action="store_true", help="print the inventory as JSON")

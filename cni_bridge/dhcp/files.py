@@ -32,9 +32,9 @@ DIR_NAME = "dhcp"
 NETNS_PREFIX = "pbdhcp-"
 VETH_PREFIX = "pbd"        # host end on the bridge: pbd + 11 hex of the network name (14 bytes)
 INNER_IFNAME = "dhcp0"     # the server's end, alone in its namespace
-# /run/netns/<name> is a file name (255 bytes); names of the longest networks are hashed so that
-# every name stays readable in `ip netns` output.
-MAX_READABLE_NETNS = 64
+# /run/netns/<name> is a file name (255 bytes) and network names may have 256 characters: the
+# longest are hashed. Docker's network ids (64 hex) stay readable.
+MAX_READABLE_NETNS = 128
 
 
 def digest(network: str) -> str:
