@@ -3,13 +3,15 @@ real busybox udhcpc with exactly the IPAM's address of its MAC, and nobody else.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -131,68 +133,116 @@ def test_server_comes_back_after_a_reboot(cni, netns, network, probes, tmp_path)
 
 
 # --- the Docker driver (its handlers, as libnetwork calls them) -----------------------------------
-def test_docker_network_with_dhcp(plugin, netns, probes, tmp_path):
-    """`docker network create -d pybridge --ipam-driver pybridge -o dhcp=true`: each endpoint's
-    MAC gets its address; a driver restart after a reboot (dnsmasq and its namespace gone, the
-    run directory wiped) brings the server back from the endpoint records."""
-    from cni_bridge.docker.context import Driver
-    from cni_bridge.docker.network import recover
+@dataclass
+class DockerNet:
+    nid: str
+    bridge: str
+    gateway: str
+    addresses: dict[str, str]   # endpoint id -> address/prefix
+    macs: dict[str, str]
+
+
+Call = Callable[[str, Any], tuple[int, Any]]
+
+
+def ok(call: Call, method: str, body: Any) -> Any:
+    status, payload = call(method, body)
+    assert status == 200 and "Err" not in (payload or {}), (method, payload)
+    return payload
+
+
+@contextlib.contextmanager
+def docker_dhcp_network(call: Call, endpoints: int = 2) -> Iterator[DockerNet]:
+    """What dockerd sends for `docker network create -d pybridge --ipam-driver pybridge -o
+    dhcp=true` and `endpoints` containers on it; everything is released at the end."""
     from tests.support.plugin_client import GATEWAY_OPTS
-    script = client.write_script(tmp_path)
     subnet = unique_subnet(4)
     bridge, nid = unique_name("br"), unique_name("nid") + "0" * 20
-    eids = [unique_name("eid") + "1" * 20, unique_name("eid") + "2" * 20]
-    pool = plugin.ok("IpamDriver.RequestPool", {"AddressSpace": "pybridge-local", "Pool": str(subnet),
-                                                "SubPool": "", "Options": {}, "V6": False})
-    pid_ = pool["PoolID"]
-    gateway = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pid_, "Address": "", "Options": GATEWAY_OPTS})
-    body = {"NetworkID": nid, "Options": {"com.docker.network.generic": {"bridge": bridge, "dhcp": "true"},
-                                          "com.docker.network.enable_ipv6": False},
-            "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": str(subnet), "Gateway": gateway["Address"],
-                          "AuxAddresses": {}}], "IPv6Data": []}
-    addresses: dict[str, str] = {}
-    foreign = unique_subnet(4)  # a pool of another IPAM driver: no address for the server
-    refused = dict(body, IPv4Data=[{"AddressSpace": "x", "Pool": str(foreign), "AuxAddresses": {},
-                                    "Gateway": f"{foreign.network_address + 1}/{foreign.prefixlen}"}])
-    assert "--ipam-driver pybridge" in plugin.err("NetworkDriver.CreateNetwork", refused)
+    pool = ok(call, "IpamDriver.RequestPool", {"AddressSpace": "pybridge-local", "Pool": str(subnet),
+                                               "SubPool": "", "Options": {}, "V6": False})["PoolID"]
+    gateway = ok(call, "IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": GATEWAY_OPTS})["Address"]
+    net = DockerNet(nid, bridge, gateway.split("/")[0], {}, {})
     try:
-        plugin.ok("NetworkDriver.CreateNetwork", body)
-        macs = {}
-        for eid in eids:
-            addresses[eid] = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pid_, "Address": "",
-                                                                     "Options": {}})["Address"]
-            reply = plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": nid, "EndpointID": eid, "Options": {},
-                                                               "Interface": {"Address": addresses[eid]}})
-            macs[eid] = reply["Interface"]["MacAddress"]
-            if eid == eids[0]:
-                pid = server_pid(nid)
-                assert pid is not None
-        assert server_pid(nid) == pid  # the second endpoint: same process
-        got = ask(netns, probes, bridge, macs[eids[1]], script)
-        assert got is not None and f"{got['ip']}/{got['mask']}" == addresses[eids[1]]
-        assert got["router"] == gateway["Address"].split("/")[0]
-
-        os.kill(pid, signal.SIGKILL)       # a reboot: the server, its namespace and /run are gone
-        subprocess.run(["ip", "netns", "delete", netns_name(nid)], check=True)
-        shutil.rmtree(network_dir(nid))
-        done = recover(Driver(plugin.settings))
-        assert any("started the DHCP server" in line for line in done), done
-        got = ask(netns, probes, bridge, macs[eids[0]], script)
-        assert got is not None and f"{got['ip']}/{got['mask']}" == addresses[eids[0]]
-
-        for eid in eids:
-            plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
-        assert server_pid(nid) is None and not os.path.exists(f"/run/netns/{netns_name(nid)}")
-        assert "docker-dhcp" not in " ".join(plugin.leases().values())  # the server's address is free
+        ok(call, "NetworkDriver.CreateNetwork", {
+            "NetworkID": nid, "Options": {"com.docker.network.generic": {"bridge": bridge, "dhcp": "true"},
+                                          "com.docker.network.enable_ipv6": False},
+            "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": str(subnet), "Gateway": gateway,
+                          "AuxAddresses": {}}], "IPv6Data": []})
+        for n in range(endpoints):
+            eid = unique_name("eid") + str(n) * 20
+            net.addresses[eid] = ok(call, "IpamDriver.RequestAddress", {"PoolID": pool, "Address": "",
+                                                                        "Options": {}})["Address"]
+            reply = ok(call, "NetworkDriver.CreateEndpoint", {"NetworkID": nid, "EndpointID": eid, "Options": {},
+                                                              "Interface": {"Address": net.addresses[eid]}})
+            net.macs[eid] = reply["Interface"]["MacAddress"]
+        yield net
     finally:
-        for eid in eids:
-            plugin.call("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
-        plugin.call("NetworkDriver.DeleteNetwork", {"NetworkID": nid})
-        for address in [*addresses.values(), gateway["Address"]]:
-            plugin.call("IpamDriver.ReleaseAddress", {"PoolID": pid_, "Address": address.split("/")[0]})
-        plugin.call("IpamDriver.ReleasePool", {"PoolID": pid_})
+        for eid in net.addresses:
+            call("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
+        call("NetworkDriver.DeleteNetwork", {"NetworkID": nid})
+        for address in [*net.addresses.values(), gateway]:
+            call("IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": address.split("/")[0]})
+        call("IpamDriver.ReleasePool", {"PoolID": pool})
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
     assert not network_dir(nid).exists()
+
+
+def test_docker_network_with_dhcp(plugin, netns, probes, tmp_path):
+    """Each endpoint's MAC gets its address from one server; a driver start after a reboot
+    (dnsmasq and its namespace gone, the run directory wiped) brings the server back from the
+    endpoint records; DeleteEndpoint of the last endpoint stops it and frees its address."""
+    from cni_bridge.docker.context import Driver
+    from cni_bridge.docker.network import recover
+    script = client.write_script(tmp_path)
+    foreign = unique_subnet(4)  # a pool of another IPAM driver: no address for the server
+    assert "--ipam-driver pybridge" in plugin.err("NetworkDriver.CreateNetwork", {
+        "NetworkID": unique_name("nid") + "9" * 20, "IPv6Data": [],
+        "Options": {"com.docker.network.generic": {"dhcp": "true"}},
+        "IPv4Data": [{"AddressSpace": "x", "Pool": str(foreign), "AuxAddresses": {},
+                      "Gateway": f"{foreign.network_address + 1}/{foreign.prefixlen}"}]})
+    with docker_dhcp_network(plugin.call) as net:
+        first, second = net.addresses
+        pid = server_pid(net.nid)
+        assert pid is not None
+        got = ask(netns, probes, net.bridge, net.macs[second], script)
+        assert got is not None and f"{got['ip']}/{got['mask']}" == net.addresses[second]
+        assert got["router"] == net.gateway
+
+        os.kill(pid, signal.SIGKILL)       # a reboot: the server, its namespace and /run are gone
+        subprocess.run(["ip", "netns", "delete", netns_name(net.nid)], check=True)
+        shutil.rmtree(network_dir(net.nid))
+        done = recover(Driver(plugin.settings))
+        assert any("started the DHCP server" in line for line in done), done
+        got = ask(netns, probes, net.bridge, net.macs[first], script)
+        assert got is not None and f"{got['ip']}/{got['mask']}" == net.addresses[first]
+
+        for eid in net.addresses:
+            plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": net.nid, "EndpointID": eid})
+        assert server_pid(net.nid) is None and not os.path.exists(f"/run/netns/{netns_name(net.nid)}")
+        assert "docker-dhcp" not in " ".join(plugin.leases().values())  # the server's address is free
+
+
+def test_served_driver_restart_keeps_or_restarts_the_server(served_driver, netns, probes, tmp_path):
+    """`cni-bridge serve` killed and started again: a running dnsmasq is kept (same pid, no
+    restart for a driver restart); one that died meanwhile is started again at start-up."""
+    from tests.support.dockerd import plugin_call
+    sock, _, _, start = served_driver
+    script = client.write_script(tmp_path)
+    driver = start()
+    with docker_dhcp_network(lambda method, body: plugin_call(sock, method, body), endpoints=1) as net:
+        (eid,) = net.addresses
+        pid = server_pid(net.nid)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        driver = start()
+        assert server_pid(net.nid) == pid
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        os.kill(pid, signal.SIGKILL)
+        start()
+        assert server_pid(net.nid) not in (None, pid)
+        got = ask(netns, probes, net.bridge, net.macs[eid], script)
+        assert got is not None and f"{got['ip']}/{got['mask']}" == net.addresses[eid]
 
 
 def test_status_shows_the_server_and_gc_reclaims_an_orphan(cni, netns, network, tmp_path):
