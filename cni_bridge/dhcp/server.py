@@ -80,8 +80,9 @@ def add_host(info: NetworkInfo, key: str, mac: str, address: ipaddress.IPv4Addre
         directory.mkdir(parents=True, exist_ok=True, mode=0o755)
         old = read_info(directory)
         server = old.server if old is not None else None
-        if server is None or ipaddress.ip_interface(server.address).network != ipaddress.ip_network(info.subnet):
-            server = _lease_server_address(info, source)
+        if server is None or not server.address or \
+                ipaddress.ip_interface(server.address).network != ipaddress.ip_network(info.subnet):
+            server = _lease_server_address(info, source, directory)
         info = dataclasses.replace(info, server=server)
         write_file(directory / "network.json", info.to_json())
         step("dhcp-network-recorded")
@@ -233,8 +234,12 @@ def release_stale_address(network: str, data_dir: Path, owner: tuple[str, str]) 
 
 
 # --- internals --------------------------------------------------------------------------------
-def _lease_server_address(info: NetworkInfo, source: AddressSource) -> ServerAddress:
+def _lease_server_address(info: NetworkInfo, source: AddressSource, directory: Path) -> ServerAddress:
+    """Lease the server's address; the record naming the store and owner is written first, so
+    that stop() (a DEL after a crash in the middle) finds what to release."""
     owner = lease_owner(info.network, source.docker)
+    pending = ServerAddress("", str(source.data_dir), source.store, owner)
+    write_file(directory / "network.json", dataclasses.replace(info, server=pending).to_json())
     store = LeaseStore(source.data_dir, source.store)
     subnet = ipaddress.ip_network(info.subnet)
     leases = store.allocate(*owner, source.config)
@@ -259,6 +264,7 @@ def _ensure_running(info: NetworkInfo, directory: Path) -> bool:
     """SIGHUP a healthy server; (re)build and start one that is not. True if started."""
     ns, veth = netns_name(info.network), veth_name(info.network)
     running = dnsmasq.pids(directory)
+    assert info.server is not None and info.server.address, "the server's address is leased first"
     with netlink.root() as host:
         bridge = host.link(info.bridge)
         if bridge is None:
@@ -279,7 +285,7 @@ def _ensure_running(info: NetworkInfo, directory: Path) -> bool:
             host.create_veth_into(veth, INNER_IFNAME, inside, mtu=info.mtu, master=bridge.index)
             step("dhcp-veth")
             inner = inside.link(INNER_IFNAME)
-            assert inner is not None and info.server is not None
+            assert inner is not None
             inside.add_address(inner.index, ipaddress.ip_interface(info.server.address))
             inside.set_up(inner.index)
             lo = inside.link("lo")
