@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-APT_PACKAGES=(iproute2 iputils-ping nftables iptables conntrack tcpdump busybox-static
+APT_PACKAGES=(iproute2 iputils-ping nftables iptables conntrack tcpdump busybox-static dnsmasq-base
               containernetworking-plugins python3-venv util-linux
               docker.io containerd runc podman debootstrap
               qemu-system-x86 linux-image-amd64 file kmod

@@ -37,6 +37,7 @@ class NetworkSpec:
     uplink: str | None = None
     internal: bool = False        # Docker --internal: the host forwards nothing in or out
     isolate: bool = False  # walled off from other isolated networks (firewall/isolation.py)
+    dhcp: bool = False     # a DHCP server for the network's leases (cni_bridge/dhcp)
     # macvlan / ipvlan / vlan / macvtap
     master: str | None = None
     macvlan_mode: str = "bridge"
@@ -119,6 +120,7 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
         uplink=_optional_ifname(cfg, "uplink"),
         internal=_bool(cfg, "internal"),
         isolate=_bool(cfg, "isolate"),
+        dhcp=_bool(cfg, "dhcp"),
         master=_optional_ifname(cfg, "master"),
         macvlan_mode=_choice(cfg, "macvlanMode", MACVLAN_MODES, "bridge"),
         ipvlan_mode=_choice(cfg, "ipvlanMode", IPVLAN_MODES, "l2"),
@@ -137,6 +139,8 @@ def parse_network(cfg: Mapping[str, Any]) -> NetworkSpec:
         raise config_error("internal is for bridge networks (a macvlan/ipvlan/vlan link is on the NIC's segment)")
     if spec.internal and spec.ip_masq:
         raise config_error("an internal network cannot masquerade (ipMasq)")
+    if spec.dhcp and spec.mode != "bridge":
+        raise config_error("dhcp is for bridge networks (the server joins the network's bridge)")
     if spec.mode == "vlan" and spec.vlan_id is None:
         raise config_error("mode vlan needs vlanId (1-4094)")
     if spec.mode in BRIDGED_MODES and spec.vlan_id is not None and spec.uplink is None:

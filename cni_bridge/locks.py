@@ -102,6 +102,11 @@ def _lock_dir() -> str:
     return lock_dir
 
 
+def lock_path(name: str) -> str:
+    """A lock file of the run directory, for locks of other modules (`name`: a safe file name)."""
+    return os.path.join(_lock_dir(), name)
+
+
 @contextlib.contextmanager
 def network_lock(network: str, timeout: float = NETWORK_LOCK_TIMEOUT) -> Iterator[None]:
     """Serialises the short sections that read-modify-write shared host state of one network

@@ -133,6 +133,9 @@ def cmd_add(req: CniRequest) -> dict[str, Any]:
     prev = _checked_prev(req)
     driver = modes.driver(spec.mode)
     validate.netns_present(req.netns)
+    if spec.dhcp:
+        from cni_bridge import dhcp  # lazy: only dhcp networks
+        dhcp.for_cni(req.config)  # refuse an IPAM the server cannot lease from before any work
     with attachment_lock(spec.name, att.container_id, att.ifname):
         return _add(req, spec, att, prev, driver)
 
@@ -154,6 +157,7 @@ def _add(req: CniRequest, spec, att, prev: dict[str, Any] | None, driver) -> dic
         return addressing
 
     result = None
+    dhcp_asked = False
     port_requests = req.runtime_config().get("portMappings")
     try:
         result = driver.add(spec, att, lease, prev) if getattr(driver, "USES_PREV_RESULT", False) \
@@ -161,6 +165,9 @@ def _add(req: CniRequest, spec, att, prev: dict[str, Any] | None, driver) -> dic
         if port_requests:
             from cni_bridge.cni import ports  # lazy: only ADDs that publish ports load it
             ports.publish(spec, att, result, ports.requested(req.config))
+        if spec.dhcp:
+            dhcp_asked = True
+            _dhcp_add(req, spec, att, result)
         converted = convert(merge_prev(prev, result), req.version)
         if req.caller_gone is not None and req.caller_gone():
             # The runtime killed its exec'd plugin: nobody will read this result, and the
@@ -168,6 +175,8 @@ def _add(req: CniRequest, spec, att, prev: dict[str, Any] | None, driver) -> dic
             raise PluginError(TRY_AGAIN, "the runtime went away before it got the result; the ADD was undone",
                               "the exec'd plugin's connection to the daemon closed during the ADD")
     except BaseException:
+        if dhcp_asked:
+            _undo_dhcp(spec, att)
         if port_requests and result is not None:
             _undo_ports(spec, att)
         _undo_add(req, spec, att, driver, result, ipam_asked)
@@ -197,6 +206,33 @@ def _undo_ports(spec, att) -> None:
         ports.unpublish(spec, att)
     except Exception as exc:
         print(f"pybridge: removing the published ports after a failed ADD failed: {exc}", file=sys.stderr)
+
+
+def _dhcp_add(req: CniRequest, spec, att, result: dict[str, Any]) -> None:
+    """The network's DHCP server learns the container's MAC and IPv4 address (the container
+    itself is configured statically; the entry gives a DHCP client with that MAC the same
+    address). Keyed by the host veth name, which DEL derives without the netns."""
+    from cni_bridge import dhcp  # lazy: only dhcp networks
+    from cni_bridge.attachment import Addressing  # lazy
+    addressing = Addressing.from_result(result)
+    info, ip = dhcp.network_info(spec, addressing), dhcp.ipv4_of(addressing)
+    if info is None or ip is None:
+        return
+    entry = next((e for e in result.get("ips", []) if e.get("address") == str(ip.address)), {})
+    interfaces = result.get("interfaces") or []
+    index = entry.get("interface")
+    mac = interfaces[index].get("mac") if isinstance(index, int) and 0 <= index < len(interfaces) else att.mac
+    if not mac:
+        raise PluginError(INTERNAL, "dhcp: the container interface's MAC is unknown")
+    dhcp.add_host(info, att.host_ifname, mac, ip.address.ip, dhcp.for_cni(req.config))
+
+
+def _undo_dhcp(spec, att) -> None:
+    from cni_bridge import dhcp  # lazy
+    try:
+        dhcp.remove_host(spec.name, att.host_ifname)
+    except Exception as exc:
+        print(f"pybridge: removing the DHCP entry after a failed ADD failed: {exc}", file=sys.stderr)
 
 
 def _ports_involved(req: CniRequest) -> bool:
@@ -239,6 +275,9 @@ def cmd_del(req: CniRequest) -> None:
             from cni_bridge.cni import ports  # lazy
             ports.unpublish(spec, att, _port_entries(req))
         driver.delete(spec, att, _addresses_to_release(req))
+        if spec.dhcp:
+            from cni_bridge import dhcp  # lazy: only dhcp networks
+            dhcp.remove_host(spec.name, att.host_ifname)
         ipam_client.delete(req)
     return None
 
@@ -253,6 +292,9 @@ def cmd_check(req: CniRequest) -> None:
     driver = modes.driver(spec.mode)
     validate.netns_present(req.netns)
     driver.check(spec, att, prev)
+    if spec.dhcp and any(ip.get("address", "").count(".") == 3 for ip in prev.get("ips", [])):
+        from cni_bridge import dhcp  # lazy: only dhcp networks
+        dhcp.check_host(spec.name, att.host_ifname)
     if req.runtime_config().get("portMappings"):
         from cni_bridge.cni import ports  # lazy
         ports.check(spec, att, prev, ports.requested(req.config))
@@ -272,7 +314,11 @@ def cmd_gc(req: CniRequest) -> None:
     driver = modes.driver(spec.mode)
     released = ipam_client.gc(req)
     for lease in released:
-        driver.delete(spec, Attachment(lease.container_id, lease.ifname, None), [lease.address])
+        gone = Attachment(lease.container_id, lease.ifname, None)
+        driver.delete(spec, gone, [lease.address])
+        if spec.dhcp:
+            from cni_bridge import dhcp  # lazy: only dhcp networks
+            dhcp.remove_host(spec.name, gone.host_ifname)
     if hasattr(driver, "gc"):
         driver.gc(spec, valid)
     if spec.mode == "bridge" and _ports_involved(req):

@@ -6,6 +6,9 @@ What counts as stale, judged from `cni_bridge.inventory` (see `cni-bridge status
 - a masquerade set element whose owner (the attachment's host veth name) no longer exists on the
   host: the element is removed (the network's table goes with its last element);
 - a masquerade table of a known network that has no elements;
+- a DHCP server (`dhcp: true`) none of whose entries' ports (host veth, tap) exists any more, and
+  a `pbdhcp-*` namespace, `pbd` veth or pybridge dnsmasq that no network's entries claim: stopped,
+  removed, its own address released; and the address of a DHCP server that is gone;
 - a pybridge host veth (`veth` + 11 hex) on the bridge of a pybridge bridge network whose lease
   store is known, that no lease of any store and no Docker endpoint claims: the link is deleted.
 - a pybridge ifb device (`pbifb` + 10 hex, made for bandwidth shaping) whose host veth is gone:
@@ -25,10 +28,12 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from cni_bridge.commands.status import add_source_options, collect
-from cni_bridge.inventory.model import Inventory
+from cni_bridge.dhcp import server as dhcp_server
+from cni_bridge.inventory.model import STALE, Inventory
 from cni_bridge.inventory.reclaim import Kept, remove
 from cni_bridge.inventory.stale import Finding, findings, held_back
 
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     inv = collect(args)
     found = findings(inv)
     results = [apply(item, inv) if args.apply else outcome(item, WOULD) for item in found]
+    results += dhcp_results(args, inv)
     render_json(results, inv, args.apply) if args.json else render_text(results, inv)
     return exit_code(results, args.apply)
 
@@ -74,6 +80,41 @@ def apply(item: Finding, inv: Inventory) -> dict[str, Any]:
         return outcome(item, f"{FAILED}: {exc}")
     log.info("gc net=%s removed %s (%s)", item.network, item.what, item.why)
     return outcome(item, REMOVED)
+
+
+def dhcp_results(args: argparse.Namespace, inv: Inventory) -> list[dict[str, Any]]:
+    """DHCP servers (cni_bridge/dhcp) whose ports are all gone, and their leftovers (a
+    namespace, veth or dnsmasq without a directory): stopped, with their address released; and
+    the address a lease store still holds for a server that is gone."""
+    out = []
+    for net in inv.networks:
+        for ep in net.endpoints:
+            if ep.source != "dhcp" or ep.state != STALE or ep.data_dir is None:
+                continue
+            result = {"network": net.name, "what": f"lease {', '.join(ep.leased)} of the DHCP server",
+                      "why": ep.why, "outcome": WOULD}
+            if args.apply:
+                try:
+                    released = dhcp_server.release_stale_address(net.name, Path(ep.data_dir),
+                                                                 (ep.container_id, ep.ifname))
+                    result["outcome"] = REMOVED if released else f"{KEPT}: the server is back"
+                except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                    result["outcome"] = f"{FAILED}: {exc}"
+            out.append(result)
+    for server in dhcp_server.orphans():
+        if args.networks and server["network"] not in args.networks:
+            continue
+        what = "DHCP server " + " ".join(f"{k} {server[k]}" for k in ("netns", "veth", "pid") if server.get(k))
+        why = "no port of its entries exists" if server["network"] else "no network's entries claim it"
+        result = {"network": server["network"] or "-", "what": what, "why": why, "outcome": WOULD}
+        if args.apply:
+            try:
+                dhcp_server.reclaim(server)
+                result["outcome"] = REMOVED
+            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                result["outcome"] = f"{FAILED}: {exc}"
+        out.append(result)
+    return out
 
 
 def outcome(item: Finding, what: str) -> dict[str, Any]:

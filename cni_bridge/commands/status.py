@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from cni_bridge.dhcp import server as dhcp_server
 from cni_bridge.inventory import DEFAULT_CNI_CACHE_DIR, DEFAULT_CONF_DIR
 from cni_bridge.inventory import collect as collect_inventory
 from cni_bridge.ipam.config import DEFAULT_DATA_DIR
@@ -56,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Show every pybridge network found on this host (CNI configs, IPAM lease "
                     "stores, Docker driver state) as a tree: network -> bridge or master -> "
                     "endpoints -> container (id, netns, interface, addresses, MAC), with the "
-                    "masquerade table and its entries. Read-only.",
+                    "masquerade table and its entries, then the DHCP servers of `dhcp: true` "
+                    "networks (process, namespace, veth, address, entries). Read-only.",
         epilog="exit codes: 0 consistent, 1 problems found (see `cni-bridge gc`), 2 usage error")
     add_source_options(p)
     p.add_argument("--json", action="store_true", help="print the inventory as JSON")
@@ -126,6 +128,21 @@ def render(inv) -> list[str]:
     return lines
 
 
+def dhcp_lines(servers: list[dict]) -> list[str]:
+    """The DHCP servers of `dhcp: true` networks (cni_bridge/dhcp), and strays of none."""
+    lines = []
+    for s in servers:
+        if s["network"] is None:
+            what = " ".join(f"{k} {s[k]}" for k in ("netns", "veth", "directory", "pid") if s.get(k))
+            lines.append(f"! DHCP server leftover without entries: {what} (`cni-bridge gc` removes it)")
+            continue
+        state = f"dnsmasq pid {s['pid']}" if s["pid"] else "dnsmasq NOT running"
+        lines.append(f"dhcp {s['network']}: {state}, netns {s['netns']}"
+                     f"{'' if s['netns_present'] else ' (missing)'}, {s['veth']} on {s['veth_master'] or '-'}, "
+                     f"address {s['address'] or '-'}, {s['entries']} entries")
+    return lines
+
+
 def has_problems(inv) -> bool:
     return bool(inv.problems or any(n.problems for n in inv.networks)
                 or any(e.state == "stale" for n in inv.networks for e in n.endpoints))
@@ -133,9 +150,12 @@ def has_problems(inv) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     inv = collect(args)
+    servers = [s for s in dhcp_server.servers()
+               if not args.networks or s["network"] is None or s["network"] in args.networks]
     if args.json:
-        json.dump(inv.to_dict(), sys.stdout, indent=2, sort_keys=True)
+        json.dump({**inv.to_dict(), "dhcp": servers}, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        print("\n".join(render(inv)))
-    return EXIT_PROBLEMS if has_problems(inv) else EXIT_OK
+        print("\n".join(render(inv) + dhcp_lines(servers)))
+    broken = any(s["network"] is None or not s["pid"] for s in servers)
+    return EXIT_PROBLEMS if has_problems(inv) or broken else EXIT_OK

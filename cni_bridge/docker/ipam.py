@@ -284,6 +284,14 @@ def _release_leftovers(record: dict[str, Any]) -> None:
         store.remove_if_empty()  # decided under the store's lock: a lease written meanwhile keeps it
 
 
+def dhcp_source(ctx: Driver, pool: str):
+    """Where a `dhcp=true` network's DHCP server leases its own address: the pybridge pool of
+    that subnet (dynamic range), or None when the pool is not this driver's."""
+    from cni_bridge import dhcp  # lazy: only dhcp networks
+    record = next((r for r in ctx.state.all("pools") if r.get("pool") == pool), None)
+    return None if record is None else dhcp.for_docker(record, pool_config(record))
+
+
 HANDLERS = {
     "IpamDriver.GetCapabilities": get_capabilities,
     "IpamDriver.GetDefaultAddressSpaces": get_default_address_spaces,

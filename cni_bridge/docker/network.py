@@ -23,7 +23,7 @@ import re
 from types import ModuleType
 from typing import Any, Callable
 
-from cni_bridge import modes
+from cni_bridge import dhcp, modes
 from cni_bridge.attachment import Addressing, Attachment, IpConfig
 from cni_bridge.config import NetworkSpec, parse_network
 from cni_bridge.crashpoint import step
@@ -77,6 +77,8 @@ def create_network(ctx: Driver, body: Body) -> dict[str, Any]:
                 return {}  # a retried request
             raise config_error(f"network {nid[:12]} already exists in the driver's state")
         _refuse_overlap(ctx, spec, record)
+        if spec.dhcp:
+            _dhcp_source(ctx, record)  # refused before anything is made
         _write(ctx, "networks", nid, record)
         try:
             created = driver.create_network(spec, addressing)
@@ -100,6 +102,8 @@ def delete_network(ctx: Driver, body: Body) -> dict[str, Any]:
         for endpoint in ctx.state.all("endpoints"):  # dockerd deletes them first; a crash may not
             if endpoint.get("network") == nid:
                 _remove_endpoint(ctx, spec, endpoint)
+        if spec.dhcp:
+            dhcp.stop(spec.name)
         _mode(spec).delete_network(spec, record.get("created") or {})
         ctx.state.delete("networks", nid)
     log.info("network %s deleted", nid[:12])
@@ -164,6 +168,12 @@ def create_endpoint(ctx: Driver, body: Body) -> dict[str, Any]:
     _write(ctx, "endpoints", eid, record,
            undo=lambda: driver.delete_endpoint(spec, att, addressing.addresses(), record["src_name"]))
     step("docker-endpoint-ready")
+    if spec.dhcp:
+        try:
+            _dhcp_add(ctx, network, spec, record)
+        except BaseException:
+            _remove_endpoint(ctx, spec, record)
+            raise
     if given_mac or not record["mac"]:
         return {"Interface": {}}
     return {"Interface": {"MacAddress": record["mac"]}}
@@ -189,6 +199,8 @@ def _remove_endpoint(ctx: Driver, spec: NetworkSpec | None, record: dict[str, An
         _unpublish(spec, record)
     if spec is not None:
         _mode(spec).delete_endpoint(spec, att, addresses, record["src_name"])
+        if spec.dhcp:
+            dhcp.remove_host(spec.name, record["host_ifname"])
     else:  # the network is gone from our state: its links (and a shaping ifb) are all that can be left
         modes.driver("bridge").delete_endpoint(
             parse_network({"name": record.get("network") or "unknown", "bridge": "unknown", "bandwidth": {}}),
@@ -355,7 +367,51 @@ def recover(ctx: Driver) -> list[str]:
         if endpoint["status"] == "ready" and endpoint.get("ports") and network is not None \
                 and network["status"] == "ready":
             done += _restore_ports(network, endpoint)
+    done += _restore_dhcp(ctx, networks, endpoints)
     return done
+
+
+def _restore_dhcp(ctx: Driver, networks: list[dict[str, Any]], endpoints: list[dict[str, Any]]) -> list[str]:
+    """The DHCP servers of `dhcp=true` networks: entries written again from the endpoint records
+    (a reboot wiped them with /run), then every server with entries started if it is not running
+    (this also brings back those of CNI networks)."""
+    done = []
+    for network in networks:
+        spec = parse_network(network["config"]) if network["status"] == "ready" else None
+        if spec is None or not spec.dhcp:
+            continue
+        for endpoint in endpoints:
+            if endpoint["network"] == network["id"] and endpoint["status"] == "ready":
+                try:
+                    if _dhcp_add(ctx, network, spec, endpoint):
+                        done.append(f"started the DHCP server of network {network['id'][:12]}")
+                except Exception as exc:  # noqa: BLE001 - one endpoint must not stop the start
+                    done.append(f"could not restore the DHCP entry of endpoint {endpoint['id'][:12]}: {exc}")
+    return done + dhcp.restore()
+
+
+def _dhcp_source(ctx: Driver, network: dict[str, Any]) -> dhcp.AddressSource:
+    pool = network["ipv4"][0]["pool"] if network["ipv4"] else None
+    source = docker_ipam_source(ctx, pool) if pool else None
+    if source is None:
+        raise config_error("dhcp=true needs an IPv4 pool of the pybridge IPAM driver (--ipam-driver pybridge): "
+                           "the DHCP server leases its own address there")
+    return source
+
+
+def _dhcp_add(ctx: Driver, network: dict[str, Any], spec: NetworkSpec, endpoint: dict[str, Any]) -> bool:
+    """The endpoint's MAC and IPv4 address into the network's DHCP server (keyed by host veth);
+    True if that started the server."""
+    addressing = _endpoint_addressing(network, [ipaddress.ip_interface(a) for a in endpoint.get("addresses", [])])
+    info, ip = dhcp.network_info(spec, addressing), dhcp.ipv4_of(addressing)
+    if info is None or ip is None or not endpoint.get("mac"):
+        return False
+    return dhcp.add_host(info, endpoint["host_ifname"], endpoint["mac"], ip.address.ip, _dhcp_source(ctx, network))
+
+
+def docker_ipam_source(ctx: Driver, pool: str):
+    from cni_bridge.docker import ipam as docker_ipam  # lazy: docker/ipam.py imports this module
+    return docker_ipam.dhcp_source(ctx, pool)
 
 
 def _restore_ports(network: dict[str, Any], endpoint: dict[str, Any]) -> list[str]:

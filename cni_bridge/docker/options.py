@@ -39,6 +39,7 @@ OPTION_KEYS: dict[str, str] = {
     "isolate": "isolate",
     # members of the `bandwidth` object (shaping.py): every endpoint of the network is shaped
     "ingressRate": "bandwidth", "ingressBurst": "bandwidth", "egressRate": "bandwidth", "egressBurst": "bandwidth",
+    "dhcp": "dhcp",
 }
 BRIDGE_PREFIX = "pbr-"
 

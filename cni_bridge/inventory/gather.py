@@ -42,6 +42,7 @@ from cni_bridge.inventory.model import (
     wanted_name,
 )
 from cni_bridge.ipam.config import DEFAULT_DATA_DIR
+from cni_bridge.ipam.lease import DHCP_OWNER_PREFIX
 from cni_bridge.ipam.store import LeaseStore, list_networks
 from cni_bridge.kernel import netlink
 from cni_bridge.kernel.nft import nft
@@ -127,7 +128,7 @@ def probes(facts: Facts, wanted: set[str] | None) -> list[Probe]:
     for name, stores in facts.stores.items():
         if wanted_name(name, wanted):
             for owner in dict.fromkeys(lease.owner for leases in stores.values() for lease in leases):
-                if not owner[0].startswith(DOCKER_OWNER_PREFIX) and vm_names.tap_of_owner(*owner) is None:
+                if not owner[0].startswith((DOCKER_OWNER_PREFIX, DHCP_OWNER_PREFIX)) and vm_names.tap_of_owner(*owner) is None:
                     out.append((Attachment(*owner, None).host_ifname, facts.cache.get((name, *owner)), owner[1]))
     out += [(rec["host_ifname"], None, DOCKER_ENDPOINT_IFNAME) for rec in facts.docker_endpoints
             if wanted_name(rec["network"], wanted)]

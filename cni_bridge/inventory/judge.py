@@ -11,6 +11,7 @@ from typing import Any
 
 from cni_bridge.attachment import Attachment
 from cni_bridge.config import parse_network
+from cni_bridge.dhcp.files import veth_name as dhcp_veth_name
 from cni_bridge.errors import PluginError
 from cni_bridge.inventory.model import (
     ALL_BRIDGES,
@@ -28,6 +29,7 @@ from cni_bridge.inventory.model import (
     NetworkConfig,
     wanted_name,
 )
+from cni_bridge.ipam.lease import DHCP_IFNAME, DHCP_OWNER_PREFIX
 from cni_bridge.vm import names as vm_names
 
 BRIDGE_MODES = (None, "bridge", "tap")  # attachments are host veths on the bridge
@@ -125,7 +127,10 @@ def lease_endpoints(net: Network, facts: Facts, grace: float) -> list[Endpoint]:
     out = []
     for (cid, ifname, data_dir), held in sorted(grouped.items()):
         since, leased = min(lease.since for lease in held), [str(lease.address) for lease in held]
-        if cid.startswith(DOCKER_OWNER_PREFIX):
+        if cid.startswith(DHCP_OWNER_PREFIX) and ifname == DHCP_IFNAME:  # cni_bridge/dhcp's own address
+            out.append(dhcp_endpoint(net, facts, Endpoint(cid, ifname, "dhcp", ATTACHED, leased=leased,
+                                                          since=since, data_dir=data_dir), grace))
+        elif cid.startswith(DOCKER_OWNER_PREFIX):
             out.append(Endpoint(cid, ifname, "docker-ipam", DOCKER, leased=leased, since=since,
                                 why="held by the Docker IPAM driver", data_dir=data_dir))
         elif vm_names.tap_of_owner(cid, ifname) is not None:
@@ -135,6 +140,21 @@ def lease_endpoints(net: Network, facts: Facts, grace: float) -> list[Endpoint]:
             out.append(cni_endpoint(net, facts, Endpoint(cid, ifname, "cni", UNKNOWN, leased=leased, since=since,
                                                          data_dir=data_dir), grace))
     return out
+
+
+def dhcp_endpoint(net: Network, facts: Facts, ep: Endpoint, grace: float) -> Endpoint:
+    """The address of the network's DHCP server: attached while the server's veth exists;
+    stale when it is gone (a reboot took the server, no attachment came back), after `grace`."""
+    ep.host_ifname = dhcp_veth_name(net.name)
+    link = facts.links.get(ep.host_ifname)
+    ep.host_link, ep.host_master = link is not None, facts.name_of(link.master) if link else None
+    if link is not None:
+        ep.why = "the network's DHCP server"
+    elif ep.since is not None and facts.now - ep.since < grace:
+        ep.state, ep.why = UNKNOWN, f"lease younger than {grace:g}s (the DHCP server may be starting)"
+    else:
+        ep.state, ep.why = STALE, "the network's DHCP server is gone"
+    return ep
 
 
 def cni_endpoint(net: Network, facts: Facts, ep: Endpoint, grace: float) -> Endpoint:

@@ -26,6 +26,10 @@ _MAX_READABLE_OWNER = 200
 # these in a GC's valid attachments, so CNI GC must leave them alone.
 DOCKER_OWNER_PREFIX = "docker-"
 DOCKER_IFNAMES = ("docker", "gateway")
+# The DHCP server of a `dhcp: true` network (cni_bridge/dhcp) leases its own address as
+# "pbdhcp-<hash>" with ifname "dhcp": no runtime lists it in a GC either.
+DHCP_OWNER_PREFIX = "pbdhcp-"
+DHCP_IFNAME = "dhcp"
 
 
 class CorruptRecord(ValueError):
@@ -50,6 +54,10 @@ class Lease:
     @property
     def held_by_docker(self) -> bool:
         return self.container_id.startswith(DOCKER_OWNER_PREFIX) and self.ifname in DOCKER_IFNAMES
+
+    @property
+    def held_by_dhcp(self) -> bool:
+        return self.container_id.startswith(DHCP_OWNER_PREFIX) and self.ifname == DHCP_IFNAME
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (also what `cni-bridge ipam ls --json` should print)."""

@@ -121,11 +121,12 @@ def valid_attachments(config: Mapping[str, Any]) -> set[tuple[str, str]] | None:
 
 def ipam_gc(network: str, config: Mapping[str, Any]) -> list[Lease]:
     """CNI 1.1 GC: release every lease not in the valid list; an absent list releases nothing.
-    Leases of the Docker IPAM driver in a shared store are not the runtime's to judge: kept."""
+    Leases of the Docker IPAM driver in a shared store and a DHCP server's own address are not
+    the runtime's to judge: kept."""
     valid = valid_attachments(config)
     if valid is None:
         return []
-    return LeaseStore(data_dir(config), network).gc(valid, keep=lambda lease: lease.held_by_docker)
+    return LeaseStore(data_dir(config), network).gc(valid, keep=lambda lease: lease.held_by_docker or lease.held_by_dhcp)
 
 
 def ipam_status(network: str, config: Mapping[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from typing import Iterator
 
 from cni_bridge.kernel.libc import setns
@@ -61,3 +62,38 @@ def netns_exists(path: str) -> bool:
         return False
     finally:
         os.close(target)
+
+
+# --- named namespaces (/run/netns/NAME) --------------------------------------------------------
+# Services that pybridge runs beside a network (the DHCP server, cni_bridge/dhcp) live in a
+# namespace of their own, named so that an operator finds them with `ip netns`. `ip netns add`
+# does the bind mount that keeps an empty namespace alive; it is the tool operators use too.
+NAMED_DIR = "/run/netns"
+
+
+def named_path(name: str) -> str:
+    return os.path.join(NAMED_DIR, name)
+
+
+def create_named(name: str) -> None:
+    """Create /run/netns/NAME (OSError with `ip`'s message if that fails)."""
+    proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise OSError(f"ip netns add {name}: {proc.stderr.strip()}")
+
+
+def delete_named(name: str) -> bool:
+    """Remove /run/netns/NAME (its links go with it once no process holds it); False if absent."""
+    if not os.path.exists(named_path(name)):
+        return False
+    proc = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
+    if proc.returncode != 0 and os.path.exists(named_path(name)):
+        raise OSError(f"ip netns delete {name}: {proc.stderr.strip()}")
+    return True
+
+
+def run_in_named(name: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run `argv` (no shell) inside the named namespace and wait for it: for daemons that fork
+    into the background themselves and report start-up errors through their exit status."""
+    return subprocess.run(["ip", "netns", "exec", name, *argv], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)

@@ -25,21 +25,11 @@ import time
 
 import pytest
 
-from tests.support.guest import RUNNER, VENV, VM_TIMEOUT, require_guest, run_guest
+from tests.support.guest import RUNNER, RUNNER_STATUS, VENV, VM_TIMEOUT, require_guest, run_guest
 
 pytestmark = pytest.mark.vm
 
 TEST_TIMEOUT = int(os.environ.get("PYBRIDGE_VM_TEST_TIMEOUT", "120"))
-
-# Exit statuses with a meaning of their own (run-in-vm.sh's, or pytest's 2 and 5).
-RUNNER_STATUS = {
-    2: "run-in-vm.sh refused to start, or the in-guest pytest hit a usage error/interrupt (exit 2)",
-    5: "the in-guest pytest collected no test (exit 5)",
-    124: f"the guest did not finish within VM_TIMEOUT={VM_TIMEOUT} s",
-    125: "the guest could not mount or enter the work tree",
-    255: "the guest died (QEMU or kernel failure; rerun with VM_VERBOSE=1)",
-}
-
 
 def guest_pytest_argv() -> list[str]:
     """The in-guest command: this interpreter (the host's root fs is the guest's), tests/guest/kernel only."""

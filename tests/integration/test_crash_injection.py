@@ -51,6 +51,8 @@ BRIDGE_STEPS = {"ipam-owner-file", "ipam-lease-file", "ipam-hints", "bridge", "b
                 "gateway-address", "ip-forward-sysctl", "veth-into-netns", "container-address",
                 "container-link-up", "container-route", "masquerade", "result-ready"}
 SHAPING_STEPS = {"ifb", "ifb-tbf", "ingress-redirect", "veth-tbf"}
+DHCP_STEPS = {"dhcp-server-address", "dhcp-network-recorded", "dhcp-host-added", "dhcp-netns", "dhcp-veth",
+              "dnsmasq-started"}
 MACVLAN_STEPS = {"ipam-owner-file", "ipam-lease-file", "ipam-hints", "macvlan-created",
                  "macvlan-moved-into-netns", "arp-notify-sysctl", "container-address",
                  "container-link-up", "result-ready"}
@@ -62,12 +64,12 @@ MACVTAP_STEPS = {step.replace("macvlan", "macvtap") for step in MACVLAN_STEPS}
 
 # ----- helpers -----------------------------------------------------------------------------
 def bridge_conflist(data_dir: Path, *, dual_stack: bool = False, hairpin: bool = False,
-                    bandwidth: dict[str, int] | None = None, mode: str = "bridge") -> dict[str, Any]:
+                    bandwidth: dict[str, int] | None = None, mode: str = "bridge", dhcp: bool = False) -> dict[str, Any]:
     ranges = [[{"subnet": str(unique_subnet(4, 24))}]]
     if dual_stack:
         ranges.append([{"subnet": str(unique_subnet(6, 64))}])
     plugin = {"type": "pybridge", "mode": mode, "bridge": unique_name("br"), "isGateway": True,
-              "isDefaultGateway": True, "ipMasq": True, "hairpinMode": hairpin,
+              "isDefaultGateway": True, "ipMasq": True, "hairpinMode": hairpin, "dhcp": dhcp,
               "ipam": {"type": "pybridge-ipam", "ranges": ranges, "dataDir": str(data_dir)}}
     if bandwidth:
         plugin["bandwidth"] = bandwidth
@@ -142,8 +144,10 @@ cleanup_by_gc.keeps_sandbox_state = True  # type: ignore[attr-defined]
 
 
 def crash_every_step(cni: CniTool, conf: dict[str, Any], make_ns: Callable[[], Netns],
-                     expected: set[str], cleanup: Cleanup) -> list[str]:
-    """The loop of the module docstring; returns the names of the steps crashed at."""
+                     expected: set[str], cleanup: Cleanup,
+                     also_gone: Callable[[str], None] = lambda what: None) -> list[str]:
+    """The loop of the module docstring; returns the names of the steps crashed at.
+    `also_gone(what)`: checks of state outside the host snapshot, after each clean-up."""
     warm = make_ns()
     steps = traced_steps(cni, conf, warm, "warmup")
     assert expected <= set(steps), f"steps missing from the trace: {expected - set(steps)}"
@@ -155,6 +159,7 @@ def crash_every_step(cni: CniTool, conf: dict[str, Any], make_ns: Callable[[], N
         crashed.append(crash_add(cni, conf, ns, cid, n))
         cleanup(cni, conf, ns, cid)
         assert_restored(before, cni, cid, f"crash after step {n} ({crashed[-1]}), {cleanup.__name__}")
+        also_gone(f"crash after step {n} ({crashed[-1]}), {cleanup.__name__}")
         if getattr(cleanup, "keeps_sandbox_state", False):
             ns.delete()
             ns = make_ns()
@@ -186,6 +191,26 @@ def test_shaped_bridge_add_crash_at_every_step_is_undone(cni, netns, own_bridges
     conf = network(cni, own_bridges, bandwidth={"ingressRate": 10_000_000, "ingressBurst": 256_000,
                                                 "egressRate": 10_000_000, "egressBurst": 256_000})
     crash_every_step(cni, conf, netns, BRIDGE_STEPS | SHAPING_STEPS, cleanup)
+
+
+@pytest.mark.parametrize("cleanup", [cleanup_by_del, cleanup_by_gc], ids=["DEL", "GC"])
+def test_dhcp_network_add_crash_at_every_step_is_undone(cni, netns, own_bridges, cleanup):
+    """A `dhcp: true` network whose first member crashes at every step, the DHCP server's among
+    them: DEL or GC leaves no server process, namespace, veth, run files or server address."""
+    from cni_bridge.dhcp import dnsmasq
+    from cni_bridge.dhcp.files import netns_name, network_dir, veth_name
+    conf = network(cni, own_bridges, dhcp=True)
+    name = conf["name"]
+
+    def server_gone(what: str) -> None:
+        left = [thing for thing, there in (
+            ("dnsmasq", dnsmasq.pids(network_dir(name))),
+            ("namespace", Path("/run/netns", netns_name(name)).exists()),
+            ("veth", run(["ip", "link", "show", veth_name(name)], check=False).returncode == 0),
+            ("run directory", network_dir(name).exists())) if there]
+        assert not left, f"{what}: the DHCP server's {', '.join(left)} left"
+
+    crash_every_step(cni, conf, netns, BRIDGE_STEPS | DHCP_STEPS, cleanup, server_gone)
 
 
 def test_dual_stack_hairpin_add_crash_at_every_step_is_undone_by_del(cni, netns, own_bridges):

@@ -20,6 +20,15 @@ RUNNER = Path(os.environ.get("PYBRIDGE_VM_RUNNER", ROOT / "tests/guest/run-in-vm
 VENV = Path(os.environ.get("VM_VENV", "/opt/vng"))
 VM_TIMEOUT = int(os.environ.get("VM_TIMEOUT", "420"))  # keep + 60 below addopts --timeout=600
 
+# Exit statuses with a meaning of their own (run-in-vm.sh's, or pytest's 2 and 5).
+RUNNER_STATUS = {
+    2: "run-in-vm.sh refused to start, or the in-guest pytest hit a usage error/interrupt (exit 2)",
+    5: "the in-guest pytest collected no test (exit 5)",
+    124: f"the guest did not finish within VM_TIMEOUT={VM_TIMEOUT} s",
+    125: "the guest could not mount or enter the work tree",
+    255: "the guest died (QEMU or kernel failure; rerun with VM_VERBOSE=1)",
+}
+
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("true", "1", "yes")
