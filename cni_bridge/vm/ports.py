@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cni_bridge import firewall, validate
+from cni_bridge.attachment import Addressing
 from cni_bridge.crashpoint import step
 from cni_bridge.errors import INTERNAL, PluginError, config_error, shown
 from cni_bridge.ipam.store import LeaseStore
@@ -145,12 +146,32 @@ def _attach(net: VmNetwork, record: dict[str, Any], undo: Undo, store: StateStor
             step("hairpin")
         bridge.add_masquerade(spec, name, addresses, undo, forward=net.forward)
         bridge.ensure_isolation(spec, addresses)
+    if spec.dhcp:
+        _join_dhcp(net, record, addresses, undo)
     gateways = bridge.gateways(addresses)
     record.update(status=READY, addresses=[str(ip.address) for ip in addresses.ips],
                   gateway=str(next((g for g in gateways if g.version == 4), gateways[0])) if gateways else None,
                   routes=[str(r.dst) + (f" via {r.gw}" if r.gw else "") for r in addresses.routes])
     store.put(KIND, name, record)
     step("vm-port-ready")
+
+
+def _join_dhcp(net: VmNetwork, record: dict[str, Any], addresses: Addressing, undo: Undo) -> None:
+    """On a `dhcp: true` network the guest asks DHCP for its address: the network's server
+    answers the guest's MAC with the port's IPv4 lease (and starts with its first entry). Its
+    own address comes from the same store as the port's."""
+    from cni_bridge import dhcp  # lazy: only dhcp networks
+    info, ip = dhcp.network_info(net.spec, addresses), dhcp.ipv4_of(addresses)
+    if info is None or ip is None:
+        return  # no IPv4 lease: DHCPv4 has nothing to serve
+    if net.source == DOCKER:
+        lease_source = next(s for s in net.leases if s.config.set_of(ip.address.ip) is not None)
+        source = dhcp.AddressSource(lease_source.data_dir, lease_source.store, lease_source.config, docker=True)
+    else:
+        source = dhcp.for_cni(net.config)
+    undo.push(lambda: dhcp.remove_host(net.spec.name, record["tap"]))
+    dhcp.add_host(info, record["tap"], record["mac"], ip.address.ip, source)
+    step("vm-dhcp-entry")
 
 
 # --- detach ----------------------------------------------------------------------------------
@@ -174,6 +195,9 @@ def detach(net: VmNetwork, port_dir: Path, name: str) -> dict[str, Any] | None:
             elif details is not None and record is not None:
                 raise PluginError(INTERNAL, f"{name} on the host is not a tap device; left alone")
         step("vm-tap-deleted")
+        if spec.dhcp:
+            from cni_bridge import dhcp  # lazy: only dhcp networks
+            dhcp.remove_host(spec.name, name)
         if bridge.remove_masquerade(spec, name, forward=net.forward) and net.forward:
             bridge.release_isolation(spec)  # the network's last member: nothing of it is left
         step("masquerade-removed")

@@ -3,18 +3,17 @@ Debian's full kernel) boots with a virtio-net NIC on a tap enslaved to the netwo
 gets its address from the network's DHCP server with busybox udhcpc, and pings the gateway and
 a container (a namespace ADDed to the same network).
 
-The tap is made by `vm_port` below, the one stand-in for `cni-bridge vm attach`: a tap on the
-bridge, a lease from the network's pybridge IPAM for it, and its DHCP entry.
+The tap is made by `cni-bridge vm attach`, which also gives the guest's MAC its DHCP entry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import re
 import shlex
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,12 +21,9 @@ from typing import Any, Iterator
 import pytest
 
 from cni_bridge import dhcp
-from cni_bridge.attachment import Addressing
-from cni_bridge.config import parse_network
-from cni_bridge.ipam import plugin as ipam_plugin
 from tests.support import dhcp as client
 from tests.support.guest import RUNNER, RUNNER_STATUS, VENV, VM_TIMEOUT, require_guest, run_guest
-from tests.support.session import unique_name
+from tests.support.vmports import Vm
 
 pytestmark = pytest.mark.vm
 VM_MAC = "02:5e:00:00:19:01"   # locally administered; the VM's NIC
@@ -41,24 +37,17 @@ class VmPort:
 
 
 @contextlib.contextmanager
-def vm_port(conf: dict[str, Any], mac: str) -> Iterator[VmPort]:
-    """What `cni-bridge vm attach NETWORK --mac MAC` does: a persistent tap on the network's
-    bridge, an address leased for it (owner: the tap's name) and its DHCP entry. Undone at exit."""
-    config = {"name": conf["name"], "cniVersion": conf["cniVersion"], **conf["plugins"][0]}
-    spec = parse_network(config)
-    tap = unique_name("tap")
-    subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+def vm_port(vm: Vm, conf: dict[str, Any], mac: str) -> Iterator[VmPort]:
+    """`cni-bridge vm attach NETWORK --mac MAC` as an operator runs it (the network's config in
+    the test's CNI config dir): a tap on the bridge, its lease and its DHCP entry. Detached at exit."""
+    (vm.conf_dir / f"10-{conf['name']}.conflist").write_text(json.dumps(conf))
+    port = vm.attach(conf["name"], "--mac", mac)
     try:
-        subprocess.run(["ip", "link", "set", tap, "mtu", str(spec.mtu), "master", spec.bridge, "up"], check=True)
-        addressing = Addressing.from_result(ipam_plugin.ipam_add(spec.name, tap, "tap", config, {}))
-        ip = dhcp.ipv4_of(addressing)
-        assert ip is not None
-        dhcp.add_host(dhcp.network_info(spec, addressing), tap, mac, ip.address.ip, dhcp.for_cni(config))
-        yield VmPort(tap, mac, ip.address)
+        assert dhcp.hosts(conf["name"])[port["tap"]]["mac"] == mac   # the DHCP entry came with the port
+        yield VmPort(port["tap"], port["mac"], ipaddress.ip_interface(port["ips"][0]))
     finally:
-        dhcp.remove_host(spec.name, tap)
-        ipam_plugin.ipam_del(spec.name, tap, "tap", config)
-        subprocess.run(["ip", "link", "del", tap], capture_output=True)
+        vm.detach(conf["name"], port["tap"])
+        assert port["tap"] not in dhcp.hosts(conf["name"])
 
 
 GUEST_SCRIPT = """set -u
@@ -80,7 +69,7 @@ def test_vm_gets_its_address_by_dhcp_and_reaches_gateway_and_container(cni, netn
         result = cni.add(conf, pod.path).result
         container = ipaddress.ip_interface(result["ips"][0]["address"])
         gateway = result["ips"][0]["gateway"]
-        with vm_port(conf, VM_MAC) as port:
+        with vm_port(Vm(tmp_path), conf, VM_MAC) as port:
             script = tmp_path / "guest.sh"   # the host's /tmp is readable in the guest
             script.write_text(GUEST_SCRIPT.format(mac=port.mac, script=client.write_script(tmp_path),
                                                   gateway=gateway, container=container.ip))
