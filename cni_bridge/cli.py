@@ -9,7 +9,7 @@ import sys
 
 from cni_bridge.logsetup import configure
 
-SUBCOMMANDS = ("serve", "status", "gc", "ipam")
+SUBCOMMANDS = ("serve", "status", "gc", "ipam", "vxlan")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,18 +12,19 @@ import os
 from typing import Iterator
 
 from cni_bridge.kernel.addresses import Addresses
-from cni_bridge.kernel.links import Link, LinkDetails, Links
+from cni_bridge.kernel.fdb import Fdb
+from cni_bridge.kernel.links import Link, LinkDetails, Links, VxlanDetails
 from cni_bridge.kernel.netns import NetnsGone, open_netns, switched
 from cni_bridge.kernel.nlsock import NetlinkError, netlink_error_text
 from cni_bridge.kernel.routes import Routes
 from cni_bridge.kernel.rtnl import Rtnl
 from cni_bridge.kernel.sysctl import Sysctls
 
-__all__ = ["Link", "LinkDetails", "Netlink", "NetlinkError", "NetnsGone", "netlink_error_text", "netns",
-           "root"]
+__all__ = ["Link", "LinkDetails", "Netlink", "NetlinkError", "NetnsGone", "VxlanDetails", "netlink_error_text",
+           "netns", "root"]
 
 
-class Netlink(Links, Addresses, Routes, Sysctls):
+class Netlink(Links, Addresses, Routes, Sysctls, Fdb):
     """Typed wrappers over the handful of rtnetlink calls the modes need, in one namespace."""
 
 

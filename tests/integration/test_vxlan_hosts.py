@@ -1,0 +1,257 @@
+"""vxlan networks that span hosts (issue 18), on three simulated hosts.
+
+Each host is a network namespace with its own pybridge run dir; the plugin is exec'd inside it
+(`ip netns exec`), so its bridge, vxlan device, nft tables and locks are that host's. The hosts'
+underlay NICs are joined by a switch: a bridge in a fourth namespace (tests/support/topology.py).
+The hosts share one IPAM dataDir (the file store on one file system), which stands in for the
+shared lease store that gives a spanning network unique addresses.
+
+Without `group`, peers are programmed: the test plays the distributor, reading each host's
+registry (`cni-bridge vxlan local`) and feeding every host the union (`cni-bridge vxlan
+reconcile`). With `group`, the kernel floods to the multicast group and learns.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cnitool import bridge_conflist
+from tests.support.netns import Netns
+from tests.support.session import register_data_dir, unique_name
+from tests.support.subnets import unique_subnet
+from tests.support.topology import SimHost, Underlay, create_underlay
+
+PORT = 4790  # not the default: proves the configured port is the one on the wire
+
+
+@dataclass
+class Container:
+    host: SimHost
+    ns: Netns
+    cid: str
+    ip4: str
+    ip6: str
+    mac: str
+
+
+@pytest.fixture
+def underlay(tmp_path: Path) -> Iterator[Underlay]:
+    data_dir = tmp_path / "cni-data"
+    data_dir.mkdir()
+    register_data_dir(data_dir)
+    u = create_underlay(3, tmp_path, data_dir=data_dir)
+    yield u
+    u.delete()
+
+
+def network(u: Underlay, name: str, vni: int, subnets: list[str], *, first: int = 2,
+            **vxlan: Any) -> Callable[[SimHost], dict]:
+    """The conflist of one vxlan network as host `h` has it (its own `local`); addresses from
+    the `first` one of each subnet on."""
+    bridge = unique_name("brvx")
+
+    def on(h: SimHost) -> dict:
+        conf = bridge_conflist(name, bridge=bridge, subnets=subnets, data_dir=h.cni.data_dir, plugin_type="pybridge",
+                               ipam_type="pybridge-ipam", ip_masq=True,
+                               extra={"isolate": True,
+                                      "vxlan": {"vni": vni, "local": str(h.addr4), "port": PORT, "dev": h.nic,
+                                                **vxlan}})
+        for ranges in conf["plugins"][0]["ipam"]["ranges"]:
+            ranges[0]["rangeStart"] = str(ipaddress.ip_network(ranges[0]["subnet"]).network_address + first)
+        return conf
+    return on
+
+
+def attach(conf: Callable[[SimHost], dict], h: SimHost, netns: Callable[..., Netns]) -> Container:
+    ns, cid = netns(), unique_name("ctr")
+    result = h.cni.add(conf(h), ns.path, container_id=cid).result
+    ips = [ipaddress.ip_interface(ip["address"]).ip for ip in result["ips"]]
+    mac = next(i["mac"] for i in result["interfaces"] if i.get("sandbox"))
+    return Container(h, ns, cid, str(next(i for i in ips if i.version == 4)),
+                     str(next(i for i in ips if i.version == 6)), mac)
+
+
+def detach(conf: Callable[[SimHost], dict], c: Container) -> None:
+    c.host.cni.delete(conf(c.host), c.ns.path, container_id=c.cid)
+
+
+def distribute(u: Underlay, vni: int, hosts: list[SimHost] | None = None) -> list[dict]:
+    """What etcd will do: every host's published endpoints, fed to every host's reconcile."""
+    hosts = hosts or u.hosts
+    endpoints = []
+    for h in hosts:
+        for vtep in json.loads(h.cli("vxlan", "local", str(vni)).stdout):
+            endpoints += vtep["endpoints"]
+    for h in hosts:
+        if h.ns.run("ip", "link", "show", f"vx-{vni}", check=False).returncode == 0:
+            h.cli("vxlan", "reconcile", str(vni), "-", input=json.dumps(endpoints))
+    return endpoints
+
+
+def fdb(h: SimHost, vni: int) -> list[tuple[str, str]]:
+    """(MAC, dst) of the device's remote entries, as `bridge fdb` shows them."""
+    out = h.ns.run("bridge", "-j", "fdb", "show", "dev", f"vx-{vni}").stdout
+    return sorted((e["mac"], e["dst"]) for e in json.loads(out or "[]") if e.get("dst"))
+
+
+def link_mtu(ns: Netns, ifname: str) -> int:
+    return ns.ip_json("link", "show", "dev", ifname)[0]["mtu"]
+
+
+def capture(ns: Netns, iface: str, n: int, *expr: str) -> subprocess.Popen:
+    """tcpdump of at most `n` packets, returned once the capture is open (it says "listening on")."""
+    dump = ns.popen("tcpdump", "-i", iface, "-n", "-l", "-c", str(n), *expr)
+    for _ in range(50):
+        line = dump.stderr.readline()
+        if "listening on" in line:
+            return dump
+        if not line:
+            break
+    raise AssertionError(f"tcpdump did not start on {iface}")
+
+
+def captured(dump: subprocess.Popen) -> str:
+    try:
+        return dump.communicate(timeout=10)[0]
+    except subprocess.TimeoutExpired:
+        dump.terminate()
+        return dump.communicate()[0]
+
+
+def count_vxlan_packets(switch: Netns, port: str, udp_port: int, n: int, traffic: Callable[[], Any]) -> int:
+    """Packets to UDP `udp_port` seen on the switch port `port` while `traffic()` runs (at most n)."""
+    dump = capture(switch, port, n, "udp", "dst", "port", str(udp_port))
+    traffic()
+    return len([line for line in captured(dump).splitlines() if f".{udp_port}:" in line])
+
+
+def gone_everywhere(u: Underlay, vni: int) -> None:
+    for h in u.hosts:
+        assert h.ns.run("ip", "link", "show", f"vx-{vni}", check=False).returncode != 0
+        assert json.loads(h.cli("vxlan", "local").stdout) == []
+        assert "pybridge_" not in h.ns.run("nft", "list", "tables").stdout
+
+
+def test_programmed_peers_ipv4_and_ipv6(underlay: Underlay, netns: Callable[..., Netns]) -> None:
+    u = underlay
+    vni = 4242
+    conf = network(u, unique_name("net"), vni, [str(unique_subnet(4, 24)), str(unique_subnet(6))])
+    a, b, c = (attach(conf, h, netns) for h in u.hosts)
+    # The container MTU leaves room for the encapsulation (ul0: 1500, IPv4 underlay: 50 bytes).
+    assert link_mtu(a.ns, "eth0") == 1450
+    details = json.loads(u.hosts[0].ns.run("ip", "-d", "-j", "link", "show", f"vx-{vni}").stdout)[0]
+    vx = details["linkinfo"]["info_data"]
+    assert vx["id"] == vni and vx["port"] == PORT and vx["learning"] is False and vx["proxy"] is True
+    assert details["master"] == conf(u.hosts[0])["plugins"][0]["bridge"]
+    # Before any peer is programmed, nothing crosses hosts: no flooding to unknown hosts.
+    assert not a.ns.ping(b.ip4, timeout=1)
+    endpoints = distribute(u, vni)
+    assert sorted(e["mac"] for e in endpoints) == sorted(x.mac for x in (a, b, c))
+    for x, y in ((a, b), (a, c), (b, c), (c, a)):
+        assert x.ns.ping(y.ip4), f"{x.host.addr4} -> {y.host.addr4} IPv4"
+        assert x.ns.ping(y.ip6), f"{x.host.addr4} -> {y.host.addr4} IPv6"
+    # h0's FDB: a flood entry per peer VTEP with a member, one entry per remote MAC.
+    h0, h1, h2 = u.hosts
+    assert fdb(h0, vni) == sorted([("00:00:00:00:00:00", str(h1.addr4)), ("00:00:00:00:00:00", str(h2.addr4)),
+                                   (b.mac, str(h1.addr4)), (c.mac, str(h2.addr4))])
+    shown = json.loads(h0.cli("vxlan", "show", str(vni)).stdout)
+    assert shown["peers"] == [str(h1.addr4), str(h2.addr4)]
+    assert {e["mac"]: sorted(e["ips"]) for e in shown["endpoints"]} == {b.mac: sorted([b.ip4, b.ip6]),
+                                                                         c.mac: sorted([c.ip4, c.ip6])}
+    # `cni-bridge status` on h0 shows the device, its VNI, peers and remote endpoints.
+    conf_dir = h0.run_dir / "net.d"
+    conf_dir.mkdir()
+    (conf_dir / "10-vx.conflist").write_text(json.dumps(conf(h0)))
+    status = h0.cli("status", "--conf-dir", str(conf_dir), "--data-dir", str(h0.cni.data_dir),
+                    "--cni-cache-dir", str(h0.cni.cache_dir), check=False).stdout
+    assert f"vxlan vx-{vni} VNI {vni} local {h0.addr4} port {PORT} [up] peers {h1.addr4}, {h2.addr4}" in status
+    assert f"remote {b.mac} " in status and f"via {h1.addr4}" in status
+    # Underlay packets are vxlan on the configured port.
+    assert count_vxlan_packets(u.switch, u.ports[1], PORT, 3,
+                               lambda: a.ns.ping(b.ip4, count=3, min_replies=3)) >= 3
+    # A second reconcile with the same input changes nothing.
+    assert h0.cli("vxlan", "reconcile", str(vni), "-", input=json.dumps(endpoints)).stdout.strip() == \
+        "fdb +0 -0, neighbours +0 -0"
+    # c leaves: after reconcile it is gone from the others' FDB, and so is h2 (no member left).
+    detach(conf, c)
+    assert h2.ns.run("ip", "link", "show", f"vx-{vni}", check=False).returncode != 0  # its last user
+    distribute(u, vni)
+    assert fdb(h0, vni) == sorted([("00:00:00:00:00:00", str(h1.addr4)), (b.mac, str(h1.addr4))])
+    assert fdb(h1, vni) == sorted([("00:00:00:00:00:00", str(h0.addr4)), (a.mac, str(h0.addr4))])
+    assert not any(c.ip4 in line for line in h0.ns.run("ip", "neigh", "show", "dev", f"vx-{vni}").stdout.splitlines())
+    assert a.ns.ping(b.ip4) and not a.ns.ping(c.ip4, timeout=1)
+    detach(conf, a)
+    detach(conf, b)
+    gone_everywhere(u, vni)
+
+
+def test_cross_host_traffic_is_not_masqueraded(underlay: Underlay, netns: Callable[..., Netns]) -> None:
+    """ipMasq on: traffic leaving the overlay would be masqueraded, but a peer on another host
+    sees the container's own address (the network's subnets are excluded from the rule)."""
+    u = underlay
+    vni = 77
+    conf = network(u, unique_name("net"), vni, [str(unique_subnet(4, 24)), str(unique_subnet(6))])
+    a, b = attach(conf, u.hosts[0], netns), attach(conf, u.hosts[1], netns)
+    distribute(u, vni, u.hosts[:2])
+    tables = u.hosts[0].ns.run("nft", "list", "ruleset").stdout
+    assert "masquerade" in tables  # the network does masquerade what leaves it
+    dump = capture(b.ns, "eth0", 1, "icmp", "and", "src", "host", a.ip4)
+    assert a.ns.ping(b.ip4, count=2)
+    assert f"{a.ip4} > {b.ip4}" in captured(dump)
+    detach(conf, a)
+    detach(conf, b)
+    gone_everywhere(u, vni)
+
+
+def test_multicast_learning(underlay: Underlay, netns: Callable[..., Netns]) -> None:
+    u = underlay
+    vni = 5001
+    group = f"239.{unique_subnet(4, 24).network_address.packed[1]}.1.1"
+    conf = network(u, unique_name("net"), vni, [str(unique_subnet(4, 24)), str(unique_subnet(6))], group=group)
+    a, b, c = (attach(conf, h, netns) for h in u.hosts)
+    vx = json.loads(u.hosts[0].ns.run("ip", "-d", "-j", "link", "show", f"vx-{vni}").stdout)[0]["linkinfo"]["info_data"]
+    assert vx["group"] == group and vx["learning"] is True
+    for x, y in ((a, b), (b, c), (c, a)):
+        assert x.ns.ping(y.ip4) and x.ns.ping(y.ip6)
+    # The kernel learned b's MAC behind h1's VTEP; no peer was programmed.
+    assert (b.mac, str(u.hosts[1].addr4)) in fdb(u.hosts[0], vni)
+    assert count_vxlan_packets(u.switch, u.ports[2], PORT, 2,
+                               lambda: c.ns.ping(a.ip4, count=2, min_replies=2)) >= 2
+    refused = u.hosts[0].cli("vxlan", "reconcile", str(vni), "-", input="[]", check=False)
+    assert refused.returncode == 1 and "multicast group" in refused.stderr
+    for x in (a, b, c):
+        detach(conf, x)
+    gone_everywhere(u, vni)
+
+
+def test_two_vnis_do_not_see_each_other(underlay: Underlay, netns: Callable[..., Netns]) -> None:
+    """Same subnet, same multicast group, same port, two VNIs: layer 2 is separate, and the
+    isolation firewall keeps the host from routing between the two bridges."""
+    u = underlay
+    subnets = [str(unique_subnet(4, 24)), str(unique_subnet(6))]
+    group = "239.7.7.7"
+    red = network(u, unique_name("red"), 100, subnets, group=group)
+    blue = network(u, unique_name("blu"), 200, subnets, first=100, group=group)
+    r0, r1 = attach(red, u.hosts[0], netns), attach(red, u.hosts[1], netns)
+    b1 = attach(blue, u.hosts[1], netns)
+    b0 = attach(blue, u.hosts[0], netns)
+    assert r0.ns.ping(r1.ip4) and b0.ns.ping(b1.ip4) and b1.ns.ping(b0.ip6)
+    assert not r0.ns.ping(b1.ip4, timeout=1) and not r0.ns.ping(b0.ip4, timeout=1)
+    assert not b0.ns.ping(r1.ip6, timeout=1)
+    h0 = u.hosts[0].ns.run("ip", "-j", "link", "show", "type", "vxlan").stdout
+    masters = {link["ifname"]: link["master"] for link in json.loads(h0)}
+    assert masters == {"vx-100": red(u.hosts[0])["plugins"][0]["bridge"],
+                       "vx-200": blue(u.hosts[0])["plugins"][0]["bridge"]}
+    for conf, members in ((red, (r0, r1)), (blue, (b0, b1))):
+        for x in members:
+            detach(conf, x)
+    gone_everywhere(u, 100)
+    gone_everywhere(u, 200)
