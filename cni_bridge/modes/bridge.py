@@ -255,6 +255,10 @@ def gc(spec: NetworkSpec, valid: set[tuple[str, str]]) -> None:
         stale = {owner for owner in firewall.members(spec.name).values() if owner not in keep}
         if stale:
             firewall.remove_members(masquerade(spec), owners=stale)
+    if spec.vxlan is not None:  # records of attachments the runtime no longer has; an unused device
+        registry.prune(spec, keep)
+        with netlink.root() as host:
+            vxlan.release(host, spec)
 
 
 # --- Docker (libnetwork remote driver) ---------------------------------------------------------

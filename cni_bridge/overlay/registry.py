@@ -76,14 +76,29 @@ def record(spec: NetworkSpec, att: Attachment, mac: str, addresses: Iterable[IPA
 
 def forget(spec: NetworkSpec, att: Attachment) -> None:
     """Drop the attachment's record (idempotent); with the VNI's last one, the VTEP's too."""
-    if spec.vxlan is None:
-        return
-    directory = registry_dir() / str(spec.vxlan.vni)
-    unlink_if_exists(directory / f"{att.host_ifname}.json")
+    if spec.vxlan is not None:
+        _forget(registry_dir() / str(spec.vxlan.vni), att.host_ifname)
+
+
+def _forget(directory: Path, host_ifname: str) -> None:
+    unlink_if_exists(directory / f"{host_ifname}.json")
     if not any(p.name != VTEP_FILE for p in _entries(directory)):
         unlink_if_exists(directory / VTEP_FILE)
         with contextlib.suppress(OSError):  # an ADD may have just written a record again
             os.rmdir(directory)
+
+
+def prune(spec: NetworkSpec, keep: set[str]) -> list[str]:
+    """CNI GC: drop the records of attachments whose host veth name is not in `keep`; returns
+    their names. The VTEP record goes with the last one."""
+    if spec.vxlan is None:
+        return []
+    directory = registry_dir() / str(spec.vxlan.vni)
+    stale = [p.stem for p in _entries(directory)
+             if p.name != VTEP_FILE and p.stem not in keep and (_load(p) or {}).get("network") == spec.name]
+    for name in stale:
+        _forget(directory, name)
+    return stale
 
 
 def _entries(directory: Path) -> list[Path]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.cnitool import bridge_conflist
+from tests.support import hostsnap
+from tests.support.cnitool import CniTool, bridge_conflist
 from tests.support.netns import Netns
 from tests.support.session import register_data_dir, unique_name
 from tests.support.subnets import unique_subnet
@@ -52,7 +55,7 @@ def underlay(tmp_path: Path) -> Iterator[Underlay]:
     u.delete()
 
 
-def network(u: Underlay, name: str, vni: int, subnets: list[str], *, first: int = 2,
+def network(u: Underlay, name: str, vni: int, subnets: list[str], *, first: int = 2, underlay6: bool = False,
             **vxlan: Any) -> Callable[[SimHost], dict]:
     """The conflist of one vxlan network as host `h` has it (its own `local`); addresses from
     the `first` one of each subnet on."""
@@ -60,9 +63,9 @@ def network(u: Underlay, name: str, vni: int, subnets: list[str], *, first: int 
 
     def on(h: SimHost) -> dict:
         conf = bridge_conflist(name, bridge=bridge, subnets=subnets, data_dir=h.cni.data_dir, plugin_type="pybridge",
-                               ipam_type="pybridge-ipam", ip_masq=True,
+                               ipam_type="pybridge-ipam", ip_masq=True, cni_version="1.1.0",
                                extra={"isolate": True,
-                                      "vxlan": {"vni": vni, "local": str(h.addr4), "port": PORT, "dev": h.nic,
+                                      "vxlan": {"vni": vni, "local": str(h.addr6 if underlay6 else h.addr4), "port": PORT, "dev": h.nic,
                                                 **vxlan}})
         for ranges in conf["plugins"][0]["ipam"]["ranges"]:
             ranges[0]["rangeStart"] = str(ipaddress.ip_network(ranges[0]["subnet"]).network_address + first)
@@ -76,7 +79,7 @@ def attach(conf: Callable[[SimHost], dict], h: SimHost, netns: Callable[..., Net
     ips = [ipaddress.ip_interface(ip["address"]).ip for ip in result["ips"]]
     mac = next(i["mac"] for i in result["interfaces"] if i.get("sandbox"))
     return Container(h, ns, cid, str(next(i for i in ips if i.version == 4)),
-                     str(next(i for i in ips if i.version == 6)), mac)
+                     str(next((i for i in ips if i.version == 6), "")), mac)
 
 
 def detach(conf: Callable[[SimHost], dict], c: Container) -> None:
@@ -255,3 +258,123 @@ def test_two_vnis_do_not_see_each_other(underlay: Underlay, netns: Callable[...,
             detach(conf, x)
     gone_everywhere(u, 100)
     gone_everywhere(u, 200)
+
+
+def test_ipv6_underlay(underlay: Underlay, netns: Callable[..., Netns]) -> None:
+    """VTEPs on IPv6 addresses: 70 bytes of overhead, FDB entries towards IPv6 VTEPs."""
+    u = underlay
+    vni = 606
+    conf = network(u, unique_name("net"), vni, [str(unique_subnet(4, 24)), str(unique_subnet(6))], underlay6=True)
+    a, b = attach(conf, u.hosts[0], netns), attach(conf, u.hosts[1], netns)
+    assert link_mtu(a.ns, "eth0") == 1430
+    distribute(u, vni, u.hosts[:2])
+    assert (b.mac, str(u.hosts[1].addr6)) in fdb(u.hosts[0], vni)
+    assert a.ns.ping(b.ip4) and b.ns.ping(a.ip6)
+    detach(conf, a)
+    detach(conf, b)
+    gone_everywhere(u, vni)
+
+
+def test_reconcile_touches_nothing_else(underlay: Underlay, netns: Callable[..., Netns]) -> None:
+    """Entries pybridge does not program survive every reconcile: the bridge's own FDB entries
+    on the port, a non-permanent neighbour on the device, a permanent neighbour elsewhere, the
+    entries of another vxlan device. A MAC that moved to another VTEP and an IP that moved to
+    another MAC are replaced."""
+    u = underlay
+    h0, h1, h2 = u.hosts
+    vni = 808
+    conf = network(u, unique_name("net"), vni, [str(unique_subnet(4, 24))])
+    a = attach(conf, h0, netns)
+    dev, bridge = f"vx-{vni}", conf(h0)["plugins"][0]["bridge"]
+    other = unique_name("vxo")
+    h0.ns.ip("link", "add", other, "type", "vxlan", "id", "9", "dstport", "4791", "local", str(h0.addr4))
+    h0.ns.run("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", other, "dst", str(h2.addr4))
+    h0.ns.run("bridge", "fdb", "add", "02:00:00:00:aa:01", "dev", dev, "master", "static")
+    h0.ns.ip("neigh", "add", "198.51.100.7", "lladdr", "02:00:00:00:aa:02", "dev", dev, "nud", "stale")
+    h0.ns.ip("neigh", "add", "198.51.100.8", "lladdr", "02:00:00:00:aa:03", "dev", bridge, "nud", "permanent")
+
+    def foreign() -> list[str]:
+        return [h0.ns.run("bridge", "fdb", "show", "dev", other).stdout.strip(),
+                "02:00:00:00:aa:01" in h0.ns.run("bridge", "fdb", "show", "dev", dev).stdout,
+                h0.ns.ip("neigh", "show", "198.51.100.7", "dev", dev).strip() != "",
+                h0.ns.ip("neigh", "show", "198.51.100.8", "dev", bridge).strip() != ""]
+
+    untouched = foreign()
+    assert untouched[0] and all(untouched[1:])
+    mac_b = "02:00:00:00:bb:01"
+    feed = [{"mac": mac_b, "vtep": str(h1.addr4), "ips": ["10.99.0.5"]}]
+    h0.cli("vxlan", "reconcile", str(vni), "-", input=json.dumps(feed))
+    assert fdb(h0, vni) == sorted([("00:00:00:00:00:00", str(h1.addr4)), (mac_b, str(h1.addr4))])
+    moved = [{"mac": mac_b, "vtep": str(h2.addr4), "ips": []},
+             {"mac": "02:00:00:00:bb:02", "vtep": str(h2.addr4), "ips": ["10.99.0.5"]}]
+    assert h0.cli("vxlan", "reconcile", str(vni), "-", input=json.dumps(moved)).stdout.strip() == \
+        "fdb +3 -1, neighbours +1 -0"
+    assert fdb(h0, vni) == sorted([("00:00:00:00:00:00", str(h2.addr4)), (mac_b, str(h2.addr4)),
+                                   ("02:00:00:00:bb:02", str(h2.addr4))])
+    assert "lladdr 02:00:00:00:bb:02 PERMANENT" in h0.ns.ip("neigh", "show", "10.99.0.5", "dev", dev)
+    h0.cli("vxlan", "reconcile", str(vni), "-", input="[]")
+    assert fdb(h0, vni) == [] and h0.ns.ip("neigh", "show", "10.99.0.5", "dev", dev).strip() == ""
+    assert foreign() == untouched
+    h0.ns.ip("link", "del", other)
+    detach(conf, a)
+    gone_everywhere(u, vni)
+
+
+# ----- crashes ---------------------------------------------------------------------------------
+CRASH_LINE = re.compile(r"pybridge crashpoint: (\d+) (\S+)")
+TRACE_LINE = re.compile(r"pybridge crashpoint trace: (\d+) (\S+)")
+
+
+def with_env(h: SimHost, **env: str) -> CniTool:
+    """h's CniTool (same cache, same namespace) with extra environment for the plugin."""
+    return CniTool(h.cni.cache_dir, data_dir=h.cni.data_dir, env=h.cni.extra_env | env, wrapper=h.cni.wrapper)
+
+
+def host_snapshot(h: SimHost) -> hostsnap.HostSnapshot:
+    return hostsnap.snapshot([h.cni.data_dir, h.run_dir / "vxlan"], netns=h.ns.name)
+
+
+@pytest.mark.parametrize(("killed", "cleanup"), [("ADD", "DEL"), ("ADD", "GC"), ("DEL", "DEL")])
+def test_crash_at_every_step_then_del(underlay: Underlay, netns: Callable[..., Netns], killed: str,
+                                      cleanup: str) -> None:
+    """An ADD (or DEL) of a vxlan network killed after any step, then DEL (or CNI GC without
+    it): the host is as before (no vxlan device, no registry record, no lease), and the next
+    ADD works."""
+    h = underlay.hosts[0]
+    vni = 31
+    conf = network(underlay, unique_name("net"), vni, [str(unique_subnet(4, 24))])(h)
+    warm = netns()
+    tracer = with_env(h, PYBRIDGE_CRASH_TRACE="1")
+    if killed == "ADD":
+        stderr = tracer.add(conf, warm.path, container_id="warmup").calls[-1].stderr
+        h.cni.delete(conf, warm.path, container_id="warmup")
+    else:
+        h.cni.add(conf, warm.path, container_id="warmup")
+        stderr = tracer.delete(conf, warm.path, container_id="warmup").calls[-1].stderr
+    steps = [m.group(2) for m in TRACE_LINE.finditer(stderr)]
+    assert ({"vxlan", "vxlan-registry"} if killed == "ADD" else {"vxlan-registry-removed", "vxlan-released"}) \
+        <= set(steps), steps
+    for n in range(1, len(steps) + 1):
+        ns, cid = netns(), f"crash{n}"
+        before = host_snapshot(h)
+        crasher = with_env(h, PYBRIDGE_CRASH_AFTER=str(n))
+        if killed == "ADD":
+            call = crasher.add(conf, ns.path, container_id=cid, raise_on_error=False).calls[-1]
+        else:
+            h.cni.add(conf, ns.path, container_id=cid)
+            call = crasher.delete(conf, ns.path, container_id=cid, raise_on_error=False).calls[-1]
+        found = CRASH_LINE.search(call.stderr)
+        assert call.exit_code == -signal.SIGKILL and found and int(found.group(1)) == n, call.stderr
+        if cleanup == "GC":
+            h.cni.gc(conf, [("bystander", "eth0")])
+        else:
+            h.cni.delete(conf, ns.path, container_id=cid)
+        differences = hostsnap.diff(before, host_snapshot(h), ignore=[r"/last_reserved\.\d+ = "],
+                                    ignore_foreign=False)
+        assert not differences, f"{killed} killed after step {n} ({found.group(2)}), {cleanup}:\n  " + "\n  ".join(differences)
+        assert h.ns.run("ip", "link", "show", f"vx-{vni}", check=False).returncode != 0
+        ns.delete()
+        ns = netns()  # GC cannot reach into the old sandbox: the runtime retries in a new one
+        h.cni.add(conf, ns.path, container_id=cid)
+        h.cni.delete(conf, ns.path, container_id=cid)
+        ns.delete()
