@@ -27,6 +27,7 @@ import pytest
 
 from tests.support import hostsnap
 from tests.support.cnitool import CniTool, bridge_conflist
+from tests.support.dockerd import plugin_call
 from tests.support.netns import Netns
 from tests.support.session import register_data_dir, unique_name
 from tests.support.subnets import unique_subnet
@@ -318,6 +319,56 @@ def test_reconcile_touches_nothing_else(underlay: Underlay, netns: Callable[...,
     h0.ns.ip("link", "del", other)
     detach(conf, a)
     gone_everywhere(u, vni)
+
+
+def test_docker_network_across_two_hosts(underlay: Underlay, netns: Callable[..., Netns], tmp_path: Path) -> None:
+    """`docker network create -d pybridge -o vxlanId=... -o vxlanLocal=<this host>` on two hosts
+    (the driver served in each host's namespace, called as libnetwork calls it): the device comes
+    with the network, endpoints get the lowered MTU and are published in the registry, the two
+    hosts' containers share one segment, and `docker network rm` takes the device away."""
+    u = underlay
+    h0, h1 = u.hosts[:2]
+    vni, subnet = 9090, unique_subnet(4, 24)
+    nid = unique_name("nid") + "0" * 40
+    sockets = [h.serve(u.hosts[0].cni.data_dir.parent / f"leases{i}") for i, h in enumerate((h0, h1))]
+    containers = []
+    try:
+        for i, (h, sock) in enumerate(zip((h0, h1), sockets)):
+            generic = {"vxlanId": str(vni), "vxlanLocal": str(h.addr4), "vxlanDev": h.nic, "vxlanPort": str(PORT)}
+            body = {"NetworkID": nid, "Options": {"com.docker.network.generic": generic},
+                    "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": str(subnet),
+                                  "Gateway": f"{subnet.network_address + 1}/24", "AuxAddresses": {}}], "IPv6Data": []}
+            assert plugin_call(sock, "NetworkDriver.CreateNetwork", body) == (200, {})
+            vx = json.loads(h.ns.run("ip", "-d", "-j", "link", "show", f"vx-{vni}").stdout)[0]
+            assert vx["linkinfo"]["info_data"]["local"] == str(h.addr4) and vx["mtu"] == 1450
+            address = f"{subnet.network_address + 10 + i}/24"
+            eid = f"{i}" * 64
+            status, reply = plugin_call(sock, "NetworkDriver.CreateEndpoint",
+                                        {"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": address},
+                                         "Options": {}})
+            assert status == 200, reply
+            info = plugin_call(sock, "NetworkDriver.EndpointOperInfo", {"NetworkID": nid, "EndpointID": eid})[1]
+            src = info["Value"]["srcName"]
+            assert h.ns.ip_json("link", "show", "dev", src)[0]["mtu"] == 1450
+            ctr = netns()  # what dockerd does with the sandbox end: move it in, address it, up
+            h.ns.ip("link", "set", src, "netns", ctr.path, "name", "eth0")
+            ctr.ip("addr", "add", address, "dev", "eth0")
+            ctr.ip("link", "set", "eth0", "up")
+            containers.append((h, sock, eid, ctr, address.split("/")[0], reply["Interface"]["MacAddress"]))
+        endpoints = distribute(u, vni, [h0, h1])
+        assert sorted(e["mac"] for e in endpoints) == sorted(c[5] for c in containers)
+        (_, _, _, c0, ip0, _), (_, _, _, c1, ip1, _) = containers
+        assert c0.ping(ip1) and c1.ping(ip0)
+        for h, sock, eid, ctr, _, _ in containers:
+            ctr.delete()
+            assert plugin_call(sock, "NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})[0] == 200
+            assert json.loads(h.cli("vxlan", "local").stdout) == []
+            assert h.ns.run("ip", "link", "show", f"vx-{vni}", check=False).returncode == 0  # the network's
+            assert plugin_call(sock, "NetworkDriver.DeleteNetwork", {"NetworkID": nid}) == (200, {})
+            assert h.ns.run("ip", "link", "show", f"vx-{vni}", check=False).returncode != 0
+    finally:
+        for h, sock in zip((h0, h1), sockets):
+            plugin_call(sock, "NetworkDriver.DeleteNetwork", {"NetworkID": nid})
 
 
 # ----- crashes ---------------------------------------------------------------------------------

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.support.cnitool import CniTool
+from tests.support.dockerd import socket_answers
 from tests.support.host import run
 from tests.support.netns import Netns, create_netns
 from tests.support.session import session, unique_name
@@ -111,6 +116,32 @@ class SimHost:
     addr6: ipaddress.IPv6Address
     run_dir: Path
     cni: CniTool
+    drivers: list[subprocess.Popen] = dataclasses.field(default_factory=list, repr=False)
+
+    def serve(self, data_dir: Path) -> Path:
+        """`cni-bridge serve` (the Docker driver) on this host, state under its run dir, leases
+        in `data_dir`; returns its socket once it answers. Stopped by Underlay.delete."""
+        sock = self.run_dir / "plugins" / "pybridge.sock"
+        log = self.run_dir / "serve.log"
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns.name, "env", f"PYBRIDGE_RUN_DIR={self.run_dir}",
+             str(Path(sys.executable).with_name("cni-bridge")), "serve", "--socket", str(sock), "--state-dir",
+             str(self.run_dir / "state"), "--ipam-data-dir", str(data_dir), "--workers", "1",
+             "--log-file", str(log), "--cni-fastpath", "off"],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.drivers.append(proc)
+        deadline = time.monotonic() + 30
+        while not socket_answers(sock):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text() if log.exists() else ""
+            time.sleep(0.1)
+        return sock
+
+    def stop_drivers(self) -> None:
+        for proc in self.drivers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+        self.drivers.clear()
 
     def cli(self, *args: str, input: str | None = None, check: bool = True):
         """`cni-bridge ARGS` run on this host (its namespace, its run dir)."""
@@ -132,6 +163,7 @@ class Underlay:
         """Attachments still cached are DELeted first (keep-going), then the namespaces go."""
         for h in self.hosts:
             h.cni.cleanup()
+            h.stop_drivers()
         for h in self.hosts:
             h.ns.delete()
         self.switch.delete()
