@@ -223,17 +223,20 @@ class Links(Handle):
         (the kernel renames after the move, so a host link of the same name never collides)."""
         self.ipr.link("set", index=index, net_ns_fd=target.ns_fd, ifname=new_name)
 
-    def link_details(self, name: str) -> LinkDetails | None:
-        """Kind-specific facts CHECK compares: parent index, macvlan/ipvlan mode, vlan id."""
+    def _get_link_msg(self, name: str):
+        """The full RTM_GETLINK answer for `name` (with IFLA_LINKINFO), None if there is none."""
         try:  # RTM_GETLINK by name (the kernel looks it up; get_links(ifname=) would dump all)
             msgs = self.ipr.link("get", ifname=name)
         except NetlinkError as exc:
             if exc.code in (errno.ENODEV, errno.ENOENT):
                 return None
             raise
-        if not msgs:
-            return None
-        return _details_from_msg(msgs[0])
+        return msgs[0] if msgs else None
+
+    def link_details(self, name: str) -> LinkDetails | None:
+        """Kind-specific facts CHECK compares: parent index, macvlan/ipvlan mode, vlan id."""
+        msg = self._get_link_msg(name)
+        return _details_from_msg(msg) if msg is not None else None
 
     # --- vxlan devices (bridge networks that span hosts, modes/vxlan.py) -----------------------
     def add_vxlan(self, name: str, *, vni: int, local: str, port: int, dev: int | None, group: str | None,
@@ -253,16 +256,10 @@ class Links(Handle):
 
     def vxlan_details(self, name: str) -> VxlanDetails | None:
         """None when there is no such link; a link of another kind gives details with vni None."""
-        try:
-            msgs = self.ipr.link("get", ifname=name)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise
-        if not msgs:
+        msg = self._get_link_msg(name)
+        if msg is None:
             return None
-        found = _vxlan_from_msg(msgs[0])
-        return found or VxlanDetails(_link_from_msg(msgs[0]), None, None, None, None, None, False, False)
+        return _vxlan_from_msg(msg) or VxlanDetails(_link_from_msg(msg), None, None, None, None, None, False, False)
 
     def all_vxlan_details(self) -> list[VxlanDetails]:
         """Every vxlan device of this namespace (one dump; `cni-bridge status`)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 from dataclasses import replace
 from typing import Iterator
 
@@ -61,10 +62,14 @@ def with_mtu(host: Netlink, spec: NetworkSpec) -> NetworkSpec:
     return replace(spec, mtu=(under.mtu if under else DEFAULT_UNDERLAY_MTU) - spec.vxlan.overhead)
 
 
+def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    return ipaddress.ip_address(text) if text else None
+
+
 def _is_ours(details: VxlanDetails, vx: VxlanSpec, dev: Link | None) -> bool:
-    return (details.vni == vx.vni and details.local == str(vx.local) and details.port == vx.port
-            and details.group == (str(vx.group) if vx.group else None)
-            and (dev is None or details.dev == dev.index))
+    """Compared as addresses: the kernel's spelling of an IPv6 address need not be the user's."""
+    return (details.vni == vx.vni and _address(details.local) == vx.local and details.port == vx.port
+            and _address(details.group) == vx.group and (dev is None or details.dev == dev.index))
 
 
 def is_port(host: Netlink, spec: NetworkSpec, bridge: Link) -> bool:
@@ -79,8 +84,11 @@ def attach(host: Netlink, spec: NetworkSpec, bridge: Link) -> None:
     bridge (the VNI belongs to another network), and a bridge with a vxlan port of another VNI."""
     vx = spec.vxlan
     assert vx is not None and spec.mtu is not None
-    link = host.link(device_name(vx.vni))
-    if link is not None and link.master == bridge.index and link.up:
+    # The fast path reads the device's parameters too (one RTM_GETLINK): a configuration whose
+    # port, local address or group changed must fail, not use the old device silently.
+    details = host.vxlan_details(device_name(vx.vni))
+    if details is not None and details.link.master == bridge.index and details.link.up \
+            and _is_ours(details, vx, _underlay(host, vx)):
         return
     with _vni_lock(vx.vni):
         _attach(host, spec, vx, bridge)

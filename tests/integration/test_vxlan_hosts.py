@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.support import hostsnap
-from tests.support.cnitool import CniTool, bridge_conflist
+from tests.support.cnitool import CniCallError, CniTool, bridge_conflist
 from tests.support.dockerd import plugin_call
 from tests.support.netns import Netns
 from tests.support.session import register_data_dir, unique_name
@@ -369,6 +369,43 @@ def test_docker_network_across_two_hosts(underlay: Underlay, netns: Callable[...
     finally:
         for h, sock in zip((h0, h1), sockets):
             plugin_call(sock, "NetworkDriver.DeleteNetwork", {"NetworkID": nid})
+
+
+def test_conflicting_vxlan_configurations_are_refused(underlay: Underlay, netns: Callable[..., Netns]) -> None:
+    """Error 7, nothing left behind: a VNI taken by another bridge, a device of that name with
+    another port, a second VNI on one bridge, a missing underlay NIC. A second container of the
+    network (IPv6 VTEP) finds the device as it is."""
+    u = underlay
+    h0 = u.hosts[0]
+    subnet = str(unique_subnet(4, 24))
+    net = network(u, unique_name("net"), 11, [subnet], underlay6=True)
+    a, b = attach(net, h0, netns), attach(net, h0, netns)
+    assert a.ns.ping(b.ip4)
+    bridge = net(h0)["plugins"][0]["bridge"]
+
+    def refused(conf: dict, message: str) -> None:
+        ns = netns()
+        with pytest.raises(CniCallError) as err:
+            h0.cni.add(conf, ns.path, container_id=unique_name("ctr"))
+        assert err.value.code == 7 and message in err.value.msg, err.value.msg
+        assert ns.link_names() == ["lo"]
+
+    other_bridge = network(u, unique_name("net"), 11, [subnet], underlay6=True)(h0)
+    refused(other_bridge, f"VNI 11 is already a port of bridge {bridge}")
+    other_port = net(h0)
+    other_port["plugins"][0]["vxlan"]["port"] = PORT + 1
+    refused(other_port, "vx-11 exists but is not vxlan VNI 11")
+    second_vni = net(h0)
+    second_vni["plugins"][0]["vxlan"]["vni"] = 12
+    refused(second_vni, f"bridge {bridge} already has vxlan port vx-11")
+    no_nic = network(u, unique_name("net"), 13, [subnet])(h0)
+    no_nic["plugins"][0]["vxlan"]["dev"] = "nonic0"
+    refused(no_nic, "vxlan.dev nonic0 (the underlay NIC) not found")
+    assert json.loads(h0.ns.run("ip", "-j", "link", "show", "type", "vxlan").stdout)[0]["ifname"] == "vx-11"
+    detach(net, a)
+    assert h0.ns.run("ip", "link", "show", "vx-11", check=False).returncode == 0  # b still uses it
+    detach(net, b)
+    gone_everywhere(u, 11)
 
 
 # ----- crashes ---------------------------------------------------------------------------------
