@@ -181,6 +181,13 @@ def test_programmed_peers_ipv4_and_ipv6(underlay: Underlay, netns: Callable[...,
     # Underlay packets are vxlan on the configured port.
     assert count_vxlan_packets(u.switch, u.ports[1], PORT, 3,
                                lambda: a.ns.ping(b.ip4, count=3, min_replies=3)) >= 3
+    # A host that lost entries or kept stale ones (missed events) converges at the next reconcile.
+    h0.ns.run("bridge", "fdb", "del", b.mac, "dev", f"vx-{vni}", "dst", str(h1.addr4), "self")
+    h0.ns.run("bridge", "fdb", "append", "02:00:00:00:dd:01", "dev", f"vx-{vni}", "dst", str(h2.addr4), "self")
+    h0.ns.ip("neigh", "del", b.ip4, "dev", f"vx-{vni}")
+    assert h0.cli("vxlan", "reconcile", str(vni), "-", input=json.dumps(endpoints)).stdout.strip() == \
+        "fdb +1 -1, neighbours +1 -0"
+    assert a.ns.ping(b.ip4) and (b.mac, str(h1.addr4)) in fdb(h0, vni)
     # A second reconcile with the same input changes nothing.
     assert h0.cli("vxlan", "reconcile", str(vni), "-", input=json.dumps(endpoints)).stdout.strip() == \
         "fdb +0 -0, neighbours +0 -0"
@@ -402,6 +409,12 @@ def test_conflicting_vxlan_configurations_are_refused(underlay: Underlay, netns:
     no_nic["plugins"][0]["vxlan"]["dev"] = "nonic0"
     refused(no_nic, "vxlan.dev nonic0 (the underlay NIC) not found")
     assert json.loads(h0.ns.run("ip", "-j", "link", "show", "type", "vxlan").stdout)[0]["ifname"] == "vx-11"
+    h0.cni.check(net(h0), a.ns.path, container_id=a.cid)  # CHECK looks at the vxlan port too
+    h0.ns.ip("link", "set", "vx-11", "nomaster")
+    with pytest.raises(CniCallError) as err:
+        h0.cni.check(net(h0), a.ns.path, container_id=a.cid)
+    assert "vxlan device vx-11 missing or not on bridge" in err.value.msg
+    h0.ns.ip("link", "set", "vx-11", "master", bridge)
     detach(net, a)
     assert h0.ns.run("ip", "link", "show", "vx-11", check=False).returncode == 0  # b still uses it
     detach(net, b)
