@@ -57,8 +57,15 @@ class LocalVtep:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    write_atomic(path, json.dumps(data, sort_keys=True).encode(), durable=False)
+    """Atomic; once more if the last DEL of the VNI removed the directory in between."""
+    for attempt in (1, 2):
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        try:
+            write_atomic(path, json.dumps(data, sort_keys=True).encode(), durable=False)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
 
 
 def record(spec: NetworkSpec, att: Attachment, mac: str, addresses: Iterable[IPAddress]) -> None:
@@ -67,11 +74,13 @@ def record(spec: NetworkSpec, att: Attachment, mac: str, addresses: Iterable[IPA
         return
     vx = spec.vxlan
     directory = registry_dir() / str(vx.vni)
-    _write_json(directory / VTEP_FILE, {"vni": vx.vni, "local": str(vx.local), "port": vx.port,
-                                        "network": spec.name})
+    # The attachment first: a concurrent last `forget` that sees it keeps the VTEP record, one
+    # that does not is followed by this VTEP write.
     _write_json(directory / f"{att.host_ifname}.json",
                 {"network": spec.name, "containerId": att.container_id, "ifname": att.ifname,
                  "mac": mac.lower(), "ips": [str(a) for a in addresses]})
+    _write_json(directory / VTEP_FILE, {"vni": vx.vni, "local": str(vx.local), "port": vx.port,
+                                        "network": spec.name})
 
 
 def forget(spec: NetworkSpec, att: Attachment) -> None:

@@ -1,17 +1,22 @@
-"""vxlan networks: the `vxlan` key's validation, the Docker options that map to it, and the
-pure diffing of a VNI's FDB and neighbour entries (cni_bridge/overlay/peers.py)."""
+"""vxlan networks: the `vxlan` key's validation, the Docker options that map to it, the pure
+diffing of a VNI's FDB and neighbour entries (cni_bridge/overlay/peers.py) and this host's
+registry (cni_bridge/overlay/registry.py, in a temporary run dir)."""
 
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cni_bridge import locks
+from cni_bridge.attachment import Attachment
 from cni_bridge.config import parse_network
 from cni_bridge.docker.options import GENERIC, network_config
 from cni_bridge.errors import PluginError
 from cni_bridge.modes.vxlan import device_name
+from cni_bridge.overlay import registry
 from cni_bridge.overlay.peers import ZERO_MAC, Entries, RemoteEndpoint, desired, plan
 
 ip = ipaddress.ip_address
@@ -160,3 +165,27 @@ def test_plan_removes_entries_nobody_wants() -> None:
     current = Entries(frozenset({(ZERO_MAC, H2), (MAC_A, H2)}), frozenset({(ip("10.0.0.9"), MAC_A)}))
     changes = plan(current, Entries())
     assert len(changes.fdb_delete) == 2 and changes.neighbour_delete == [(ip("10.0.0.9"), MAC_A)]
+
+
+# ----- the local registry ------------------------------------------------------------------------
+def test_registry_records_and_forgets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(locks, "RUN_DIR", str(tmp_path))
+    spec = parse_network(vx())
+    a, b = Attachment("ctr-a", "eth0", None), Attachment("ctr-b", "eth0", None)
+    registry.record(spec, a, "02:00:00:00:00:0A", [ip("10.0.0.2"), ip("fd00::2")])
+    registry.record(spec, b, MAC_B, [ip("10.0.0.3")])
+    vtep = registry.local_vtep(4242)
+    assert vtep is not None and (vtep.local, vtep.port, vtep.network) == ("192.0.2.1", 4789, "n")
+    assert sorted(x.container_id for x in vtep.attachments) == ["ctr-a", "ctr-b"]
+    assert sorted(vtep.endpoints()) == sorted([RemoteEndpoint(MAC_A, H0, (ip("10.0.0.2"), ip("fd00::2"))),
+                                               RemoteEndpoint(MAC_B, H0, (ip("10.0.0.3"),))])
+    assert [v.vni for v in registry.local_vteps()] == [4242]
+    registry.forget(spec, a)
+    registry.forget(spec, a)  # idempotent
+    assert [x.container_id for x in registry.local_vtep(4242).attachments] == ["ctr-b"]
+    assert registry.prune(spec, {b.host_ifname}) == []
+    assert registry.prune(spec, set()) == [b.host_ifname]
+    assert registry.local_vtep(4242) is None and registry.local_vteps() == []
+    assert not (tmp_path / "vxlan" / "4242").exists()
+    registry.record(parse_network({"name": "plain"}), a, MAC_A, [])  # not a vxlan network: nothing
+    assert registry.local_vteps() == []
