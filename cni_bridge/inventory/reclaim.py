@@ -18,10 +18,12 @@ from cni_bridge import firewall
 from cni_bridge.inventory.gather import gather_files
 from cni_bridge.inventory.judge import claims_of
 from cni_bridge.inventory.model import Inventory, Network
-from cni_bridge.inventory.stale import ELEMENT, LEASE, PORT, TABLE, Finding
+from cni_bridge.inventory.stale import ELEMENT, LEASE, PORT, TABLE, VXLAN, Finding
 from cni_bridge.ipam.store import LeaseStore
 from cni_bridge.kernel import netlink
 from cni_bridge.locks import network_lock
+from cni_bridge.modes import vxlan
+from cni_bridge.overlay import registry
 
 
 class Kept(Exception):
@@ -78,6 +80,18 @@ def _delete_port(finding: Finding, net: Network, inv: Inventory) -> None:
         host.delete_link(finding.subject)
 
 
+def _delete_vxlan(finding: Finding, net: Network, inv: Inventory) -> None:
+    """Under the VNI's lock, like the last DEL: only while the device is alone on the bridge."""
+    vni = int((net.vxlan or {})["vni"])
+    with netlink.root() as host:
+        port = host.link(finding.subject)
+        if port is None or port.index != finding.index:
+            raise Kept(f"{finding.subject} changed since the scan")
+        if not vxlan.release_unused(host, vni, net.bridge or ""):
+            raise Kept(f"bridge {net.bridge} has ports again")
+    registry.drop_vni(vni)
+
+
 def _absent(host_ifname: str | None) -> None:
     if not host_ifname:
         return
@@ -87,4 +101,5 @@ def _absent(host_ifname: str | None) -> None:
 
 
 REMOVALS: dict[str, Callable[[Finding, Network, Inventory], None]] = {
-    LEASE: _release_lease, ELEMENT: _remove_element, TABLE: _delete_table, PORT: _delete_port}
+    LEASE: _release_lease, ELEMENT: _remove_element, TABLE: _delete_table, PORT: _delete_port,
+    VXLAN: _delete_vxlan}

@@ -8,6 +8,7 @@
   store is known, that no owner claims (`Claims`: every lease store, every Docker endpoint
   record, whatever networks were asked for). Bridges where an owner's claims are out of sight
   (`Claims.unprovable`) are left alone and said so (`held_back`).
+- a vxlan port (`vx-<vni>`) alone on such a bridge, with no attached endpoint.
 Never: Docker IPAM leases and Docker endpoints (dockerd owns them), endpoints that are attached
 or cannot be judged, tables of networks not found here.
 
@@ -23,16 +24,16 @@ from cni_bridge.inventory.judge import owned_addresses
 from cni_bridge.inventory.model import STALE, Inventory, Network
 
 HOST_VETH = re.compile(r"^veth[0-9a-f]{11}$")
-LEASE, ELEMENT, TABLE, PORT = "lease", "masquerade element", "table", "port"
+LEASE, ELEMENT, TABLE, PORT, VXLAN = "lease", "masquerade element", "table", "port", "vxlan device"
 
 
 @dataclass(frozen=True)
 class Finding:
     network: str
-    kind: str                  # LEASE, ELEMENT, TABLE or PORT
+    kind: str                  # LEASE, ELEMENT, TABLE, PORT or VXLAN
     what: str
     why: str
-    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT: the link name
+    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT, VXLAN: the link name
     index: int | None = None   # PORT: the link's index when judged (a new link of that name is not it)
 
 
@@ -44,8 +45,21 @@ def findings(inv: Inventory) -> list[Finding]:
         out += stale_leases(net) + orphan_elements(net, inv) + empty_table(net)
         ports = unclaimed_ports(net, inv, judged_ports)
         judged_ports |= {f.subject for f in ports}
-        out += ports
+        out += ports + unused_vxlan(net, inv)
     return out
+
+
+def unused_vxlan(net: Network, inv: Inventory) -> list[Finding]:
+    """A vxlan port alone on its bridge (its containers went without DEL): the host would still
+    be a VTEP of the VNI. Only when no endpoint of the network is attached."""
+    if not net.vxlan or not port_candidates(net, inv) or any(ep.state != STALE for ep in net.endpoints):
+        return []
+    bridge = inv.links[net.bridge or ""]
+    device = inv.links.get(net.vxlan["device"])
+    if device is None or any(link.master == bridge.index and link.name != device.name for link in inv.links.values()):
+        return []
+    return [Finding(net.name, VXLAN, f"vxlan device {device.name} (VNI {net.vxlan['vni']}) on {bridge.name}",
+                    "no other port on the bridge", device.name, device.index)]
 
 
 def stale_leases(net: Network) -> list[Finding]:

@@ -144,12 +144,17 @@ def release(host: Netlink, spec: NetworkSpec) -> bool:
     device of another VNI's parameters, or one on another bridge, alone."""
     if spec.vxlan is None:
         return False
-    name = device_name(spec.vxlan.vni)
-    with _vni_lock(spec.vxlan.vni):
+    return release_unused(host, spec.vxlan.vni, spec.bridge)
+
+
+def release_unused(host: Netlink, vni: int, bridge_name: str) -> bool:
+    """The core of `release`, also for `cni-bridge gc` (which knows the bridge, not the spec)."""
+    name = device_name(vni)
+    with _vni_lock(vni):
         details = host.vxlan_details(name)
-        if details is None or details.vni != spec.vxlan.vni:
+        if details is None or details.vni != vni:
             return False
-        bridge = host.link(spec.bridge)
+        bridge = host.link(bridge_name)
         if bridge is not None and details.link.master == bridge.index:
             if any(link.master == bridge.index and link.index != details.link.index for link in host.links()):
                 return False

@@ -110,6 +110,16 @@ def prune(spec: NetworkSpec, keep: set[str]) -> list[str]:
     return stale
 
 
+def drop_vni(vni: int) -> None:
+    """Every record of a VNI whose device is gone (`cni-bridge gc`: none of its attachments is
+    on the host any more)."""
+    directory = registry_dir() / str(vni)
+    for path in _entries(directory):
+        unlink_if_exists(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)
+
+
 def _entries(directory: Path) -> list[Path]:
     try:
         return [p for p in directory.iterdir() if p.suffix == ".json"]

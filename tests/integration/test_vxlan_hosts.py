@@ -421,6 +421,33 @@ def test_conflicting_vxlan_configurations_are_refused(underlay: Underlay, netns:
     gone_everywhere(u, 11)
 
 
+def test_gc_reclaims_a_device_whose_containers_went_without_del(underlay: Underlay,
+                                                                 netns: Callable[..., Netns]) -> None:
+    """The runtime lost its containers (sandboxes gone, no DEL): `cni-bridge gc --apply` on that
+    host releases the leases and then the vxlan device left alone on the bridge, and its registry."""
+    u = underlay
+    h0 = u.hosts[0]
+    vni = 707
+    conf = network(u, unique_name("net"), vni, [str(unique_subnet(4, 24))])
+    a, b = attach(conf, h0, netns), attach(conf, h0, netns)
+    conf_dir = h0.run_dir / "net.d"
+    conf_dir.mkdir()
+    (conf_dir / "10-vx.conflist").write_text(json.dumps(conf(h0)))
+    gc = ["gc", "--conf-dir", str(conf_dir), "--data-dir", str(h0.cni.data_dir), "--cni-cache-dir",
+          str(h0.cni.cache_dir), "--grace", "0"]
+    a.ns.delete()
+    dry = h0.cli(*gc, check=False).stdout
+    assert "lease" in dry and "vxlan device" not in dry  # b is still attached: the device stays
+    b.ns.delete()
+    assert f"would remove: network {conf(h0)['name']}: vxlan device vx-{vni} (VNI {vni})" in \
+        h0.cli(*gc, check=False).stdout
+    applied = h0.cli(*gc, "--apply", check=False).stdout  # the leases first, then the device
+    assert f"removed: network {conf(h0)['name']}: vxlan device vx-{vni} (VNI {vni})" in applied, applied
+    assert h0.ns.run("ip", "link", "show", f"vx-{vni}", check=False).returncode != 0
+    assert json.loads(h0.cli("vxlan", "local").stdout) == []
+    assert "vxlan" not in h0.cli(*gc, check=False).stdout
+
+
 # ----- crashes ---------------------------------------------------------------------------------
 CRASH_LINE = re.compile(r"pybridge crashpoint: (\d+) (\S+)")
 TRACE_LINE = re.compile(r"pybridge crashpoint trace: (\d+) (\S+)")
