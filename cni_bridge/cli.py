@@ -9,7 +9,7 @@ import sys
 
 from cni_bridge.logsetup import configure
 
-SUBCOMMANDS = ("serve", "status", "gc", "ipam", "vm")
+SUBCOMMANDS = ("serve", "status", "gc", "ipam", "vm", "vxlan")
 
 
 def build_parser() -> argparse.ArgumentParser:

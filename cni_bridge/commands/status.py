@@ -83,6 +83,14 @@ def _network_items(net) -> list[list[str]]:
                  ("up" if net.bridge_up else "down") if net.bridge_present else "?")
         what = "master" if net.mode in ("macvlan", "ipvlan", "vlan", "macvtap") else "bridge"
         items.append([f"{what} {net.bridge} [{state}] {' '.join(net.bridge_addresses)}".rstrip()])
+    if net.vxlan:
+        vx = net.vxlan
+        how = f"group {vx['group']}" if vx["group"] else f"peers {', '.join(vx['peers']) or '-'}"
+        item = [f"vxlan {vx['device']} VNI {vx['vni']} local {vx['local']} port {vx['port']} "
+                f"[{'up' if vx['up'] else 'down'}] {how}"]
+        item += [f"remote {e['mac']} {' '.join(e['ips'])} via {e['vtep']}".replace("  ", " ")
+                 for e in vx["endpoints"]]
+        items.append(item)
     if net.ip_masq or net.table_present:
         masq = (f"table inet {net.table}, {len(net.masquerade)} entries" if net.table_present
                 else "no table (no masqueraded containers)")

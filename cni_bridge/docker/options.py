@@ -40,8 +40,23 @@ OPTION_KEYS: dict[str, str] = {
     # members of the `bandwidth` object (shaping.py): every endpoint of the network is shaped
     "ingressRate": "bandwidth", "ingressBurst": "bandwidth", "egressRate": "bandwidth", "egressBurst": "bandwidth",
     "dhcp": "dhcp",
+    # vxlan networks: the keys of the CNI `vxlan` object (see VXLAN_PREFIX)
+    "vxlanId": "vxlan.vni",
+    "vxlanLocal": "vxlan.local",
+    "vxlanPort": "vxlan.port",
+    "vxlanDev": "vxlan.dev",
+    "vxlanGroup": "vxlan.group",
+    "vxlanMtu": "vxlan.mtu",
 }
+VXLAN_PREFIX = "vxlan."  # -o vxlanId=4242 -> config["vxlan"]["vni"] = "4242"
 BRIDGE_PREFIX = "pbr-"
+
+
+def supported_options() -> str:
+    """The list an unknown option is answered with, short enough to read in one error line."""
+    own = sorted(k for k in OPTION_KEYS if not k.startswith(("com.docker.", "vxlan", "ingress", "egress")))
+    return ("supported: " + ", ".join(own) + ", ingress/egressRate/Burst, vxlanId/Local/Port/Dev/Group/Mtu, and Docker's "
+            "com.docker.network.bridge.name, .driver.mtu, .bridge.enable_ip_masquerade")
 
 
 def default_bridge(network_id: str) -> str:
@@ -70,13 +85,14 @@ def network_config(network_id: str, options: Mapping[str, Any]) -> dict[str, Any
     for key, value in generic.items():
         cni_key = OPTION_KEYS.get(key)
         if cni_key is None:
-            raise config_error(f"unknown option -o {shown(key, quote=False)}",
-                               "supported: " + ", ".join(sorted(k for k in OPTION_KEYS if not k.startswith("com.docker.")))
-                               + " and Docker's com.docker.network.* spellings of bridge, mtu and ipMasq")
+            raise config_error(f"unknown option -o {shown(key, quote=False)}", supported_options())
         if not isinstance(value, (str, int, bool)):
             raise config_error(f"option -o {key} must be a string, got {shown(value)}")
         if cni_key == "bandwidth":
             config.setdefault("bandwidth", {})[key] = value
+            continue
+        if cni_key.startswith(VXLAN_PREFIX):  # validated with the CNI key (config.parse_vxlan)
+            config.setdefault("vxlan", {})[cni_key[len(VXLAN_PREFIX):]] = value
             continue
         if cni_key in config and config[cni_key] != value:
             raise config_error(f"option -o {key}={shown(value, quote=False)} contradicts another spelling of "

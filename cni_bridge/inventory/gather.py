@@ -46,6 +46,8 @@ from cni_bridge.ipam.lease import DHCP_OWNER_PREFIX
 from cni_bridge.ipam.store import LeaseStore, list_networks
 from cni_bridge.kernel import netlink
 from cni_bridge.kernel.nft import nft
+from cni_bridge.modes import vxlan as vxlan_port
+from cni_bridge.overlay.reconcile import current, peers_of
 from cni_bridge.state import KINDS, StateStore
 from cni_bridge.vm import names as vm_names
 
@@ -100,6 +102,21 @@ def read_links(facts: Facts, with_netns: bool) -> None:
         facts.links = {d.link.name: _host_link(d) for d in details}
         facts.addresses = {d.link.name: _addresses(host, d.link.index) for d in details
                            if d.link.kind == "bridge" or d.link.name in named}
+        facts.vxlan = read_vxlan_ports(host)
+
+
+def read_vxlan_ports(host: netlink.Netlink) -> dict[str, dict[str, Any]]:
+    """Bridge name -> its pybridge vxlan port (`vx-<vni>`) with the peers and remote endpoints
+    the kernel's FDB and neighbour table hold (programmed ones; learned ones with `group`)."""
+    bridges = {link.index: link.name for link in host.links() if link.kind == "bridge"}
+    out: dict[str, dict[str, Any]] = {}
+    for vx in host.all_vxlan_details():
+        if vx.link.master not in bridges or vx.link.name != vxlan_port.device_name(vx.vni or 0):
+            continue
+        peers, endpoints = peers_of(current(host, vx.link.index))
+        out[bridges[vx.link.master]] = {"device": vx.link.name, "vni": vx.vni, "local": vx.local, "port": vx.port,
+                                        "group": vx.group, "up": vx.link.up, "peers": peers, "endpoints": endpoints}
+    return out
 
 
 def _addresses(host: netlink.Netlink, index: int) -> list[str]:

@@ -103,6 +103,7 @@ def describe(net: Network, facts: Facts) -> None:
     if link is not None:
         net.bridge_up = link.up
         net.bridge_addresses = list(facts.addresses.get(link.name, []))
+        net.vxlan = facts.vxlan.get(link.name)
 
 
 def network_problems(net: Network) -> list[str]:

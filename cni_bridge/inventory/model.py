@@ -108,6 +108,7 @@ class Network:
     table: str | None = None
     table_present: bool = False
     masquerade: dict[str, str] = field(default_factory=dict)   # address -> owner
+    vxlan: dict[str, Any] | None = None  # the bridge's vxlan port: device, vni, local, group, peers, endpoints
     endpoints: list[Endpoint] = field(default_factory=list)
     docker_id: str | None = None
     problems: list[str] = field(default_factory=list)
@@ -147,6 +148,7 @@ class Facts:
     table_names: dict[str, str] = field(default_factory=dict)    # network -> its table's name
     members: dict[str, dict[str, str]] = field(default_factory=dict)        # network -> address -> owner
     addresses: dict[str, list[str]] = field(default_factory=dict)           # bridge -> its addresses
+    vxlan: dict[str, dict[str, Any]] = field(default_factory=dict)          # bridge -> its vxlan port
     containers: dict[tuple[str | None, str | None, str], Container | None] = field(default_factory=dict)
     netns_present: dict[str, bool] = field(default_factory=dict)            # cached netns path -> exists
     problems: list[str] = field(default_factory=list)

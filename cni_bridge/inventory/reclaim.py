@@ -18,10 +18,23 @@ from cni_bridge import firewall
 from cni_bridge.inventory.gather import gather_files
 from cni_bridge.inventory.judge import BRIDGE_MODES, claims_of
 from cni_bridge.inventory.model import Inventory, Network
-from cni_bridge.inventory.stale import ELEMENT, IFB, IFB_DEVICE, LEASE, PORT, TABLE, VM_PORT, Finding, veth_of_ifb
+from cni_bridge.inventory.stale import (
+    ELEMENT,
+    IFB,
+    IFB_DEVICE,
+    LEASE,
+    PORT,
+    TABLE,
+    VM_PORT,
+    VXLAN,
+    Finding,
+    veth_of_ifb,
+)
 from cni_bridge.ipam.store import LeaseStore
 from cni_bridge.kernel import netlink
 from cni_bridge.locks import attachment_lock, network_lock
+from cni_bridge.modes import vxlan
+from cni_bridge.overlay import registry
 from cni_bridge.state import StateStore
 from cni_bridge.vm import names as vm_names
 
@@ -126,6 +139,18 @@ def _delete_ifb(finding: Finding) -> None:
         host.delete_link(finding.subject)
 
 
+def _delete_vxlan(finding: Finding, net: Network, inv: Inventory) -> None:
+    """Under the VNI's lock, like the last DEL: only while the device is alone on the bridge."""
+    vni = int((net.vxlan or {})["vni"])
+    with netlink.root() as host:
+        port = host.link(finding.subject)
+        if port is None or port.index != finding.index:
+            raise Kept(f"{finding.subject} changed since the scan")
+        if not vxlan.release_unused(host, vni, net.bridge or ""):
+            raise Kept(f"bridge {net.bridge} has ports again")
+    registry.drop_vni(vni)
+
+
 def _absent(host_ifname: str | None) -> None:
     if not host_ifname:
         return
@@ -136,4 +161,5 @@ def _absent(host_ifname: str | None) -> None:
 
 REMOVALS: dict[str, Callable[[Finding, Network, Inventory], None]] = {
     LEASE: _release_lease, ELEMENT: _remove_element, TABLE: _delete_table, PORT: _delete_port,
-    VM_PORT: _release_vm_port}
+    VM_PORT: _release_vm_port,
+    VXLAN: _delete_vxlan}

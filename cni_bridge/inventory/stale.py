@@ -13,6 +13,7 @@
 - a pybridge ifb device (`pbifb` + 10 hex, shaping.py) whose host veth (`veth` + the same 10 hex
   + 1) is on no host link: the attachment it shaped is gone (a DEL that did not know of the
   shaping, or a crash). Not tied to a network: reported with network "".
+- a vxlan port (`vx-<vni>`) alone on such a bridge, with no attached endpoint.
 Never: Docker IPAM leases and Docker endpoints (dockerd owns them), endpoints that are attached
 or cannot be judged, tables of networks not found here.
 
@@ -32,17 +33,18 @@ from cni_bridge.vm import names as vm_names
 
 HOST_VETH = re.compile(r"^veth[0-9a-f]{11}$")
 IFB_DEVICE = re.compile(rf"^{IFB_PREFIX}([0-9a-f]{{10}})$")
-LEASE, ELEMENT, TABLE, PORT, VM_PORT, IFB = "lease", "masquerade element", "table", "port", "VM port", "ifb"
+LEASE, ELEMENT, TABLE, PORT, VM_PORT, IFB, VXLAN = ("lease", "masquerade element", "table", "port", "VM port", "ifb",
+                                                "vxlan device")
 
 
 @dataclass(frozen=True)
 class Finding:
     network: str
-    kind: str                  # LEASE, ELEMENT, TABLE, PORT, VM_PORT or IFB
+    kind: str                  # LEASE, ELEMENT, TABLE, PORT, VM_PORT, IFB or VXLAN
     what: str
     why: str
-    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT, VM_PORT, IFB: the link name
-    index: int | None = None   # PORT, IFB: the link's index when judged (a new link of that name is not it)
+    subject: str = ""          # LEASE: "<container id> <ifname>"; ELEMENT: its owner; PORT, VM_PORT, IFB, VXLAN: the link name
+    index: int | None = None   # PORT, IFB, VXLAN: the link's index when judged (a new link of that name is not it)
 
 
 def findings(inv: Inventory) -> list[Finding]:
@@ -55,7 +57,7 @@ def findings(inv: Inventory) -> list[Finding]:
         out += stale_leases(net) + vm_ports + orphan_elements(net, inv) + empty_table(net)
         ports = unclaimed_ports(net, inv, judged_ports)
         judged_ports |= {f.subject for f in ports}
-        out += ports
+        out += ports + unused_vxlan(net, inv)
     return out + orphan_ifbs(inv.links)
 
 
@@ -74,6 +76,19 @@ def veth_of_ifb(digits: str, names: Iterable[str]) -> bool:
     """Is there a host veth whose name the ifb's digits begin (Attachment.ifb_ifname)?"""
     prefix = "veth" + digits
     return any(n.startswith(prefix) and HOST_VETH.match(n) for n in names)
+
+
+def unused_vxlan(net: Network, inv: Inventory) -> list[Finding]:
+    """A vxlan port alone on its bridge (its containers went without DEL): the host would still
+    be a VTEP of the VNI. Only when no endpoint of the network is attached."""
+    if not net.vxlan or not port_candidates(net, inv) or any(ep.state != STALE for ep in net.endpoints):
+        return []
+    bridge = inv.links[net.bridge or ""]
+    device = inv.links.get(net.vxlan["device"])
+    if device is None or any(link.master == bridge.index and link.name != device.name for link in inv.links.values()):
+        return []
+    return [Finding(net.name, VXLAN, f"vxlan device {device.name} (VNI {net.vxlan['vni']}) on {bridge.name}",
+                    "no other port on the bridge", device.name, device.index)]
 
 
 def stale_leases(net: Network) -> list[Finding]:

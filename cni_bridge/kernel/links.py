@@ -34,6 +34,32 @@ class LinkDetails:
     tun: TunInfo | None = None  # tun / tap devices: type, owner, group, multi-queue
 
 
+@dataclass(frozen=True)
+class VxlanDetails:
+    """What `ip -d link` shows of a vxlan device: the facts pybridge checks before reusing one."""
+    link: Link
+    vni: int | None
+    local: str | None
+    group: str | None
+    port: int | None
+    dev: int | None             # IFLA_VXLAN_LINK: index of the underlay device, if bound to one
+    learning: bool
+    proxy: bool
+
+
+def _vxlan_from_msg(msg) -> VxlanDetails | None:
+    info = msg.get("IFLA_LINKINFO")
+    if not info or info.get("IFLA_INFO_KIND") != "vxlan":
+        return None
+    data = info.get("IFLA_INFO_DATA")
+    get = data.get if data is not None else (lambda key: None)
+    return VxlanDetails(_link_from_msg(msg), get("IFLA_VXLAN_ID"),
+                        get("IFLA_VXLAN_LOCAL") or get("IFLA_VXLAN_LOCAL6"),
+                        get("IFLA_VXLAN_GROUP") or get("IFLA_VXLAN_GROUP6"), get("IFLA_VXLAN_PORT"),
+                        get("IFLA_VXLAN_LINK") or None, bool(get("IFLA_VXLAN_LEARNING")),
+                        bool(get("IFLA_VXLAN_PROXY")))
+
+
 def _details_from_msg(msg) -> LinkDetails:
     info = msg.get("IFLA_LINKINFO")
     data = (info.get("IFLA_INFO_DATA") if info else None) or None
@@ -214,17 +240,47 @@ class Links(Handle):
         (the kernel renames after the move, so a host link of the same name never collides)."""
         self.ipr.link("set", index=index, net_ns_fd=target.ns_fd, ifname=new_name)
 
-    def link_details(self, name: str) -> LinkDetails | None:
-        """Kind-specific facts CHECK compares: parent index, macvlan/ipvlan mode, vlan id."""
+    def _get_link_msg(self, name: str):
+        """The full RTM_GETLINK answer for `name` (with IFLA_LINKINFO), None if there is none."""
         try:  # RTM_GETLINK by name (the kernel looks it up; get_links(ifname=) would dump all)
             msgs = self.ipr.link("get", ifname=name)
         except NetlinkError as exc:
             if exc.code in (errno.ENODEV, errno.ENOENT):
                 return None
             raise
-        if not msgs:
+        return msgs[0] if msgs else None
+
+    def link_details(self, name: str) -> LinkDetails | None:
+        """Kind-specific facts CHECK compares: parent index, macvlan/ipvlan mode, vlan id."""
+        msg = self._get_link_msg(name)
+        return _details_from_msg(msg) if msg is not None else None
+
+    # --- vxlan devices (bridge networks that span hosts, modes/vxlan.py) -----------------------
+    def add_vxlan(self, name: str, *, vni: int, local: str, port: int, dev: int | None, group: str | None,
+                  mtu: int, master: int) -> None:
+        """A vxlan device enslaved to `master`, down (the caller brings it up once it is set).
+        Without a group the FDB and neighbour entries are programmed: no learning (a frame from
+        a peer must not move a MAC), ARP/ND answered from the neighbour table (proxy)."""
+        six = ":" in local
+        kwargs: dict = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_port": port,
+                        ("vxlan_local6" if six else "vxlan_local"): local, "mtu": mtu, "master": master,
+                        "vxlan_learning": 1 if group else 0, "vxlan_proxy": 0 if group else 1}
+        if group:
+            kwargs["vxlan_group6" if six else "vxlan_group"] = group
+        if dev is not None:
+            kwargs["vxlan_link"] = dev
+        self.ipr.link("add", **kwargs)
+
+    def vxlan_details(self, name: str) -> VxlanDetails | None:
+        """None when there is no such link; a link of another kind gives details with vni None."""
+        msg = self._get_link_msg(name)
+        if msg is None:
             return None
-        return _details_from_msg(msgs[0])
+        return _vxlan_from_msg(msg) or VxlanDetails(_link_from_msg(msg), None, None, None, None, None, False, False)
+
+    def all_vxlan_details(self) -> list[VxlanDetails]:
+        """Every vxlan device of this namespace (one dump; `cni-bridge status`)."""
+        return [d for d in (_vxlan_from_msg(m) for m in self.ipr.get_links()) if d is not None]
 
     # --- read-only discovery (cni-bridge status / gc; cni_bridge/inventory/gather.py) -------------
     def all_link_details(self) -> list[LinkDetails]:

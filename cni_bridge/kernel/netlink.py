@@ -12,7 +12,8 @@ import os
 from typing import Iterator
 
 from cni_bridge.kernel.addresses import Addresses
-from cni_bridge.kernel.links import Link, LinkDetails, Links
+from cni_bridge.kernel.fdb import Fdb
+from cni_bridge.kernel.links import Link, LinkDetails, Links, VxlanDetails
 from cni_bridge.kernel.netns import NetnsGone, open_netns, switched
 from cni_bridge.kernel.nlsock import NetlinkError, netlink_error_text
 from cni_bridge.kernel.routes import Routes
@@ -20,11 +21,11 @@ from cni_bridge.kernel.rtnl import Rtnl
 from cni_bridge.kernel.sysctl import Sysctls
 from cni_bridge.kernel.tc import Qdisc, Tc
 
-__all__ = ["Link", "LinkDetails", "Netlink", "NetlinkError", "NetnsGone", "Qdisc", "netlink_error_text",
-           "netns", "root"]
+__all__ = ["Link", "LinkDetails", "Netlink", "NetlinkError", "NetnsGone", "Qdisc", "VxlanDetails",
+           "netlink_error_text", "netns", "root"]
 
 
-class Netlink(Links, Addresses, Routes, Sysctls, Tc):
+class Netlink(Links, Addresses, Routes, Sysctls, Tc, Fdb):
     """Typed wrappers over the handful of rtnetlink calls the modes need, in one namespace."""
 
 

@@ -1,7 +1,8 @@
 """Bridge mode: a Linux bridge as the network's switch, one veth pair per container.
 
 Also covers the Neutron-linuxbridge-style variants: `local` (no uplink, no masquerade), `flat`
-(an uplink NIC enslaved to the bridge) and vlan (`<uplink>.<vlanId>` enslaved), see uplink.py.
+(an uplink NIC enslaved to the bridge) and vlan (`<uplink>.<vlanId>` enslaved), see uplink.py,
+and vxlan (a vxlan device `vx-<vni>` enslaved, joining the bridges of several hosts), see vxlan.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from cni_bridge.errors import INTERNAL, PluginError, config_error
 from cni_bridge.kernel import netlink
 from cni_bridge.kernel.netlink import Link, Netlink
 from cni_bridge.locks import network_lock
-from cni_bridge.modes import uplink
+from cni_bridge.modes import uplink, vxlan
 from cni_bridge.modes.common import (
     Lease,
     Undo,
@@ -28,6 +29,7 @@ from cni_bridge.modes.common import (
     require_free_ifname,
     with_default_routes,
 )
+from cni_bridge.overlay import registry
 
 
 def masquerade(spec: NetworkSpec, addressing: Addressing | None = None, *,
@@ -148,6 +150,7 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
     with netlink.root() as host, open_netns(att) as ns:
         try:
             require_free_ifname(ns, att)  # before anything is leased or created
+            spec = vxlan.with_mtu(host, spec)
             addressing = lease()
             bridge = setup_network(host, spec, addressing)
             host.delete_link(att.host_ifname)  # stale end of an earlier, crashed ADD
@@ -155,6 +158,7 @@ def add(spec: NetworkSpec, att: Attachment, lease: Lease) -> dict[str, Any]:
                                          master=bridge.index, peer_mac=att.mac)
             undo.push(lambda: host.delete_link(att.host_ifname))
             step("veth-into-netns")
+            attach_vxlan(host, spec, bridge, att, undo)
             if spec.hairpin_mode:
                 host.set_hairpin(veth.index, True)
                 step("hairpin")
@@ -176,10 +180,41 @@ def join_network(host: Netlink, spec: NetworkSpec, att: Attachment, addressing: 
     membership, isolation, and the result (bridge, host veth, the container's interface)."""
     add_masquerade(spec, att.host_ifname, addressing, undo)
     ensure_isolation(spec, addressing)
+    record_vxlan(spec, att, container_mac, addressing, undo)
     interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
                   interface_entry(veth.name, veth.mac),
                   interface_entry(att.ifname, container_mac, att.netns)]
     return build_result(interfaces, 2, addressing)
+
+
+def attach_vxlan(host: Netlink, spec: NetworkSpec, bridge: Link, att: Attachment, undo: Undo) -> None:
+    """The network's vxlan port, after the attachment's own port is on the bridge: the last
+    DEL removes the device when the bridge has no other port (under the VNI's lock), so an ADD
+    that made its port first always finds or re-creates it."""
+    if spec.vxlan is None:
+        return
+    vxlan.attach(host, spec, bridge)
+    undo.push(lambda: (host.delete_link(att.host_ifname), vxlan.release(host, spec)))
+    step("vxlan")
+
+
+def record_vxlan(spec: NetworkSpec, att: Attachment, mac: str, addressing: Addressing, undo: Undo) -> None:
+    """What this host publishes for the VNI (overlay/registry.py): the attachment's MAC and IPs."""
+    if spec.vxlan is None:
+        return
+    registry.record(spec, att, mac, addressing.addresses())
+    undo.push(lambda: registry.forget(spec, att))
+    step("vxlan-registry")
+
+
+def release_vxlan(host: Netlink, spec: NetworkSpec, att: Attachment) -> None:
+    """The attachment leaves the registry; the bridge's last user takes the vxlan device."""
+    if spec.vxlan is None:
+        return
+    registry.forget(spec, att)
+    step("vxlan-registry-removed")
+    vxlan.release(host, spec)
+    step("vxlan-released")
 
 
 def remove_masquerade(spec: NetworkSpec, owner: str, addresses: list[IPAddress] = (), *,
@@ -196,6 +231,7 @@ def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> No
         step("host-veth-deleted")
         if spec.bandwidth is not None:  # configured now or maybe at ADD (shaping.Bandwidth)
             shaping.remove(host, att)
+        release_vxlan(host, spec, att)
     if remove_masquerade(spec, att.host_ifname, addresses):
         release_isolation(spec)  # the network's last container: nothing of it is left
     step("masquerade-removed")
@@ -221,6 +257,9 @@ def check_host_side(spec: NetworkSpec, port: str, addressing: Addressing) -> Non
         link = host.link(port)
         if link is None or link.master != bridge.index:
             raise PluginError(INTERNAL, f"host interface {port} missing or not on bridge {spec.bridge}")
+        if spec.vxlan is not None and not vxlan.is_port(host, spec, bridge):
+            raise PluginError(INTERNAL, f"vxlan device {vxlan.device_name(spec.vxlan.vni)} missing or not on "
+                                        f"bridge {spec.bridge}")
     if spec.ip_masq:
         missing = set(addressing.addresses()) - set(firewall.members(spec.name))
         if missing:
@@ -234,6 +273,10 @@ def gc(spec: NetworkSpec, valid: set[tuple[str, str]]) -> None:
         stale = {owner for owner in firewall.members(spec.name).values() if owner not in keep}
         if stale:
             firewall.remove_members(masquerade(spec), owners=stale)
+    if spec.vxlan is not None:  # records of attachments the runtime no longer has; an unused device
+        registry.prune(spec, keep)
+        with netlink.root() as host:
+            vxlan.release(host, spec)
 
 
 # --- Docker (libnetwork remote driver) ---------------------------------------------------------
@@ -246,9 +289,10 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
     drops of an internal network). Returns
     what was created, for delete_network; on failure nothing is left behind."""
     undo = Undo()
-    uplink_attached = False
+    uplink_attached = vxlan_attached = False
     with netlink.root() as host:
         try:
+            spec = vxlan.with_mtu(host, spec)
             bridge_created = host.link(spec.bridge) is None
             bridge = host.ensure_bridge(spec.bridge, spec.mtu, spec.promisc_mode)
             if bridge_created:
@@ -259,6 +303,11 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
                 if uplink_attached:
                     undo.push(lambda: uplink.detach(host, spec))
                 uplink.attach(host, spec, bridge)
+            if spec.vxlan:
+                vxlan_attached = not vxlan.is_port(host, spec, bridge)
+                vxlan.attach(host, spec, bridge)
+                if vxlan_attached:
+                    undo.push(lambda: vxlan.release(host, spec))
             before = set(host.addresses(bridge.index))
             if spec.is_gateway:
                 ensure_gateway(host, spec, bridge, addressing)
@@ -271,7 +320,7 @@ def create_network(spec: NetworkSpec, addressing: Addressing) -> dict[str, Any]:
             ensure_isolation(spec, addressing)
         except BaseException as exc:
             undo.fail(exc)
-    return {"bridge_created": bridge_created, "uplink_attached": uplink_attached,
+    return {"bridge_created": bridge_created, "uplink_attached": uplink_attached, "vxlan_attached": vxlan_attached,
             "addresses": [str(a) for a in added], "gateways": [str(g) for g in gateways(addressing)]}
 
 
@@ -290,6 +339,8 @@ def delete_network(spec: NetworkSpec, created: dict[str, Any]) -> None:
         # Records written before "uplink_attached" existed: the port was ours if the bridge was.
         if spec.uplink and created.get("uplink_attached", created.get("bridge_created", False)):
             uplink.detach(host, spec)
+        if created.get("vxlan_attached"):
+            vxlan.release(host, spec)
         if created.get("bridge_created"):
             host.delete_link(spec.bridge)
             return
@@ -309,6 +360,8 @@ def bridge_in_use(host: Netlink, spec: NetworkSpec) -> bool:
     uplink_ports = set()
     if spec.uplink:
         uplink_ports.add(spec.uplink if spec.vlan_id is None else uplink.vlan_port_name(spec.uplink, spec.vlan_id))
+    if spec.vxlan:
+        uplink_ports.add(vxlan.device_name(spec.vxlan.vni))
     return any(link.master == bridge.index and link.name not in uplink_ports for link in host.links())
 
 
@@ -319,6 +372,7 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
     undo = Undo()
     with netlink.root() as host:
         try:
+            spec = vxlan.with_mtu(host, spec)
             bridge = setup_network(host, spec, addressing)
             # Idempotent, and re-done on every endpoint: after a reboot, a firewall reload or a
             # DROP policy set after CreateNetwork, the rules would otherwise be missing for good.
@@ -331,6 +385,9 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
                                          peer_mac=att.mac)
             undo.push(lambda: host.delete_link(att.host_ifname))
             step("veth-pair")
+            if spec.vxlan is not None:  # the device lives as long as the network: no undo
+                vxlan.attach(host, spec, bridge)
+                step("vxlan")
             if spec.hairpin_mode:
                 host.set_hairpin(veth.index, True)
                 step("hairpin")
@@ -340,6 +397,7 @@ def create_endpoint(spec: NetworkSpec, att: Attachment, addressing: Addressing, 
             if peer is None:
                 raise PluginError(INTERNAL, f"veth peer {src_name} vanished right after creation")
             add_masquerade(spec, att.host_ifname, addressing, undo, forward=False)
+            record_vxlan(spec, att, peer.mac, addressing, undo)
             return peer.mac
         except BaseException as exc:
             undo.fail(exc)
@@ -352,6 +410,8 @@ def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddres
             host.delete_link(src_name)  # Docker moved it back under its SrcName after Leave
         if spec.bandwidth is not None:
             shaping.remove(host, att)
+    if spec.vxlan is not None:
+        registry.forget(spec, att)  # the device lives as long as the Docker network
     if spec.ip_masq:
         remove_masquerade(spec, att.host_ifname, addresses, forward=False)
 

@@ -1,21 +1,34 @@
-"""The uplink topology: a stand-in for a physical NIC with an "outside world" behind it.
+"""Test topologies that need no real NIC.
 
-Why: no test may touch a real NIC. A veth pair plays the NIC: one end stays in the root
-namespace (use it as `master` / `uplink`), the other lives in a namespace that plays the outside
-host, so masquerade, flat and macvlan networks can be proven by traffic to that namespace only.
+* The uplink: a stand-in for a physical NIC with an "outside world" behind it. Why: no test may
+  touch a real NIC. A veth pair plays the NIC: one end stays in the root namespace (use it as
+  `master` / `uplink`), the other lives in a namespace that plays the outside host, so
+  masquerade, flat and macvlan networks can be proven by traffic to that namespace only.
+* The underlay: several simulated hosts (each a network namespace with its own pybridge run
+  dir, the plugin exec'd inside it with `ip netns exec`) joined by a switch (a bridge in a
+  namespace of its own), for networks that span hosts (vxlan). Nothing of it is in the root
+  namespace: not a link, not a route.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+from tests.support.cnitool import CniTool
+from tests.support.dockerd import socket_answers
 from tests.support.host import run
 from tests.support.netns import Netns, create_netns
 from tests.support.session import session, unique_name
 from tests.support.subnets import OUTSIDE_POOL4, unique_subnet
 
-__all__ = ["Uplink", "create_uplink"]
+__all__ = ["SimHost", "Underlay", "Uplink", "create_underlay", "create_uplink"]
 
 
 @dataclasses.dataclass
@@ -90,3 +103,100 @@ def create_uplink(
         up.delete()
         raise
     return up
+
+
+@dataclasses.dataclass
+class SimHost:
+    """A simulated host: namespace `ns` with underlay NIC `nic` (addresses `addr4`, `addr6`),
+    its own pybridge run dir, and a CniTool that execs the plugin inside `ns` with it."""
+
+    ns: Netns
+    nic: str
+    addr4: ipaddress.IPv4Address
+    addr6: ipaddress.IPv6Address
+    run_dir: Path
+    cni: CniTool
+    drivers: list[subprocess.Popen] = dataclasses.field(default_factory=list, repr=False)
+
+    def serve(self, data_dir: Path) -> Path:
+        """`cni-bridge serve` (the Docker driver) on this host, state under its run dir, leases
+        in `data_dir`; returns its socket once it answers. Stopped by Underlay.delete."""
+        sock = self.run_dir / "plugins" / "pybridge.sock"
+        log = self.run_dir / "serve.log"
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns.name, "env", f"PYBRIDGE_RUN_DIR={self.run_dir}",
+             str(Path(sys.executable).with_name("cni-bridge")), "serve", "--socket", str(sock), "--state-dir",
+             str(self.run_dir / "state"), "--ipam-data-dir", str(data_dir), "--workers", "1",
+             "--log-file", str(log), "--cni-fastpath", "off"],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.drivers.append(proc)
+        deadline = time.monotonic() + 30
+        while not socket_answers(sock):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text() if log.exists() else ""
+            time.sleep(0.1)
+        return sock
+
+    def stop_drivers(self) -> None:
+        for proc in self.drivers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+        self.drivers.clear()
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True):
+        """`cni-bridge ARGS` run on this host (its namespace, its run dir)."""
+        return self.ns.run("env", f"PYBRIDGE_RUN_DIR={self.run_dir}", "PYBRIDGE_FASTPATH_SOCKET=off",
+                           str(Path(sys.executable).with_name("cni-bridge")), *args, input=input, check=check)
+
+
+@dataclasses.dataclass
+class Underlay:
+    """`hosts` on one layer-2 segment: the bridge `ul` in namespace `switch`, one port per host."""
+
+    switch: Netns
+    hosts: list[SimHost]
+    subnet4: ipaddress.IPv4Network
+    subnet6: ipaddress.IPv6Network
+    ports: list[str] = dataclasses.field(default_factory=list)  # switch port of each host
+
+    def delete(self) -> None:
+        """Attachments still cached are DELeted first (keep-going), then the namespaces go."""
+        for h in self.hosts:
+            h.cni.cleanup()
+            h.stop_drivers()
+        for h in self.hosts:
+            h.ns.delete()
+        self.switch.delete()
+
+
+def create_underlay(n: int, tmp: Path, *, data_dir: Path | None = None) -> Underlay:
+    """`n` simulated hosts on one switch. Multicast snooping is off on the switch (an underlay
+    that floods multicast, as a plain switch does); host i has .(i+1) of a fresh /24 and ::(i+1)
+    of a fresh /64 on its NIC `ul0`. `data_dir`: the IPAM dataDir every host's CniTool carries."""
+    switch = create_netns(unique_name("sw"))
+    underlay = Underlay(switch, [], unique_subnet(4, 24), unique_subnet(6))
+    try:
+        switch.ip("link", "add", "ul", "type", "bridge", "mcast_snooping", "0")
+        switch.ip("link", "set", "ul", "up")
+        for i in range(n):
+            ns = create_netns(unique_name("hst"))
+            run_dir = tmp / f"host{i}-run"
+            run_dir.mkdir(parents=True)
+            port = f"p{i}"
+            host = SimHost(ns, "ul0", underlay.subnet4.network_address + 1 + i,
+                           underlay.subnet6.network_address + 1 + i, run_dir,
+                           CniTool(tmp / f"host{i}-cni-cache", data_dir=data_dir,
+                                   env={"PYBRIDGE_RUN_DIR": str(run_dir), "PYBRIDGE_FASTPATH_SOCKET": "off"},
+                                   wrapper=["ip", "netns", "exec", ns.name]))
+            underlay.hosts.append(host)
+            run(["ip", "link", "add", "ul0", "netns", ns.name, "type", "veth", "peer", "name", port,
+                 "netns", switch.name])
+            underlay.ports.append(port)
+            switch.ip("link", "set", port, "master", "ul", "up")
+            ns.ip("addr", "add", f"{host.addr4}/{underlay.subnet4.prefixlen}", "dev", "ul0")
+            ns.ip("addr", "add", f"{host.addr6}/{underlay.subnet6.prefixlen}", "dev", "ul0", "nodad")
+            ns.ip("link", "set", "ul0", "up")
+    except BaseException:
+        underlay.delete()
+        raise
+    return underlay
