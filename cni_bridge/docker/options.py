@@ -55,8 +55,8 @@ BRIDGE_PREFIX = "pbr-"
 def supported_options() -> str:
     """The list an unknown option is answered with, short enough to read in one error line."""
     own = sorted(k for k in OPTION_KEYS if not k.startswith(("com.docker.", "vxlan", "ingress", "egress")))
-    return ("supported: " + ", ".join(own) + ", ingress/egressRate/Burst, vxlanId/Local/Port/Dev/Group/Mtu, and Docker's "
-            "com.docker.network.bridge.name, .driver.mtu, .bridge.enable_ip_masquerade")
+    return ("supported: " + ", ".join(own) + ", ingress/egressRate/Burst, vxlanId/Local/Port/Dev/Group/Mtu, "
+            "Docker's com.docker.network.* names (docs/docker.md)")
 
 
 def default_bridge(network_id: str) -> str:
