@@ -6,7 +6,8 @@ export DEBIAN_FRONTEND=noninteractive
 APT_PACKAGES=(iproute2 iputils-ping nftables iptables conntrack tcpdump busybox-static
               containernetworking-plugins python3-venv util-linux
               docker.io containerd runc podman debootstrap
-              qemu-system-x86 linux-image-amd64 file kmod)
+              qemu-system-x86 linux-image-amd64 file kmod
+              etcd-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -99,12 +99,20 @@ def check(req: CniRequest) -> None:
 
 
 def leased_addresses(req: CniRequest) -> list:
-    """Addresses the store holds for this attachment (in-process IPAM only), before release."""
+    """Addresses the store holds for this attachment (in-process IPAM only), before release.
+
+    A store that does not answer now (etcd without quorum: error 11) gives none: DEL then still
+    removes the host's objects (by name and from prevResult) before its release fails with 11,
+    so the runtime's retried DEL (or GC) frees the lease later and no kernel object is left."""
     if not in_process(req.config):
         return []
-    from cni_bridge.ipam.store import LeaseStore  # lazy: as in file_ipam
-    store = LeaseStore(file_ipam().data_dir(req.config), req.config["name"])
-    return [lease.address for lease in store.leases_of(req.container_id, req.ifname)]
+    store = file_ipam().store(req.config["name"], req.config)
+    try:
+        return [lease.address for lease in store.leases_of(req.container_id, req.ifname)]
+    except PluginError as exc:
+        if exc.code != TRY_AGAIN:
+            raise
+        return []
 
 
 def gc(req: CniRequest) -> list:
