@@ -64,6 +64,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_store_arguments(rel, default=argparse.SUPPRESS)
     rel.set_defaults(func=run_release)
 
+    mig = sub.add_parser(
+        "migrate", help="copy a network's leases from a file store into etcd",
+        description="Copy every lease of NETWORK from a file store into an etcd store, as leases of "
+                    "this host ($PYBRIDGE_HOST_ID or the host name) with their owners, so a DEL or GC "
+                    "through the etcd store frees them. Refuses (exit 1, nothing written) if any of "
+                    "the addresses or owners is already in etcd. The file store is left as it is.",
+        epilog="example: cni-bridge ipam migrate net1 --from file:/var/lib/cni/pybridge "
+               "--to etcd:http://10.0.0.1:2379,http://10.0.0.2:2379")
+    mig.add_argument("network", metavar="NETWORK")
+    mig.add_argument("--from", dest="source", required=True, metavar="file:DIR", help="the file store")
+    mig.add_argument("--to", dest="target", required=True, metavar="etcd:URL[,URL...]", help="the etcd cluster")
+    add_store_arguments(mig, default=argparse.SUPPRESS)
+    mig.set_defaults(func=run_migrate)
+
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
@@ -133,4 +147,25 @@ def run_release(args: argparse.Namespace) -> int:
         for cid, ifn in owners))
     for lease in released:
         print(f"released {lease.address} ({lease.container_id} {lease.ifname})")
+    return EXIT_OK
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from cni_bridge.ipam.backend import open_store  # lazy: see run_ls
+    kind_from, _, where_from = args.source.partition(":")
+    kind_to, _, where_to = args.target.partition(":")
+    if kind_from != "file" or not where_from.startswith("/") or kind_to != "etcd" or not where_to:
+        print("cni-bridge ipam migrate: --from file:/DIR --to etcd:URL[,URL...]", file=sys.stderr)
+        return EXIT_USAGE
+    args.ipam_store, args.etcd_endpoints = "etcd", where_to
+    try:
+        leases = open_store(store_spec(argparse.Namespace(ipam_store="file"), Path(where_from)),
+                            args.network).all_leases()
+        target = open_store(store_spec(args, Path(where_from)), args.network)
+        copied = target.import_leases(leases)  # type: ignore[attr-defined]
+    except PluginError as exc:
+        print(f"cni-bridge ipam migrate: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.code == 4 else EXIT_NOT_FOUND
+    log.info("ipam migrate net=%s from=%s to=%s leases=%d", args.network, args.source, args.target, copied)
+    print(f"copied {copied} leases of {args.network} to {target.dir}")
     return EXIT_OK

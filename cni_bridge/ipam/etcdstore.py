@@ -28,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import time
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from cni_bridge import validate
@@ -272,6 +273,40 @@ class EtcdLeaseStore:
                 continue
             released += self._release_owner(owner_kv.key, cid, ifn)
         return released
+
+    def import_leases(self, leases: Sequence[Lease], batch: int = 50) -> int:
+        """Copy leases from another store (`cni-bridge ipam migrate`) as this host's, with their
+        owner keys. Refused (error 7, nothing written) if any address or owner is already in
+        etcd. Written in transactions of `batch` leases (etcd allows 128 operations per txn by
+        default): each is all-or-nothing and compares again, so a conflict that appears midway
+        stops the copy there, with what was copied complete and owned."""
+        owners: dict[tuple[str, str], list[Lease]] = {}
+        for lease in leases:
+            owners.setdefault(lease.owner, []).append(lease)
+        existing = {kv.key for kv in self.client.get(f"{self.base}/", prefix=True, keys_only=True)}
+        conflicts = sorted({str(lease.address) for lease in leases if self._lease_key(lease.address) in existing}
+                           | {f"{cid}+{ifn}" for cid, ifn in owners if self._owner_key(cid, ifn) in existing})
+        if conflicts:
+            raise config_error(f"conflict: already in etcd for network {self.network}: {', '.join(conflicts[:20])}",
+                               "nothing was copied; release those first or migrate another network")
+        groups = list(owners.items())
+        copied = 0
+        while groups:
+            chunk, size = [], 0
+            while groups and (not chunk or size + len(groups[0][1]) <= batch):
+                chunk.append(groups.pop(0))
+                size += len(chunk[-1][1])
+            compare, ops = [], []
+            for (cid, ifn), held in chunk:
+                owned = [replace(lease, host=self.host) for lease in held]
+                compare += [absent(self._owner_key(cid, ifn)), *(absent(self._lease_key(x.address)) for x in owned)]
+                ops += [op_put(self._owner_key(cid, ifn), encode_owner(cid, ifn, [x.address for x in owned], self.host)),
+                        *(op_put(self._lease_key(x.address), x.encode()) for x in owned)]
+            if not self.client.txn(compare, ops).succeeded:
+                raise config_error(f"conflict: leases of network {self.network} appeared in etcd during the copy",
+                                   f"{copied} leases were copied before it")
+            copied += size
+        return copied
 
     def remove_if_empty(self) -> bool:
         """Remove the network's cursor keys if it holds no lease on any host. True if empty."""

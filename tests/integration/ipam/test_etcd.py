@@ -1,0 +1,265 @@
+"""The etcd lease store against a real 3-member etcd cluster (tests/support/etcd.py).
+
+Hosts are simulated: each has its own host id (PYBRIDGE_HOST_ID) and run directory, and runs the
+exec'd `pybridge-ipam` (or the real `pybridge` plugin) as a separate process, like one machine of
+a cluster would. What a user would check: every address handed out once, the lease keys in etcd,
+error 11 and nothing on the host when etcd has no quorum, every lease back after a restart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni_bridge.docker.context import Settings
+from tests.support.cli import cli
+from tests.support.cnitool import CniCallError, CniTool, bridge_conflist
+from tests.support.etcd import EtcdCluster
+from tests.support.paths import VENV_BIN
+from tests.support.plugin_client import GATEWAY_OPTS, Plugin
+from tests.support.session import register_data_dir, unique_name
+from tests.support.subnets import unique_subnet
+
+HOSTS = ("hosta", "hostb", "hostc")
+
+
+def store(cluster: EtcdCluster, prefix: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "etcd", "endpoints": cluster.endpoints, "prefix": prefix, "timeout": 3, **extra}
+
+
+def ipam_conf(name: str, subnet: ipaddress._BaseNetwork, store_obj: dict[str, Any]) -> dict[str, Any]:
+    return {"cniVersion": "1.1.0", "name": name,
+            "ipam": {"type": "pybridge-ipam", "ranges": [[{"subnet": str(subnet)}]], "store": store_obj}}
+
+
+def ipam_exec(tmp_path: Path, host: str, command: str, conf: dict[str, Any], cid: str) -> dict[str, Any]:
+    """One exec of `pybridge-ipam` as host `host` (its own run dir: no fast-path daemon)."""
+    run_dir = tmp_path / f"run-{host}"
+    run_dir.mkdir(exist_ok=True)
+    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
+           "CNI_NETNS": "/var/run/netns/none", "CNI_IFNAME": "eth0", "CNI_PATH": str(VENV_BIN),
+           "PYBRIDGE_HOST_ID": host, "PYBRIDGE_RUN_DIR": str(run_dir)}
+    proc = subprocess.run([str(VENV_BIN / "pybridge-ipam")], input=json.dumps(conf).encode(), env=env,
+                          capture_output=True, timeout=60)
+    out = json.loads(proc.stdout or b"{}")
+    out["_exit"] = proc.returncode
+    return out
+
+
+def leases_in(cluster: EtcdCluster, prefix: str, network: str) -> dict[str, dict[str, Any]]:
+    base = f"{prefix}/ipam/{network}/lease/"
+    return {key[len(base):]: json.loads(value) for key, value in cluster.get_prefix(base).items()}
+
+
+def add_many(tmp_path: Path, conf: dict[str, Any], count: int, *, before_each=None,
+             tag: str = "ctr") -> list[dict[str, Any]]:
+    """`count` ADDs (containers <tag>0, <tag>1, ...) spread over the three hosts, 6 at a time."""
+    def one(i: int) -> dict[str, Any]:
+        if before_each is not None:
+            before_each(i)
+        out = ipam_exec(tmp_path, HOSTS[i % 3], "ADD", conf, f"{tag}{i}")
+        out["_host"], out["_cid"] = HOSTS[i % 3], f"{tag}{i}"
+        return out
+    with ThreadPoolExecutor(6) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def addresses(results: list[dict[str, Any]]) -> list[str]:
+    return [r["ips"][0]["address"].split("/")[0] for r in results if r["_exit"] == 0]
+
+
+def test_three_hosts_allocating_at_once_never_share_an_address(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 26)
+    conf = ipam_conf(net, subnet, store(etcd_cluster, prefix))
+    results = add_many(tmp_path, conf, 45)
+    assert [r for r in results if r["_exit"] != 0] == []
+    got = addresses(results)
+    assert len(got) == len(set(got)) == 45
+    leases = leases_in(etcd_cluster, prefix, net)
+    assert sorted(leases) == sorted(got)
+    for r in results:  # every lease names the host and container that asked for it
+        lease = leases[r["ips"][0]["address"].split("/")[0]]
+        assert (lease["host"], lease["container_id"], lease["ifname"]) == (r["_host"], r["_cid"], "eth0")
+    # The range has 61 leasable addresses: the 16 left are handed out once each, then error 11.
+    more = add_many(tmp_path, conf, 20, tag="more")
+    assert len(addresses(more)) == 16  # .0, .1 (gateway), .63 never leased: 61 - 45 = 16
+    assert {r["code"] for r in more if r["_exit"] != 0} == {11}
+    assert len(set(got) | set(addresses(more))) == 61
+    # DEL from the owning host frees; every host can reuse it.
+    assert ipam_exec(tmp_path, "hosta", "DEL", conf, "ctr0")["_exit"] == 0
+    assert results[0]["ips"][0]["address"].split("/")[0] not in leases_in(etcd_cluster, prefix, net)
+
+
+def test_allocation_goes_on_when_one_member_dies(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 24)
+    conf = ipam_conf(net, subnet, store(etcd_cluster, prefix))
+    killed = threading.Event()
+
+    def kill_once(i: int) -> None:
+        if i == 10 and not killed.is_set():
+            killed.set()
+            etcd_cluster.stop(0)
+
+    results = add_many(tmp_path, conf, 30, before_each=kill_once)
+    assert killed.is_set() and etcd_cluster.running() == [1, 2]
+    assert [r for r in results if r["_exit"] != 0] == []
+    got = addresses(results)
+    assert len(set(got)) == 30 and sorted(leases_in(etcd_cluster, prefix, net)) == sorted(got)
+
+
+def test_without_quorum_add_is_error_11_and_leaves_nothing(etcd_cluster: EtcdCluster, tmp_path: Path,
+                                                           netns) -> None:
+    """The real `pybridge` plugin: no quorum -> error 11, no interface, no lease; after the
+    members come back the same ADD works, the container pings its gateway, DEL frees the lease."""
+    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 28)
+    bridge = unique_name("br")
+    conf = bridge_conflist(net, bridge=bridge, subnets=[str(subnet)], data_dir=tmp_path, plugin_type="pybridge",
+                           ipam_type="pybridge-ipam", cni_version="1.1.0")
+    ipam = conf["plugins"][0]["ipam"]
+    del ipam["dataDir"]
+    ipam["store"] = store(etcd_cluster, prefix, timeout=2)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tool = CniTool(tmp_path / "cache", env={"PYBRIDGE_HOST_ID": "hosta", "PYBRIDGE_RUN_DIR": str(run_dir)})
+    ns = netns()
+    try:
+        etcd_cluster.stop(1)
+        etcd_cluster.stop(2)
+        with pytest.raises(CniCallError) as failed:
+            tool.add(conf, ns.path, container_id="ctr1")
+        assert failed.value.code == 11, failed.value
+        assert ns.link_names() == ["lo"]
+        assert _bridge_ports(bridge) == []
+        etcd_cluster.start(1)
+        etcd_cluster.start(2)
+        etcd_cluster.wait_ready()
+        assert leases_in(etcd_cluster, prefix, net) == {}
+        result = tool.add(conf, ns.path, container_id="ctr1").result
+        address = result["ips"][0]["address"].split("/")[0]
+        assert ns.ping(str(subnet[1]))
+        lease = leases_in(etcd_cluster, prefix, net)[address]
+        assert (lease["host"], lease["container_id"]) == ("hosta", "ctr1")
+        # DEL while etcd has no quorum: the host's side goes, the lease stays for the retried DEL.
+        etcd_cluster.stop(1)
+        etcd_cluster.stop(2)
+        with pytest.raises(CniCallError) as failed:
+            tool.delete(conf, ns.path, container_id="ctr1")
+        assert failed.value.code == 11
+        assert ns.link_names() == ["lo"] and _bridge_ports(bridge) == []
+        etcd_cluster.start(1)
+        etcd_cluster.start(2)
+        etcd_cluster.wait_ready()
+        assert address in leases_in(etcd_cluster, prefix, net)
+        tool.delete(conf, ns.path, container_id="ctr1")
+        assert leases_in(etcd_cluster, prefix, net) == {}
+    finally:
+        tool.cleanup()
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
+
+
+def _bridge_ports(bridge: str) -> list[str]:
+    proc = subprocess.run(["ip", "-j", "link", "show", "master", bridge], capture_output=True, text=True)
+    return [link["ifname"] for link in json.loads(proc.stdout or "[]")] if proc.returncode == 0 else []
+
+
+def test_every_lease_survives_a_restart_of_the_whole_cluster(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 27)
+    conf = ipam_conf(net, subnet, store(etcd_cluster, prefix))
+    before = leases_in(etcd_cluster, prefix, net) or None
+    assert before is None
+    got = addresses(add_many(tmp_path, conf, 12))
+    before = leases_in(etcd_cluster, prefix, net)
+    for index in range(3):
+        etcd_cluster.stop(index)
+    for index in range(3):
+        etcd_cluster.start(index)
+    etcd_cluster.wait_ready()
+    assert leases_in(etcd_cluster, prefix, net) == before and sorted(before) == sorted(got)
+    # and the allocator continues after them, not over them
+    again = ipam_exec(tmp_path, "hostb", "ADD", conf, "late")
+    assert again["_exit"] == 0 and again["ips"][0]["address"].split("/")[0] not in got
+
+
+def test_gc_releases_only_the_calling_hosts_stale_leases_and_ls_shows_all(etcd_cluster: EtcdCluster,
+                                                                        tmp_path: Path) -> None:
+    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 27)
+    conf = ipam_conf(net, subnet, store(etcd_cluster, prefix))
+    results = add_many(tmp_path, conf, 6)  # ctr0, ctr3 on hosta; ctr1, ctr4 on hostb; ...
+    conf_gc = {**conf, "cni.dev/valid-attachments": [{"containerID": "ctr0", "ifname": "eth0"}]}
+    assert ipam_exec(tmp_path, "hosta", "GC", conf_gc, "")["_exit"] == 0
+    left = leases_in(etcd_cluster, prefix, net)
+    assert sorted(lease["container_id"] for lease in left.values()) == ["ctr0", "ctr1", "ctr2", "ctr4", "ctr5"]
+    listed = cli("ipam", "ls", net, "--ipam-store", "etcd", "--etcd-endpoints", ",".join(etcd_cluster.endpoints),
+                 "--etcd-prefix", prefix)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NETWORK", "ADDRESS", "HOST"]
+    shown = {(line.split()[2], line.split()[3]) for line in lines[1:]}
+    assert shown == {(r["_host"], r["_cid"]) for r in results if r["_cid"] != "ctr3"}
+
+
+def test_migrate_copies_a_file_store_into_etcd_and_refuses_conflicts(etcd_cluster: EtcdCluster,
+                                                                     tmp_path: Path) -> None:
+    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 28)
+    data_dir = register_data_dir(tmp_path / "leases")
+    file_conf = ipam_conf(net, subnet, {"type": "file", "dataDir": str(data_dir)})
+    for i in range(3):
+        assert ipam_exec(tmp_path, "hosta", "ADD", file_conf, f"old{i}")["_exit"] == 0
+    endpoints = ",".join(etcd_cluster.endpoints)
+    moved = cli("ipam", "migrate", net, "--from", f"file:{data_dir}", "--to", f"etcd:{endpoints}",
+                "--etcd-prefix", prefix, env={"PYBRIDGE_HOST_ID": "hosta"})
+    assert moved.returncode == 0, moved.stderr
+    leases = leases_in(etcd_cluster, prefix, net)
+    assert sorted((lease["container_id"], lease["host"]) for lease in leases.values()) == [
+        ("old0", "hosta"), ("old1", "hosta"), ("old2", "hosta")]
+    # the migrated leases are owned: DEL through the etcd store frees them, new ADDs avoid them
+    etcd_conf = ipam_conf(net, subnet, store(etcd_cluster, prefix))
+    new = ipam_exec(tmp_path, "hostb", "ADD", etcd_conf, "new0")
+    assert new["ips"][0]["address"].split("/")[0] not in leases
+    assert ipam_exec(tmp_path, "hosta", "DEL", etcd_conf, "old1")["_exit"] == 0
+    # a second migration conflicts with what is there now: refused, nothing written
+    before = leases_in(etcd_cluster, prefix, net)
+    again = cli("ipam", "migrate", net, "--from", f"file:{data_dir}", "--to", f"etcd:{endpoints}",
+                "--etcd-prefix", prefix, env={"PYBRIDGE_HOST_ID": "hosta"})
+    assert again.returncode != 0 and "conflict" in again.stderr
+    assert leases_in(etcd_cluster, prefix, net) == before
+    for i in range(3):  # the source is left as it was: the operator empties it after the switch
+        assert ipam_exec(tmp_path, "hosta", "DEL", file_conf, f"old{i}")["_exit"] == 0
+
+
+def test_docker_ipam_driver_on_two_hosts_shares_one_pool(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    from cni_bridge.docker.app import create_app  # lazy: Flask costs ~0.3 s
+    prefix, subnet = "/" + unique_name("pfx"), unique_subnet(4, 28)
+    drivers = []
+    for host in ("dockera", "dockerb"):
+        base = tmp_path / host
+        base.mkdir()
+        settings = Settings(state_dir=base / "state", ipam_data_dir=base / "leases",
+                            ipam_store=store(etcd_cluster, prefix, host=host))
+        drivers.append(Plugin(create_app(settings).test_client(), settings))
+    pools = [d.ok("IpamDriver.RequestPool", {"AddressSpace": "pybridge-global", "Pool": str(subnet),
+                                              "Options": {"network": "shared"}})["PoolID"] for d in drivers]
+    gateway = drivers[0].ok("IpamDriver.RequestAddress", {"PoolID": pools[0], "Address": str(subnet[1]),
+                                                           "Options": GATEWAY_OPTS})
+    assert gateway["Address"].startswith(f"{subnet[1]}/")
+    got = [drivers[i % 2].ok("IpamDriver.RequestAddress", {"PoolID": pools[i % 2]})["Address"] for i in range(13)]
+    assert len(set(got)) == 13 and f"{subnet[1]}/28" not in got  # 14 leasable: gateway + 13
+    error = drivers[1].err("IpamDriver.RequestAddress", {"PoolID": pools[1]})
+    assert "no free address" in error
+    leases = leases_in(etcd_cluster, prefix, "shared")
+    assert {lease["host"] for lease in leases.values()} == {"dockera", "dockerb"} and len(leases) == 14
+    # host B frees an address host A handed out; A can hand it out again
+    first = got[0].split("/")[0]
+    drivers[1].ok("IpamDriver.ReleaseAddress", {"PoolID": pools[1], "Address": first})
+    assert drivers[0].ok("IpamDriver.RequestAddress", {"PoolID": pools[0]})["Address"].split("/")[0] == first
+    for d, pool in zip(drivers, pools):
+        d.ok("IpamDriver.ReleasePool", {"PoolID": pool})
+    assert leases_in(etcd_cluster, prefix, "shared") == {}
