@@ -11,7 +11,6 @@ host whose claim is absent afterwards was nobody's.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 from cni_bridge import firewall
@@ -19,7 +18,7 @@ from cni_bridge.inventory.gather import gather_files
 from cni_bridge.inventory.judge import claims_of
 from cni_bridge.inventory.model import Inventory, Network
 from cni_bridge.inventory.stale import ELEMENT, LEASE, PORT, TABLE, Finding
-from cni_bridge.ipam.store import LeaseStore
+from cni_bridge.ipam.backend import open_store, spec_at
 from cni_bridge.kernel import netlink
 from cni_bridge.locks import network_lock
 
@@ -47,7 +46,7 @@ def _release_lease(finding: Finding, net: Network, inv: Inventory) -> None:
     with network_lock(net.name):
         if ep.host_ifname and net.table_present:
             firewall.remove_members(firewall.Masquerade(net.name, _bridge_of(net), ()), owners=[ep.host_ifname])
-    LeaseStore(Path(ep.data_dir or ""), net.name).release(ep.container_id, ep.ifname)
+    open_store(spec_at(ep.data_dir or ""), net.name).release(ep.container_id, ep.ifname)
 
 
 def _remove_element(finding: Finding, net: Network, inv: Inventory) -> None:

@@ -8,9 +8,11 @@ file stores never load the etcd client.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from cni_bridge.ipam.config import IPAddress, IpamConfig, StoreSpec
+from cni_bridge.ipam.config import IPAddress, IpamConfig, StoreSpec, parse_store
 from cni_bridge.ipam.lease import Lease
 
 
@@ -44,3 +46,31 @@ def list_networks(spec: StoreSpec) -> list[str]:
         return etcdstore.list_networks(spec)
     from cni_bridge.ipam import store  # lazy
     return store.list_networks(spec.data_dir)
+
+
+ETCD_LOCATION = "etcd:"
+
+
+def location(spec: StoreSpec) -> str:
+    """One string that names a store and reopens it (spec_at): the inventory keeps it where it
+    kept the data directory, which stays the plain path for file stores."""
+    if spec.type == "file":
+        return str(spec.data_dir)
+    return ETCD_LOCATION + json.dumps(spec.to_dict(), sort_keys=True)
+
+
+def spec_at(where: str | Path) -> StoreSpec:
+    text = str(where)
+    if text.startswith(ETCD_LOCATION):
+        return parse_store(json.loads(text[len(ETCD_LOCATION):]))
+    return StoreSpec(data_dir=Path(text))
+
+
+def host_leases(spec: StoreSpec, network: str) -> list[Lease]:
+    """The leases this host is responsible for (gc and status judge only those): every lease of a
+    file store, this host's of an etcd store."""
+    leases = open_store(spec, network).all_leases()
+    if spec.type != "etcd":
+        return leases
+    host = spec.host_id()
+    return [lease for lease in leases if lease.host == host]

@@ -263,3 +263,26 @@ def test_docker_ipam_driver_on_two_hosts_shares_one_pool(etcd_cluster: EtcdClust
     for d, pool in zip(drivers, pools):
         d.ok("IpamDriver.ReleasePool", {"PoolID": pool})
     assert leases_in(etcd_cluster, prefix, "shared") == {}
+
+
+def test_cni_bridge_gc_releases_only_this_hosts_stale_leases(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    """`cni-bridge gc --apply` on host A, reading a CNI config with an etcd store: A's leases of
+    containers that are gone are released, B's (not A's to judge) stay."""
+    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 28)
+    conf = ipam_conf(net, subnet, store(etcd_cluster, prefix))
+    conf_dir = tmp_path / "net.d"
+    conf_dir.mkdir()
+    (conf_dir / "10-etcd.conflist").write_text(json.dumps(
+        {"cniVersion": "1.1.0", "name": net, "plugins": [
+            {"type": "pybridge", "bridge": unique_name("br"), "ipam": conf["ipam"]}]}))
+    for host, cid in (("hosta", "gone-a"), ("hostb", "gone-b")):
+        assert ipam_exec(tmp_path, host, "ADD", conf, cid)["_exit"] == 0
+    empty = tmp_path / "no-leases"
+    empty.mkdir()
+    sources = ["--conf-dir", str(conf_dir), "--data-dir", str(empty), "--cni-cache-dir", str(tmp_path / "cache"),
+               "--state-dir", str(tmp_path / "no-docker"), "--grace", "0"]
+    done = cli("gc", *sources, "--apply", net, env={"PYBRIDGE_HOST_ID": "hosta"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    left = leases_in(etcd_cluster, prefix, net)
+    assert [(lease["host"], lease["container_id"]) for lease in left.values()] == [("hostb", "gone-b")]
+    assert ipam_exec(tmp_path, "hostb", "DEL", conf, "gone-b")["_exit"] == 0
