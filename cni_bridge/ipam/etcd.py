@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import threading
 import time
 import urllib.parse
@@ -117,6 +118,7 @@ class EtcdClient:
         self._tls = (cacert, cert, key)
         self._ssl = None
         self._local = threading.local()
+        self._pid = os.getpid()
         self._preferred = 0
 
     # --- the calls ----------------------------------------------------------------------------
@@ -168,6 +170,8 @@ class EtcdClient:
         return f"{scheme}://{host}:{port}"
 
     def _connection(self, index: int, timeout: float) -> http.client.HTTPConnection:
+        if self._pid != os.getpid():  # a forked child (gunicorn worker) must not share our sockets
+            self._local, self._pid = threading.local(), os.getpid()
         conns = getattr(self._local, "conns", None)
         if conns is None:
             conns = self._local.conns = {}
