@@ -286,3 +286,37 @@ def test_cni_bridge_gc_releases_only_this_hosts_stale_leases(etcd_cluster: EtcdC
     left = leases_in(etcd_cluster, prefix, net)
     assert [(lease["host"], lease["container_id"]) for lease in left.values()] == [("hostb", "gone-b")]
     assert ipam_exec(tmp_path, "hostb", "DEL", conf, "gone-b")["_exit"] == 0
+
+
+@pytest.mark.parametrize("cleanup", ["DEL", "GC"])
+def test_a_crash_right_after_the_etcd_commit_is_cleaned_up_by_del_or_gc(etcd_cluster: EtcdCluster, tmp_path: Path,
+                                                                        netns, cleanup: str) -> None:
+    """The plugin dies (SIGKILL) just after its allocation transaction: the lease is in etcd, the
+    runtime never got a result. The runtime's DEL (or a GC that does not list the container)
+    frees it and leaves nothing on the host."""
+    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 28)
+    bridge = unique_name("br")
+    conf = bridge_conflist(net, bridge=bridge, subnets=[str(subnet)], data_dir=tmp_path, plugin_type="pybridge",
+                           ipam_type="pybridge-ipam", cni_version="1.1.0")
+    ipam = conf["plugins"][0]["ipam"]
+    del ipam["dataDir"]
+    ipam["store"] = store(etcd_cluster, prefix)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {"PYBRIDGE_HOST_ID": "hosta", "PYBRIDGE_RUN_DIR": str(run_dir)}
+    tool = CniTool(tmp_path / "cache", env=env)
+    crasher = CniTool(tmp_path / "cache", env={**env, "PYBRIDGE_CRASH_AFTER": "ipam-etcd-allocate"})
+    ns = netns()
+    try:
+        call = crasher.add(conf, ns.path, container_id="ctr1", raise_on_error=False).calls[-1]
+        assert call.exit_code < 0 and "ipam-etcd-allocate" in call.stderr, call.stderr
+        assert [lease["container_id"] for lease in leases_in(etcd_cluster, prefix, net).values()] == ["ctr1"]
+        if cleanup == "DEL":
+            tool.delete(conf, ns.path, container_id="ctr1")
+        else:
+            tool.gc(conf, [("bystander", "eth0")])
+        assert leases_in(etcd_cluster, prefix, net) == {}
+        assert ns.link_names() == ["lo"] and _bridge_ports(bridge) == []
+    finally:
+        tool.cleanup()
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
