@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.docker.context import Settings
+from tests.support import daemon
 from tests.support.cli import cli
 from tests.support.cnitool import CniCallError, CniTool, bridge_conflist
 from tests.support.etcd import EtcdCluster
@@ -119,16 +120,8 @@ def test_without_quorum_add_is_error_11_and_leaves_nothing(etcd_cluster: EtcdClu
                                                            netns) -> None:
     """The real `pybridge` plugin: no quorum -> error 11, no interface, no lease; after the
     members come back the same ADD works, the container pings its gateway, DEL frees the lease."""
-    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 28)
-    bridge = unique_name("br")
-    conf = bridge_conflist(net, bridge=bridge, subnets=[str(subnet)], data_dir=tmp_path, plugin_type="pybridge",
-                           ipam_type="pybridge-ipam", cni_version="1.1.0")
-    ipam = conf["plugins"][0]["ipam"]
-    del ipam["dataDir"]
-    ipam["store"] = store(etcd_cluster, prefix, timeout=2)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    tool = CniTool(tmp_path / "cache", env={"PYBRIDGE_HOST_ID": "hosta", "PYBRIDGE_RUN_DIR": str(run_dir)})
+    prefix, net, subnet, bridge, conf, env = pybridge_network(etcd_cluster, tmp_path, timeout=2)
+    tool = CniTool(tmp_path / "cache", env=env)
     ns = netns()
     try:
         etcd_cluster.stop(1)
@@ -163,6 +156,21 @@ def test_without_quorum_add_is_error_11_and_leaves_nothing(etcd_cluster: EtcdClu
     finally:
         tool.cleanup()
         subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
+
+
+def pybridge_network(cluster: EtcdCluster, tmp_path: Path, **store_extra: Any) -> tuple[Any, ...]:
+    """(prefix, network, subnet, bridge, conflist, plugin env as host "hosta") of a `pybridge`
+    bridge network whose leases are in etcd."""
+    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 28)
+    bridge = unique_name("br")
+    conf = bridge_conflist(net, bridge=bridge, subnets=[str(subnet)], data_dir=tmp_path, plugin_type="pybridge",
+                           ipam_type="pybridge-ipam", cni_version="1.1.0")
+    ipam = conf["plugins"][0]["ipam"]
+    del ipam["dataDir"]
+    ipam["store"] = store(cluster, prefix, **store_extra)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    return prefix, net, subnet, bridge, conf, {"PYBRIDGE_HOST_ID": "hosta", "PYBRIDGE_RUN_DIR": str(run_dir)}
 
 
 def _bridge_ports(bridge: str) -> list[str]:
@@ -294,16 +302,7 @@ def test_a_crash_right_after_the_etcd_commit_is_cleaned_up_by_del_or_gc(etcd_clu
     """The plugin dies (SIGKILL) just after its allocation transaction: the lease is in etcd, the
     runtime never got a result. The runtime's DEL (or a GC that does not list the container)
     frees it and leaves nothing on the host."""
-    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 28)
-    bridge = unique_name("br")
-    conf = bridge_conflist(net, bridge=bridge, subnets=[str(subnet)], data_dir=tmp_path, plugin_type="pybridge",
-                           ipam_type="pybridge-ipam", cni_version="1.1.0")
-    ipam = conf["plugins"][0]["ipam"]
-    del ipam["dataDir"]
-    ipam["store"] = store(etcd_cluster, prefix)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    env = {"PYBRIDGE_HOST_ID": "hosta", "PYBRIDGE_RUN_DIR": str(run_dir)}
+    prefix, net, subnet, bridge, conf, env = pybridge_network(etcd_cluster, tmp_path)
     tool = CniTool(tmp_path / "cache", env=env)
     crasher = CniTool(tmp_path / "cache", env={**env, "PYBRIDGE_CRASH_AFTER": "ipam-etcd-allocate"})
     ns = netns()
@@ -320,3 +319,35 @@ def test_a_crash_right_after_the_etcd_commit_is_cleaned_up_by_del_or_gc(etcd_clu
     finally:
         tool.cleanup()
         subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
+
+
+def test_the_warm_daemon_keeps_its_etcd_client_across_an_outage(etcd_cluster: EtcdCluster, tmp_path: Path,
+                                                                netns) -> None:
+    """Through the fast-path daemon (whose host id is its own): leases are the daemon's host's;
+    without quorum its ADD is error 11, and once the members are back the same daemon allocates
+    again (its kept connections to the killed members are replaced)."""
+    prefix, net, subnet, bridge, conf, _ = pybridge_network(etcd_cluster, tmp_path)
+    with daemon.fastpath_daemon(tmp_path / "warm", {"PYBRIDGE_HOST_ID": "warmhost"}) as (path, run_dir, _proc):
+        tool = CniTool(tmp_path / "cache", env={"PYBRIDGE_FASTPATH_SOCKET": path, "PYBRIDGE_RUN_DIR": run_dir,
+                                                "PYBRIDGE_HOST_ID": "notthedaemon"})
+        namespaces = [netns(), netns()]
+        try:
+            tool.add(conf, namespaces[0].path, container_id="ctr1")
+            assert [(lease["host"], lease["container_id"]) for lease in leases_in(etcd_cluster, prefix, net).values()] \
+                == [("warmhost", "ctr1")]
+            etcd_cluster.stop(0)
+            etcd_cluster.stop(1)
+            with pytest.raises(CniCallError) as failed:
+                tool.add(conf, namespaces[1].path, container_id="ctr2")
+            assert failed.value.code == 11 and namespaces[1].link_names() == ["lo"]
+            etcd_cluster.start(0)
+            etcd_cluster.start(1)
+            etcd_cluster.wait_ready()
+            result = tool.add(conf, namespaces[1].path, container_id="ctr2").result
+            assert namespaces[1].ping(str(subnet[1])) and result["ips"][0]["address"].startswith(str(subnet[3]))
+            for i, ns in enumerate(namespaces):
+                tool.delete(conf, ns.path, container_id=f"ctr{i + 1}")
+            assert leases_in(etcd_cluster, prefix, net) == {} and _bridge_ports(bridge) == []
+        finally:
+            tool.cleanup()
+            subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
