@@ -7,6 +7,10 @@ its own data directory, started together and torn down (processes killed, data l
         cluster.start(1)             # start it again on the same ports and data
         cluster.put("/k", "v"); cluster.get_prefix("/pybridge/")   # via the v3 JSON gateway
 
+    with etcd_cluster(tmp_path / "etcd", members=1, tls=True) as cluster:
+        cluster.endpoints            # ["https://127.0.0.1:PORT"]: client certificates required
+        cluster.tls                  # {"cacert": ..., "cert": ..., "key": ...} (a client's files)
+
 Used by the IPAM etcd store tests and meant for any feature that needs a shared store (the
 cluster is private to the caller: its own ports, token and data). Readiness is polled through
 the gateway (`/health` per member, then a linearizable read that needs a quorum), never slept.
@@ -21,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -48,10 +53,31 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _post(endpoint: str, path: str, body: dict, timeout: float = 5.0) -> dict:
+def make_certificates(where: Path) -> dict[str, str]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    where.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=where)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=pybridge test CA")
+    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+        (where / f"{name}.ext").write_text(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
+        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return {"cacert": str(where / "ca.pem"), "cert": str(where / "client.pem"), "key": str(where / "client.key")}
+
+
+def _post(endpoint: str, path: str, body: dict, timeout: float = 5.0, tls: dict[str, str] | None = None) -> dict:
     request = urllib.request.Request(endpoint + path, json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    context = None
+    if tls:
+        context = ssl.create_default_context(cafile=tls["cacert"])
+        context.load_cert_chain(tls["cert"], tls["key"])
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return json.loads(response.read() or b"{}")
 
 
@@ -60,8 +86,9 @@ def _b64(text: str | bytes) -> str:
 
 
 class EtcdCluster:
-    def __init__(self, base: Path, members: int, token: str) -> None:
+    def __init__(self, base: Path, members: int, token: str, tls: bool = False) -> None:
         self.base = base
+        self.tls = make_certificates(base / "tls") if tls else None
         self.names = [f"m{i}" for i in range(members)]
         ports = _free_ports(2 * members)
         self.client_ports, self.peer_ports = ports[:members], ports[members:]
@@ -71,7 +98,8 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.client_ports]
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://127.0.0.1:{p}" for p in self.client_ports]
 
     def _peers(self) -> str:
         return ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in zip(self.names, self.peer_ports))
@@ -89,10 +117,17 @@ class EtcdCluster:
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", self._peers(), "--initial-cluster-token", self.token,
              "--initial-cluster-state", "new", "--heartbeat-interval", "50", "--election-timeout", "500",
-             "--logger", "zap", "--log-level", "warn"],
+             "--logger", "zap", "--log-level", "warn", *self._tls_flags()],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.started_once.add(index)
+
+    def _tls_flags(self) -> list[str]:
+        if not self.tls:
+            return []
+        where = self.base / "tls"
+        return ["--cert-file", str(where / "server.pem"), "--key-file", str(where / "server.key"),
+                "--client-cert-auth", "--trusted-ca-file", str(where / "ca.pem")]
 
     def stop(self, index: int) -> None:
         """Kill member `index` (SIGKILL, as a lost machine) and reap it."""
@@ -111,7 +146,8 @@ class EtcdCluster:
         while time.monotonic() < deadline:
             try:
                 for index in self.running():
-                    _post(self.endpoints[index], "/v3/kv/range", {"key": _b64("/ready-probe")}, timeout=2.0)
+                    _post(self.endpoints[index], "/v3/kv/range", {"key": _b64("/ready-probe")}, timeout=2.0,
+                          tls=self.tls)
                 return
             except (OSError, ValueError) as exc:
                 last = exc
@@ -126,7 +162,7 @@ class EtcdCluster:
         last: Exception | None = None
         for index in self.running():
             try:
-                return _post(self.endpoints[index], path, body)
+                return _post(self.endpoints[index], path, body, tls=self.tls)
             except OSError as exc:
                 last = exc
         raise RuntimeError(f"no etcd member answered: {last}")
@@ -147,10 +183,12 @@ class EtcdCluster:
 
 
 @contextlib.contextmanager
-def etcd_cluster(base: Path, members: int = 3, token: str | None = None) -> Iterator[EtcdCluster]:
-    """A fresh cluster of `members` members under `base`; every member killed on exit."""
+def etcd_cluster(base: Path, members: int = 3, token: str | None = None, *,
+                 tls: bool = False) -> Iterator[EtcdCluster]:
+    """A fresh cluster of `members` members under `base`; every member killed on exit. `tls`:
+    https client URLs that require a client certificate (`cluster.tls` has a client's files)."""
     base.mkdir(parents=True, exist_ok=True)
-    cluster = EtcdCluster(base, members, token or f"pybridge-test-{os.getpid()}-{time.monotonic_ns()}")
+    cluster = EtcdCluster(base, members, token or f"pybridge-test-{os.getpid()}-{time.monotonic_ns()}", tls)
     try:
         for index in range(members):
             cluster.start(index)

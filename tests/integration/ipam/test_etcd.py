@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,8 @@ from cni_bridge.docker.context import Settings
 from tests.support import daemon
 from tests.support.cli import cli
 from tests.support.cnitool import CniCallError, CniTool, bridge_conflist
-from tests.support.etcd import EtcdCluster
+from tests.support.etcd import EtcdCluster, etcd_missing
+from tests.support.etcd import etcd_cluster as start_etcd
 from tests.support.paths import VENV_BIN
 from tests.support.plugin_client import GATEWAY_OPTS, Plugin
 from tests.support.session import register_data_dir, unique_name
@@ -351,3 +353,35 @@ def test_the_warm_daemon_keeps_its_etcd_client_across_an_outage(etcd_cluster: Et
         finally:
             tool.cleanup()
             subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
+
+
+def test_status_is_50_while_etcd_has_no_quorum(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 28)
+    conf = ipam_conf(net, subnet, store(etcd_cluster, prefix, timeout=1))
+    assert ipam_exec(tmp_path, "hosta", "STATUS", conf, "")["_exit"] == 0
+    etcd_cluster.stop(0)
+    etcd_cluster.stop(2)
+    status = ipam_exec(tmp_path, "hosta", "STATUS", conf, "")
+    assert status["_exit"] != 0 and status["code"] == 50, status
+    etcd_cluster.start(0)
+    etcd_cluster.start(2)
+    etcd_cluster.wait_ready()
+    assert ipam_exec(tmp_path, "hosta", "STATUS", conf, "")["_exit"] == 0
+
+
+@pytest.mark.skipif(bool(etcd_missing()) or not shutil.which("openssl"), reason="needs etcd and openssl")
+def test_tls_with_client_certificates(tmp_path: Path) -> None:
+    """An etcd that requires client certificates: allocation works with cacert/cert/key, and
+    without the client certificate the call fails (error 11, etcd refuses the handshake)."""
+    with start_etcd(tmp_path / "etcd-tls", members=1, tls=True) as cluster:
+        assert cluster.tls is not None and cluster.endpoints[0].startswith("https://")
+        prefix, net, subnet = "/" + unique_name("pfx"), unique_name("net"), unique_subnet(4, 28)
+        conf = ipam_conf(net, subnet, store(cluster, prefix, **cluster.tls))
+        added = ipam_exec(tmp_path, "hosta", "ADD", conf, "ctr1")
+        assert added["_exit"] == 0, added
+        assert [lease["container_id"] for lease in leases_in(cluster, prefix, net).values()] == ["ctr1"]
+        no_cert = ipam_conf(net, subnet, store(cluster, prefix, cacert=cluster.tls["cacert"], timeout=1))
+        refused = ipam_exec(tmp_path, "hosta", "ADD", no_cert, "ctr2")
+        assert refused["_exit"] != 0 and refused["code"] == 11, refused
+        assert ipam_exec(tmp_path, "hosta", "DEL", conf, "ctr1")["_exit"] == 0
+        assert leases_in(cluster, prefix, net) == {}
