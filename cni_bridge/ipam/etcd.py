@@ -6,7 +6,8 @@ release since 2020 and pins old grpcio/protobuf; `aetcd` is asyncio-only and loa
 100 ms per exec of `pybridge-ipam`); `etcd3gw` is maintained but talks to one endpoint (no
 fail-over across members) and brings `requests`, `futurist` and `pbr`. The store needs four
 calls (range, txn with compares, put and delete inside a txn), which the gateway of every etcd
-since 3.4 serves as JSON: `http.client` + `json` + `base64` cost a few milliseconds to import.
+since 3.4 serves as JSON. HTTP/1.1 is spoken over a plain socket here (`_Connection`): `http.client`
+imports the `email` package and doubled the import cost of the exec'd `pybridge-ipam` on etcd.
 
 Semantics the store relies on:
 - Every request is linearizable (the gateway's default), so it needs a quorum: a cluster without
@@ -20,9 +21,9 @@ Semantics the store relies on:
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -47,6 +48,87 @@ def prefix_end(prefix: str) -> str:
     """etcd's range_end for "every key starting with `prefix`" (last byte + 1)."""
     raw = prefix.encode()
     return b64(raw[:-1] + bytes([raw[-1] + 1]))
+
+
+class ProtocolError(Exception):
+    """An answer that is not HTTP/1.1 with a JSON body: treated like a broken connection."""
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: POST a JSON body, read the status and the body
+    (Content-Length or chunked, as Go's net/http sends them). Reconnects when the server closed
+    the idle connection."""
+
+    def __init__(self, host: str, port: int, context: Any = None) -> None:
+        self.host, self.port, self.context = host, port, context
+        self.timeout = DEFAULT_TIMEOUT
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock, self.buffer = None, b""
+
+    def post(self, path: str, payload: bytes) -> tuple[int, bytes]:
+        request = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+        reused = self.sock is not None
+        try:
+            return self._exchange(request)
+        except (OSError, ProtocolError):
+            self.close()
+            if not reused:
+                raise
+        return self._exchange(request)  # the kept connection had been closed by the server: once more
+
+    def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self.sock is None:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            if self.context is not None:
+                sock = self.context.wrap_socket(sock, server_hostname=self.host)
+            self.sock = sock
+        self.sock.settimeout(self.timeout)
+        self.sock.sendall(request)
+        head = self._until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        parts = head[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise ProtocolError(f"not an HTTP answer: {head[0][:100]!r}")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                try:
+                    size = int(self._until(b"\r\n").split(b";")[0], 16)
+                except ValueError:
+                    raise ProtocolError("bad chunk size") from None
+                body += self._exactly(size + 2)[:size]  # the data and its CRLF (no trailers follow 0)
+                if size == 0:
+                    break
+        else:
+            body = self._exactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return int(parts[1]), body
+
+    def _fill(self) -> None:
+        assert self.sock is not None
+        data = self.sock.recv(65536)
+        if not data:
+            raise ProtocolError("connection closed by the server")
+        self.buffer += data
+
+    def _until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            self._fill()
+        found, _, self.buffer = self.buffer.partition(marker)
+        return found
+
+    def _exactly(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            self._fill()
+        found, self.buffer = self.buffer[:count], self.buffer[count:]
+        return found
 
 
 @dataclass(frozen=True)
@@ -148,7 +230,7 @@ class EtcdClient:
                     break
                 try:  # a member that hangs (cut off from the others) must leave time for the rest
                     answer = self._post(index, path, payload, min(left, max(1.0, self.timeout / count)))
-                except (OSError, http.client.HTTPException) as exc:
+                except (OSError, ProtocolError) as exc:
                     self._drop(index)
                     problems.append(f"{self._name(index)}: {exc.__class__.__name__}: {exc}")
                     continue
@@ -169,7 +251,7 @@ class EtcdClient:
         scheme, host, port = self.endpoints[index]
         return f"{scheme}://{host}:{port}"
 
-    def _connection(self, index: int, timeout: float) -> http.client.HTTPConnection:
+    def _connection(self, index: int, timeout: float) -> "_Connection":
         if self._pid != os.getpid():  # a forked child (gunicorn worker) must not share our sockets
             self._local, self._pid = threading.local(), os.getpid()
         conns = getattr(self._local, "conns", None)
@@ -178,14 +260,8 @@ class EtcdClient:
         conn = conns.get(index)
         if conn is None:
             scheme, host, port = self.endpoints[index]
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._context())
-            else:
-                conn = http.client.HTTPConnection(host, port, timeout=timeout)
-            conns[index] = conn
+            conn = conns[index] = _Connection(host, port, self._context() if scheme == "https" else None)
         conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
         return conn
 
     def _drop(self, index: int) -> None:
@@ -194,18 +270,15 @@ class EtcdClient:
             conn.close()
 
     def _post(self, index: int, path: str, payload: bytes, timeout: float) -> dict[str, Any]:
-        conn = self._connection(index, timeout)
-        conn.request("POST", path, payload, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        raw = response.read()
+        status, raw = self._connection(index, timeout).post(path, payload)
         try:
             answer = json.loads(raw or b"{}")
         except ValueError:
-            raise http.client.HTTPException(f"HTTP {response.status}: not JSON: {raw[:200]!r}") from None
+            raise ProtocolError(f"HTTP {status}: not JSON: {raw[:200]!r}") from None
         if not isinstance(answer, dict):
-            raise http.client.HTTPException(f"HTTP {response.status}: unexpected answer {raw[:200]!r}")
-        if response.status != 200 and "error" not in answer and "message" not in answer:
-            answer["error"] = f"HTTP {response.status}"
+            raise ProtocolError(f"HTTP {status}: unexpected answer {raw[:200]!r}")
+        if status != 200 and "error" not in answer and "message" not in answer:
+            answer["error"] = f"HTTP {status}"
         return answer
 
     def _context(self):

@@ -163,7 +163,10 @@ class EtcdLeaseStore:
                         free.append(i)
                     position += 1
                 probed[index] += len(windows[index])
-                if free:  # several hosts race for the same next address: spread them
+                mine = pools[index].index(picked[index])
+                if mine in free:  # our candidate was free (another set or the owner key raced): keep it
+                    starts[index] = mine
+                elif free:  # several hosts race for the same next address: spread them
                     starts[index] = random.choice(free[:4])
                 elif windows[index]:
                     starts[index] = (windows[index][-1] + 1) % pools[index].size

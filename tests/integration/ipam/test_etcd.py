@@ -385,3 +385,14 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
         assert refused["_exit"] != 0 and refused["code"] == 11, refused
         assert ipam_exec(tmp_path, "hosta", "DEL", conf, "ctr1")["_exit"] == 0
         assert leases_in(cluster, prefix, net) == {}
+
+
+def test_a_large_answer_arrives_whole(etcd_cluster: EtcdCluster) -> None:
+    """etcd sends answers above a few KiB chunked: the client's HTTP reader reassembles them."""
+    from cni_bridge.ipam.etcd import EtcdClient, op_put
+    prefix = "/" + unique_name("big")
+    client = EtcdClient(etcd_cluster.endpoints)
+    client.txn([], [op_put(f"{prefix}/{i:03}", "x" * 300) for i in range(100)])
+    got = client.get(prefix + "/", prefix=True)
+    assert [kv.key for kv in got] == [f"{prefix}/{i:03}" for i in range(100)]
+    assert {kv.value for kv in got} == {b"x" * 300}
