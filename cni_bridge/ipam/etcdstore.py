@@ -26,7 +26,7 @@ compare, the owner key read back then shows the addresses as ours, and the ADD r
 from __future__ import annotations
 
 import ipaddress
-import random
+import os
 import time
 from dataclasses import replace
 from typing import Callable, Sequence
@@ -166,8 +166,9 @@ class EtcdLeaseStore:
                 mine = pools[index].index(picked[index])
                 if mine in free:  # our candidate was free (another set or the owner key raced): keep it
                     starts[index] = mine
-                elif free:  # several hosts race for the same next address: spread them
-                    starts[index] = random.choice(free[:4])
+                elif free:  # several hosts race for the same next address: spread them (os.urandom:
+                    # `random` imports hashlib, 5 ms per exec'd pybridge-ipam)
+                    starts[index] = free[os.urandom(1)[0] % min(4, len(free))]
                 elif windows[index]:
                     starts[index] = (windows[index][-1] + 1) % pools[index].size
                 if probed[index] > pools[index].size + WINDOW:
