@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +25,10 @@ from cni_bridge.docker.context import Settings
 from tests.support import daemon
 from tests.support.cli import cli
 from tests.support.cnitool import CniCallError, CniTool, bridge_conflist
+from tests.support.dockerd import plugin_call, socket_answers
 from tests.support.etcd import EtcdCluster, etcd_missing
 from tests.support.etcd import etcd_cluster as start_etcd
+from tests.support.host import wait_for
 from tests.support.paths import VENV_BIN
 from tests.support.plugin_client import GATEWAY_OPTS, Plugin
 from tests.support.session import register_data_dir, unique_name
@@ -396,3 +399,53 @@ def test_a_large_answer_arrives_whole(etcd_cluster: EtcdCluster) -> None:
     got = client.get(prefix + "/", prefix=True)
     assert [kv.key for kv in got] == [f"{prefix}/{i:03}" for i in range(100)]
     assert {kv.value for kv in got} == {b"x" * 300}
+
+
+def test_two_served_docker_drivers_share_a_pool_in_etcd(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    """`cni-bridge serve --ipam-store etcd --etcd-endpoints ...` twice (two hosts: own socket,
+    state, PYBRIDGE_HOST_ID), gunicorn workers and all: one range, no address twice, and without
+    quorum an {"Err"} instead of an address."""
+    prefix, subnet = "/" + unique_name("pfx"), unique_subnet(4, 28)
+    procs, sockets = [], []
+    try:
+        for host in ("servea", "serveb"):
+            base = tmp_path / host
+            sock = base / "pybridge.sock"
+            procs.append(subprocess.Popen(
+                [str(VENV_BIN / "cni-bridge"), "serve", "--socket", str(sock), "--state-dir", str(base / "state"),
+                 "--ipam-data-dir", str(base / "leases"), "--ipam-store", "etcd",
+                 "--etcd-endpoints", ",".join(etcd_cluster.endpoints), "--etcd-prefix", prefix,
+                 "--etcd-timeout", "2", "--workers", "2", "--threads", "2", "--log-file", str(tmp_path / f"{host}.log"),
+                 "--cni-fastpath", "off"], env={**os.environ, "PYBRIDGE_HOST_ID": host}, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            sockets.append(sock)
+        for proc, sock in zip(procs, sockets):
+            assert wait_for(lambda sock=sock: socket_answers(sock), timeout=30), f"{sock} does not answer"
+        body = {"AddressSpace": "pybridge-global", "Pool": str(subnet), "Options": {}}
+        pools = [plugin_call(sock, "IpamDriver.RequestPool", body)[1]["PoolID"] for sock in sockets]
+        got = []
+        for i in range(13):  # a /28 without network, broadcast and gateway
+            status, answer = plugin_call(sockets[i % 2], "IpamDriver.RequestAddress", {"PoolID": pools[i % 2]})
+            assert status == 200 and "Err" not in answer, answer
+            got.append(answer["Address"])
+        assert len(set(got)) == 13
+        status, answer = plugin_call(sockets[0], "IpamDriver.RequestAddress", {"PoolID": pools[0]})
+        assert status == 500 and "no free address" in answer["Err"]
+        leases = leases_in(etcd_cluster, prefix, f"docker-{subnet.network_address}-28")
+        assert sorted(lease["host"] for lease in leases.values()) == ["servea"] * 7 + ["serveb"] * 6
+        etcd_cluster.stop(0)
+        etcd_cluster.stop(1)
+        status, answer = plugin_call(sockets[1], "IpamDriver.ReleaseAddress",
+                                     {"PoolID": pools[1], "Address": got[0].split("/")[0]})
+        assert status == 500 and "try again" in answer["Err"]
+        etcd_cluster.start(0)
+        etcd_cluster.start(1)
+        etcd_cluster.wait_ready()
+        for sock, pool in zip(sockets, pools):
+            assert plugin_call(sock, "IpamDriver.ReleasePool", {"PoolID": pool})[0] == 200
+        assert leases_in(etcd_cluster, prefix, f"docker-{subnet.network_address}-28") == {}
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
