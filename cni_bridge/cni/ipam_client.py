@@ -99,20 +99,11 @@ def check(req: CniRequest) -> None:
 
 
 def leased_addresses(req: CniRequest) -> list:
-    """Addresses the store holds for this attachment (in-process IPAM only), before release.
-
-    A store that does not answer now (etcd without quorum: error 11) gives none: DEL then still
-    removes the host's objects (by name and from prevResult) before its release fails with 11,
-    so the runtime's retried DEL (or GC) frees the lease later and no kernel object is left."""
+    """Addresses the store holds for this attachment (in-process IPAM only), before release."""
     if not in_process(req.config):
         return []
     store = file_ipam().store(req.config["name"], req.config)
-    try:
-        return [lease.address for lease in store.leases_of(req.container_id, req.ifname)]
-    except PluginError as exc:
-        if exc.code != TRY_AGAIN:
-            raise
-        return []
+    return [lease.address for lease in store.leases_of(req.container_id, req.ifname)]
 
 
 def gc(req: CniRequest) -> list:

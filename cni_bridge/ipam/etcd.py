@@ -50,6 +50,12 @@ def prefix_end(prefix: str) -> str:
     return b64(raw[:-1] + bytes([raw[-1] + 1]))
 
 
+class StoreUnreachable(PluginError):
+    """Error 11: no member answered in time. `store_unreachable` tells the ADD's undo (which does
+    not import this module) not to wait for the same cluster once more."""
+    store_unreachable = True
+
+
 class ProtocolError(Exception):
     """An answer that is not HTTP/1.1 with a JSON body: treated like a broken connection."""
 
@@ -243,9 +249,9 @@ class EtcdClient:
             if time.monotonic() >= deadline:
                 break
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))  # every member refused: wait
-        raise PluginError(TRY_AGAIN, f"etcd at {self.where()} did not answer within {self.timeout:g}s "
-                          "(unreachable or without quorum); try again",
-                          "; ".join(dict.fromkeys(problems[-len(self.endpoints):])) or "deadline passed")
+        raise StoreUnreachable(TRY_AGAIN, f"etcd at {self.where()} did not answer within {self.timeout:g}s "
+                               "(unreachable or without quorum); try again",
+                               "; ".join(dict.fromkeys(problems[-len(self.endpoints):])) or "deadline passed")
 
     def _name(self, index: int) -> str:
         scheme, host, port = self.endpoints[index]
