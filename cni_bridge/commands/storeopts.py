@@ -5,6 +5,7 @@ CNI config carries (docs/configuration.md), parsed by the same code (ipam.config
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,12 @@ def store_object(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 
 def store_spec(args: argparse.Namespace, data_dir: Path) -> StoreSpec:
-    """Parsed and checked; SystemExit with the message on a bad combination."""
+    """Parsed and checked; a bad combination is a usage error (message on stderr, exit 2)."""
+    if getattr(args, "ipam_store", "file") == "etcd" and not args.etcd_endpoints:
+        print("cni-bridge: --ipam-store etcd needs --etcd-endpoints URL[,URL...]", file=sys.stderr)
+        raise SystemExit(2)
     try:
         return parse_store(store_object(args, data_dir))
     except PluginError as exc:
-        raise SystemExit(f"cni-bridge: {exc}") from None
+        print(f"cni-bridge: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
