@@ -7,7 +7,7 @@ APT_PACKAGES=(iproute2 iputils-ping nftables iptables conntrack tcpdump busybox-
               containernetworking-plugins python3-venv util-linux
               docker.io containerd runc podman debootstrap
               qemu-system-x86 linux-image-amd64 file kmod
-              iperf3)
+              iperf3 etcd-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

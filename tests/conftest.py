@@ -34,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:  # so `tests.support` imports without pythonp
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.support import daemon  # noqa: E402
+from tests.support import etcd as support_etcd  # noqa: E402
 from tests.support import session as support_session  # noqa: E402
 from tests.support.cnitool import CniTool  # noqa: E402
 from tests.support.dockerd import driver_settings, socket_answers  # noqa: E402
@@ -284,6 +285,17 @@ def served_driver(tmp_path: Path) -> Iterator[tuple[Path, Any, list[subprocess.P
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[Any]:
+    """A private 3-member etcd cluster on free loopback ports (tests/support/etcd.py), each member
+    with its own data dir under tmp; every member killed at the end. Skips without etcd."""
+    missing = support_etcd.etcd_missing()
+    if missing:
+        pytest.skip(missing)
+    with support_etcd.etcd_cluster(tmp_path / "etcd", members=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture

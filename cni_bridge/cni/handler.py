@@ -174,12 +174,15 @@ def _add(req: CniRequest, spec, att, prev: dict[str, Any] | None, driver) -> dic
             # runtime will not DEL what it never learnt about. Undo it before answering.
             raise PluginError(TRY_AGAIN, "the runtime went away before it got the result; the ADD was undone",
                               "the exec'd plugin's connection to the daemon closed during the ADD")
-    except BaseException:
+    except BaseException as exc:
         if dhcp_asked:
             _undo_dhcp(spec, att)
         if port_requests and result is not None:
             _undo_ports(spec, att)
-        _undo_add(req, spec, att, driver, result, ipam_asked)
+        # A lease store that did not answer (etcd without quorum) would not answer the release
+        # either: asking again would double the time to the error. Whatever its lost answer may
+        # have written is this attachment's, freed by the runtime's DEL or by GC.
+        _undo_add(req, spec, att, driver, result, ipam_asked and not getattr(exc, "store_unreachable", False))
         raise
     step("result-ready")
     return converted
@@ -248,16 +251,26 @@ def _port_entries(req: CniRequest) -> list:
     return entries if isinstance(entries, list) and all(isinstance(e, dict) for e in entries) else []
 
 
-def _addresses_to_release(req: CniRequest) -> list:
+def _addresses_to_release(req: CniRequest) -> tuple[list, PluginError | None]:
+    """The attachment's addresses (store and prevResult), and the store's error 11 if it did not
+    answer (etcd without quorum): DEL then still removes the host's side, by name and from
+    prevResult, and answers that error afterwards, so that the runtime repeats the DEL (or GC
+    frees the lease) and no kernel object is left behind."""
     from cni_bridge.attachment import Addressing  # lazy
-    found = list(ipam_client.leased_addresses(req))
+    unanswered = None
+    try:
+        found = list(ipam_client.leased_addresses(req))
+    except PluginError as exc:
+        if exc.code != TRY_AGAIN:
+            raise
+        found, unanswered = [], exc
     prev = _prev(req)
     if prev:
         try:
             found += [a for a in Addressing.from_result(prev).addresses() if a not in found]
         except PluginError:
             pass
-    return found
+    return found, unanswered
 
 
 def cmd_del(req: CniRequest) -> None:
@@ -274,10 +287,13 @@ def cmd_del(req: CniRequest) -> None:
         if _ports_involved(req):
             from cni_bridge.cni import ports  # lazy
             ports.unpublish(spec, att, _port_entries(req))
-        driver.delete(spec, att, _addresses_to_release(req))
+        addresses, unanswered = _addresses_to_release(req)
+        driver.delete(spec, att, addresses)
         if spec.dhcp:
             from cni_bridge import dhcp  # lazy: only dhcp networks
             dhcp.remove_host(spec.name, att.host_ifname)
+        if unanswered is not None:
+            raise unanswered  # the store will not answer the release either: the runtime retries
         ipam_client.delete(req)
     return None
 

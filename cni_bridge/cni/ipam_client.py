@@ -102,8 +102,7 @@ def leased_addresses(req: CniRequest) -> list:
     """Addresses the store holds for this attachment (in-process IPAM only), before release."""
     if not in_process(req.config):
         return []
-    from cni_bridge.ipam.store import LeaseStore  # lazy: as in file_ipam
-    store = LeaseStore(file_ipam().data_dir(req.config), req.config["name"])
+    store = file_ipam().store(req.config["name"], req.config)
     return [lease.address for lease in store.leases_of(req.container_id, req.ifname)]
 
 

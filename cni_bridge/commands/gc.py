@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from cni_bridge.commands.status import add_source_options, collect
@@ -95,7 +94,7 @@ def dhcp_results(args: argparse.Namespace, inv: Inventory) -> list[dict[str, Any
                       "why": ep.why, "outcome": WOULD}
             if args.apply:
                 try:
-                    released = dhcp_server.release_stale_address(net.name, Path(ep.data_dir),
+                    released = dhcp_server.release_stale_address(net.name, ep.data_dir,
                                                                  (ep.container_id, ep.ifname))
                     result["outcome"] = REMOVED if released else f"{KEPT}: the server is back"
                 except Exception as exc:  # noqa: BLE001 - report and go on with the others

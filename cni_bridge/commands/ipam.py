@@ -1,7 +1,11 @@
-"""`cni-bridge ipam ls|release`: read and edit the pybridge-ipam lease store as an operator.
+"""`cni-bridge ipam ls|release|migrate`: read and edit the pybridge-ipam lease store as an operator.
 
     cni-bridge ipam ls [NETWORK] [--json]
     cni-bridge ipam release NETWORK (--address A | --container ID [--ifname IF])
+    cni-bridge ipam migrate NETWORK --from file:DIR --to etcd:URL[,URL...]
+
+The store is the file store in --data-dir, or etcd with --ipam-store etcd --etcd-endpoints ...
+(`ls` then shows every host's leases, with a HOST column).
 
 `release` takes the store's lock like the plugin does, so it is safe while containers start.
 Exit codes: 0 done, 1 nothing matched (release) or the store could not be read, 2 bad usage.
@@ -17,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from cni_bridge.commands.storeopts import add_store_arguments, store_spec
 from cni_bridge.errors import PluginError
 from cni_bridge.ipam.config import DEFAULT_DATA_DIR
 
@@ -27,11 +32,13 @@ log = logging.getLogger("cni_bridge.cli")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ipam", help="list or release IPAM leases",
-        description="Inspect and edit the pybridge-ipam lease store (one directory per network "
-                    "under the data directory; one file per leased address).",
+        description="Inspect and edit the pybridge-ipam lease store (file: one directory per network "
+                    "under the data directory, one file per leased address; etcd: keys under the "
+                    "prefix, shared by every host).",
         epilog="exit codes: 0 ok, 1 no matching lease / unreadable store, 2 usage error")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                    help=f"lease store (the ipam.dataDir of the network; default {DEFAULT_DATA_DIR})")
+    add_store_arguments(p)
     sub = p.add_subparsers(dest="ipam_command", metavar="ACTION")
     p.set_defaults(func=lambda args: _usage(p))
 
@@ -40,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ls.add_argument("network", nargs="?", metavar="NETWORK", help="only this network (default: all)")
     ls.add_argument("--json", action="store_true", help="one JSON array of lease objects")
     ls.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="as above, after the action")
+    add_store_arguments(ls, default=argparse.SUPPRESS)
     ls.set_defaults(func=run_ls)
 
     rel = sub.add_parser(
@@ -53,7 +61,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--container", metavar="ID", help="container id (CNI_CONTAINERID)")
     rel.add_argument("--ifname", help="with --container: only this interface (default: all of them)")
     rel.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="as above, after the action")
+    add_store_arguments(rel, default=argparse.SUPPRESS)
     rel.set_defaults(func=run_release)
+
+    mig = sub.add_parser(
+        "migrate", help="copy a network's leases from a file store into etcd",
+        description="Copy every lease of NETWORK from a file store into an etcd store, as leases of "
+                    "this host ($PYBRIDGE_HOST_ID or the host name) with their owners, so a DEL or GC "
+                    "through the etcd store frees them. Refuses (exit 1, nothing written) if any of "
+                    "the addresses or owners is already in etcd. The file store is left as it is.",
+        epilog="example: cni-bridge ipam migrate net1 --from file:/var/lib/cni/pybridge "
+               "--to etcd:http://10.0.0.1:2379,http://10.0.0.2:2379")
+    mig.add_argument("network", metavar="NETWORK")
+    mig.add_argument("--from", dest="source", required=True, metavar="file:DIR", help="the file store")
+    mig.add_argument("--to", dest="target", required=True, metavar="etcd:URL[,URL...]", help="the etcd cluster")
+    add_store_arguments(mig, default=argparse.SUPPRESS)
+    mig.set_defaults(func=run_migrate)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -72,10 +95,11 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 def run_ls(args: argparse.Namespace) -> int:
     # lazy, like run_release's: the lease store (~10 ms) is not for every command that builds the parser
-    from cni_bridge.ipam.store import LeaseStore, list_networks
+    from cni_bridge.ipam.backend import list_networks, open_store
+    spec = store_spec(args, args.data_dir)
     try:
-        names = [args.network] if args.network else list_networks(args.data_dir)
-        leases = [(name, lease) for name in names for lease in LeaseStore(args.data_dir, name).all_leases()]
+        names = [args.network] if args.network else list_networks(spec)
+        leases = [(name, lease) for name in names for lease in open_store(spec, name).all_leases()]
     except PluginError as exc:
         print(f"cni-bridge ipam ls: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND
@@ -83,20 +107,21 @@ def run_ls(args: argparse.Namespace) -> int:
         json.dump([{"network": name, **lease.to_dict()} for name, lease in leases], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return EXIT_OK
-    rows = [["NETWORK", "ADDRESS", "CONTAINER ID", "IFNAME", "SINCE"]]
-    rows += [[name, f"{lease.address}/{lease.subnet.prefixlen}", lease.container_id, lease.ifname,
-              _since(lease.since)] for name, lease in leases]
+    shared = spec.type == "etcd"
+    rows = [["NETWORK", "ADDRESS", *(["HOST"] if shared else []), "CONTAINER ID", "IFNAME", "SINCE"]]
+    rows += [[name, f"{lease.address}/{lease.subnet.prefixlen}", *([lease.host or "-"] if shared else []),
+              lease.container_id, lease.ifname, _since(lease.since)] for name, lease in leases]
     print("\n".join(_table(rows)))
     return EXIT_OK
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from cni_bridge.ipam.store import LeaseStore  # lazy: see run_ls
+    from cni_bridge.ipam.backend import open_store  # lazy: see run_ls
     if args.ifname and not args.container:
         print("cni-bridge ipam release: --ifname needs --container", file=sys.stderr)
         return EXIT_USAGE
     try:
-        store = LeaseStore(args.data_dir, args.network)
+        store = open_store(store_spec(args, args.data_dir), args.network)
         if args.address:
             try:
                 address = ipaddress.ip_address(args.address)
@@ -122,4 +147,25 @@ def run_release(args: argparse.Namespace) -> int:
         for cid, ifn in owners))
     for lease in released:
         print(f"released {lease.address} ({lease.container_id} {lease.ifname})")
+    return EXIT_OK
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from cni_bridge.ipam.backend import open_store  # lazy: see run_ls
+    kind_from, _, where_from = args.source.partition(":")
+    kind_to, _, where_to = args.target.partition(":")
+    if kind_from != "file" or not where_from.startswith("/") or kind_to != "etcd" or not where_to:
+        print("cni-bridge ipam migrate: --from file:/DIR --to etcd:URL[,URL...]", file=sys.stderr)
+        return EXIT_USAGE
+    args.ipam_store, args.etcd_endpoints = "etcd", where_to
+    try:
+        leases = open_store(store_spec(argparse.Namespace(ipam_store="file"), Path(where_from)),
+                            args.network).all_leases()
+        target = open_store(store_spec(args, Path(where_from)), args.network)
+        copied = target.import_leases(leases)  # type: ignore[attr-defined]
+    except PluginError as exc:
+        print(f"cni-bridge ipam migrate: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.code == 4 else EXIT_NOT_FOUND
+    log.info("ipam migrate net=%s from=%s to=%s leases=%d", args.network, args.source, args.target, copied)
+    print(f"copied {copied} leases of {args.network} to {target.dir}")
     return EXIT_OK

@@ -7,6 +7,7 @@ import ipaddress
 import sys
 from pathlib import Path
 
+from cni_bridge.commands.storeopts import add_store_arguments, store_spec
 from cni_bridge.docker.context import DEFAULT_POOL4, DEFAULT_POOL6, SOCKET_PATH, Settings
 from cni_bridge.ipam.config import DEFAULT_DATA_DIR
 from cni_bridge.state import DEFAULT_STATE_DIR
@@ -25,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ipam-data-dir", type=Path, default=DEFAULT_DATA_DIR,
                    help=f"lease store shared with pybridge-ipam (default {DEFAULT_DATA_DIR}); "
                         "per network: --ipam-opt dataDir=PATH")
+    add_store_arguments(p)
     p.add_argument("--default-pool", type=ipaddress.IPv4Network, default=DEFAULT_POOL4,
                    help=f"IPv4 range to carve /24 default pools from (default {DEFAULT_POOL4})")
     p.add_argument("--default-pool6", type=ipaddress.IPv6Network, default=DEFAULT_POOL6,
@@ -48,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1 or args.threads < 1:
         raise SystemExit("cni-bridge serve: --workers and --threads must be at least 1")
+    spec = store_spec(args, args.ipam_data_dir)
     settings = Settings(state_dir=args.state_dir, ipam_data_dir=args.ipam_data_dir,
+                        ipam_store=spec.to_dict() if spec.type == "etcd" else None,
                         default_pool4=args.default_pool, default_pool6=args.default_pool6)
     # --- CNI fast path (issue 7, cni_bridge/fastpath): a child process next to gunicorn -------
     fastpath = None

@@ -18,6 +18,7 @@ from pathlib import Path
 from cni_bridge.dhcp import server as dhcp_server
 from cni_bridge.inventory import DEFAULT_CNI_CACHE_DIR, DEFAULT_CONF_DIR
 from cni_bridge.inventory import collect as collect_inventory
+from cni_bridge.ipam.backend import spec_at
 from cni_bridge.ipam.config import DEFAULT_DATA_DIR
 from cni_bridge.state import DEFAULT_STATE_DIR
 from cni_bridge.vm.names import DEFAULT_PORT_DIR
@@ -96,7 +97,7 @@ def _network_items(net) -> list[list[str]]:
                 else "no table (no masqueraded containers)")
         items.append([f"masquerade {'on' if net.ip_masq else 'off'}: {masq}"])
     if net.data_dir:
-        items.append([f"leases in {net.data_dir}"])
+        items.append([f"leases in {spec_at(net.data_dir).describe()}"])
     for ep in net.endpoints:
         who = ep.ifname if ep.source == "vm" else f"{ep.container_id[:12]} {ep.ifname}"
         item = [f"{ep.source} {who} [{ep.state}]"

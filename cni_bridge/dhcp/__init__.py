@@ -9,13 +9,13 @@ server.py (namespace, veth, address, life cycle).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 from cni_bridge.attachment import Addressing
 from cni_bridge.config import NetworkSpec
 from cni_bridge.dhcp.files import NetworkInfo
 from cni_bridge.dhcp.server import AddressSource, add_host, check_host, hosts, remove_host, restore, stop
+from cni_bridge.ipam.backend import location
 
 __all__ = ["AddressSource", "NetworkInfo", "add_host", "check_host", "for_cni", "for_docker", "hosts", "ipv4_of",
            "network_info", "remove_host", "restore", "stop"]
@@ -45,11 +45,11 @@ def for_cni(config: Mapping[str, Any]) -> AddressSource:
     if not ipam_client.in_process(dict(config)):
         raise config_error("dhcp needs ipam type pybridge-ipam (the DHCP server leases its own address there)")
     plugin = ipam_client.file_ipam()
-    return AddressSource(plugin.data_dir(config), str(config["name"]), plugin.ipam_config(config))
+    return AddressSource(location(plugin.store_spec(config)), str(config["name"]), plugin.ipam_config(config))
 
 
 def for_docker(pool: Mapping[str, Any], config) -> AddressSource:
     """A Docker network's server address comes from its pybridge IPAM pool (`config`: the
     pool's IpamConfig, docker/ipam.py)."""
-    return AddressSource(Path(pool["data_dir"]), pool["store"], config, docker=True)
+    return AddressSource(location(config.store), pool["store"], config, docker=True)
 

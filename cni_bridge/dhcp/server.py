@@ -51,16 +51,17 @@ from cni_bridge.dhcp.files import (
     write_file,
 )
 from cni_bridge.errors import INTERNAL, PluginError, config_error
+from cni_bridge.ipam.backend import open_store, spec_at
 from cni_bridge.ipam.config import IpamConfig
-from cni_bridge.ipam.store import LeaseStore
 from cni_bridge.kernel import netlink
 from cni_bridge.kernel import netns as kernel_netns
 
 
 @dataclass(frozen=True)
 class AddressSource:
-    """Where the server's own address is leased: a pybridge lease store and its ranges."""
-    data_dir: Path
+    """Where the server's own address is leased: a pybridge lease store (its location: the data
+    directory, or an etcd store's, ipam/backend.py) and its ranges."""
+    data_dir: str
     store: str
     config: IpamConfig
     docker: bool = False
@@ -220,7 +221,7 @@ def reclaim(server: dict[str, Any]) -> None:
             host.delete_link(server["veth"])
 
 
-def release_stale_address(network: str, data_dir: Path, owner: tuple[str, str]) -> bool:
+def release_stale_address(network: str, data_dir: str, owner: tuple[str, str]) -> bool:
     """gc: free the server address a CNI store still holds for a server that is gone (a
     reboot took it and no attachment came back). Re-checked under the network's lock: a server
     being started keeps it. True if released."""
@@ -230,7 +231,7 @@ def release_stale_address(network: str, data_dir: Path, owner: tuple[str, str]) 
         with netlink.root() as host:
             if host.link(veth_name(network)) is not None:
                 return False
-        return bool(LeaseStore(data_dir, network).release(*owner))
+        return bool(open_store(spec_at(data_dir), network).release(*owner))
 
 
 # --- internals --------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def _lease_server_address(info: NetworkInfo, source: AddressSource, directory: P
     owner = lease_owner(info.network, source.docker)
     pending = ServerAddress("", str(source.data_dir), source.store, owner)
     write_file(directory / "network.json", dataclasses.replace(info, server=pending).to_json())
-    store = LeaseStore(source.data_dir, source.store)
+    store = open_store(spec_at(source.data_dir), source.store)
     subnet = ipaddress.ip_network(info.subnet)
     leases = store.allocate(*owner, source.config)
     step("dhcp-server-address")
@@ -305,7 +306,7 @@ def _stop(network: str, directory: Path) -> None:
         host.delete_link(veth_name(network))
     step("dhcp-netns-deleted")
     if info is not None and info.server is not None:
-        LeaseStore(Path(info.server.data_dir), info.server.store).release(*info.server.owner)
+        open_store(spec_at(info.server.data_dir), info.server.store).release(*info.server.owner)
         step("dhcp-server-address-released")
     shutil.rmtree(directory, ignore_errors=True)
 

@@ -21,6 +21,7 @@ DEFAULT_PREFIX = {4: 24, 6: 64}
 class Settings:
     state_dir: Path = DEFAULT_STATE_DIR
     ipam_data_dir: Path = DEFAULT_DATA_DIR      # the lease store CNI's pybridge-ipam uses too
+    ipam_store: dict | None = None              # a `store` object (etcd); None: file in ipam_data_dir
     default_pool4: ipaddress.IPv4Network = DEFAULT_POOL4
     default_pool6: ipaddress.IPv6Network = DEFAULT_POOL6
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 import uuid
-from pathlib import Path
 from typing import Any, Iterable
 
 from cni_bridge import validate
@@ -24,8 +23,8 @@ from cni_bridge.docker import network
 from cni_bridge.docker.body import Body
 from cni_bridge.docker.context import DEFAULT_PREFIX, Driver
 from cni_bridge.errors import TRY_AGAIN, PluginError, config_error, shown
+from cni_bridge.ipam.backend import Store, open_store
 from cni_bridge.ipam.config import IpamConfig, parse_ipam_config
-from cni_bridge.ipam.store import LeaseStore
 from cni_bridge.kernel import netlink
 from cni_bridge.state import pool_key
 
@@ -89,6 +88,7 @@ def request_pool(ctx: Driver, body: Body) -> dict[str, Any]:
                       "v6": v6, "refs": 1, "default": default, "options": options,
                       "store": options.get("network") or _store_name(pool),
                       "data_dir": options.get("dataDir") or str(ctx.settings.ipam_data_dir),
+                      "store_spec": None if options.get("dataDir") else ctx.settings.ipam_store,
                       "gateway": None, "gateway_refs": 0}
             pool_config(record)  # the lease store must accept this range: fail now, not at the first address
         ctx.state.put("pools", pool_key(pool_id), record)
@@ -245,8 +245,13 @@ def _pool(ctx: Driver, body: Body) -> dict[str, Any]:
     return record
 
 
-def _store(record: dict[str, Any]) -> LeaseStore:
-    return LeaseStore(Path(record["data_dir"]), record["store"])
+def _store_object(record: dict[str, Any]) -> dict[str, Any]:
+    """The pool's `store` (etcd when the driver serves with --ipam-store etcd), else its dataDir."""
+    return record.get("store_spec") or {"type": "file", "dataDir": record["data_dir"]}
+
+
+def _store(record: dict[str, Any]) -> Store:
+    return open_store(pool_config(record).store, record["store"])
 
 
 def pool_config(record: dict[str, Any], *, whole_pool: bool = False, gateway: IPAddress | None = None) -> IpamConfig:
@@ -266,7 +271,7 @@ def pool_config(record: dict[str, Any], *, whole_pool: bool = False, gateway: IP
     gw = gateway or (ipaddress.ip_address(record["gateway"]) if record.get("gateway") else None)
     if gw is not None:
         rng["gateway"] = str(gw)
-    return parse_ipam_config({"ranges": [[rng]], "dataDir": record["data_dir"]})
+    return parse_ipam_config({"ranges": [[rng]], "store": _store_object(record)})
 
 
 def _release_leftovers(record: dict[str, Any]) -> None:

@@ -41,9 +41,9 @@ from cni_bridge.inventory.model import (
     Sources,
     wanted_name,
 )
-from cni_bridge.ipam.config import DEFAULT_DATA_DIR
+from cni_bridge.ipam.backend import host_leases, list_networks, location, spec_at
+from cni_bridge.ipam.config import store_of
 from cni_bridge.ipam.lease import DHCP_OWNER_PREFIX
-from cni_bridge.ipam.store import LeaseStore, list_networks
 from cni_bridge.kernel import netlink
 from cni_bridge.kernel.nft import nft
 from cni_bridge.modes import vxlan as vxlan_port
@@ -73,7 +73,7 @@ def gather_files(sources: Sources) -> Facts:
         _read_docker_state(facts, sources.state_dir)
     if sources.port_dir:
         _read_vm_ports(facts, sources.port_dir)
-    data_dirs = dict.fromkeys([*sources.data_dirs, *(Path(c.data_dir) for c in facts.configs if c.data_dir)])
+    data_dirs = dict.fromkeys([*map(str, sources.data_dirs), *(c.data_dir for c in facts.configs if c.data_dir)])
     facts.stores = read_stores(data_dirs, facts.store_errors)
     facts.cache = read_cni_cache(sources.cache_dir) if sources.cache_dir else {}
     facts.problems += [*facts.config_errors, *(f"Docker driver state: {line}" for line in facts.docker_errors),
@@ -190,7 +190,10 @@ def _network_config(path: Path, plugin: dict[str, Any]) -> NetworkConfig | None:
         return None
     mode = plugin.get("mode", "bridge") if plugin.get("type") == "pybridge" else None
     link = plugin.get("master") if mode in LINK_MODES else plugin.get("bridge", "cni0")
-    data_dir = (ipam.get("dataDir") or str(DEFAULT_DATA_DIR)) if ours_ipam else None
+    try:  # the file store's directory, or the etcd store's location string (ipam.backend.location)
+        data_dir = location(store_of(ipam)) if ours_ipam else None
+    except PluginError:  # a store that does not parse: ADD fails on it too; no leases to judge
+        data_dir = None
     return NetworkConfig(name, str(path), str(plugin.get("type")), mode, link if isinstance(link, str) else None,
                          str(plugin.get("ipMasq", False)).lower() == "true", data_dir)
 
@@ -219,14 +222,20 @@ def _read_vm_ports(facts: Facts, port_dir: Path) -> None:
     facts.vm_errors += [f"unusable file {line} (skipped)" for line in bad]
 
 
-def read_stores(data_dirs: Iterable[Path], errors: list[str]) -> dict[str, dict[str, list[Any]]]:
-    """network -> dataDir -> leases, for every store under every data dir; a store that cannot
-    be read is an entry in `errors`."""
+def read_stores(data_dirs: Iterable[Path | str], errors: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """network -> store location -> leases, for every store under every data dir (an etcd
+    store: this host's leases only); a store that cannot be read is an entry in `errors`."""
     out: dict[str, dict[str, list[Any]]] = {}
     for data_dir in data_dirs:
-        for name in list_networks(data_dir):
+        try:
+            spec = spec_at(data_dir)
+            names = list_networks(spec)
+        except PluginError as exc:
+            errors.append(f"lease store {data_dir}: {exc}")
+            continue
+        for name in names:
             try:
-                out.setdefault(name, {})[str(data_dir)] = LeaseStore(data_dir, name).all_leases()
+                out.setdefault(name, {})[str(data_dir)] = host_leases(spec, name)
             except PluginError as exc:
                 errors.append(f"lease store {data_dir}/{name}: {exc}")
     return out

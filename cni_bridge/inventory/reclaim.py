@@ -11,7 +11,6 @@ host whose claim is absent afterwards was nobody's.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 from cni_bridge import firewall
@@ -30,7 +29,7 @@ from cni_bridge.inventory.stale import (
     Finding,
     veth_of_ifb,
 )
-from cni_bridge.ipam.store import LeaseStore
+from cni_bridge.ipam.backend import open_store, spec_at
 from cni_bridge.kernel import netlink
 from cni_bridge.locks import attachment_lock, network_lock
 from cni_bridge.modes import vxlan
@@ -65,7 +64,7 @@ def _release_lease(finding: Finding, net: Network, inv: Inventory) -> None:
     with network_lock(net.name):
         if ep.host_ifname and net.table_present:
             firewall.remove_members(firewall.Masquerade(net.name, _bridge_of(net), ()), owners=[ep.host_ifname])
-    LeaseStore(Path(ep.data_dir or ""), net.name).release(ep.container_id, ep.ifname)
+    open_store(spec_at(ep.data_dir or ""), net.name).release(ep.container_id, ep.ifname)
 
 
 def _release_vm_port(finding: Finding, net: Network, inv: Inventory) -> None:
@@ -90,7 +89,7 @@ def _release_vm_port(finding: Finding, net: Network, inv: Inventory) -> None:
             if net.table_present:
                 firewall.remove_members(firewall.Masquerade(net.name, _bridge_of(net), ()), owners=[tap])
         if ep.data_dir:
-            LeaseStore(Path(ep.data_dir), net.name).release(cid, ifname)
+            open_store(spec_at(ep.data_dir), net.name).release(cid, ifname)
         if records is not None:
             records.delete(vm_names.KIND, tap)
 

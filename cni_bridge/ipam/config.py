@@ -9,6 +9,8 @@ is error 7 with a message that names the offending value.
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Union
@@ -20,6 +22,12 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 DEFAULT_DATA_DIR = Path("/var/lib/cni/pybridge")
+DEFAULT_ETCD_PREFIX = "/pybridge"
+DEFAULT_ETCD_TIMEOUT = 5.0
+STORE_TYPES = ("file", "etcd")
+HOST_ID_ENV = "PYBRIDGE_HOST_ID"
+_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_PREFIX_RE = re.compile(r"(/[A-Za-z0-9._-]+)+")
 
 # host-local refuses subnets that leave fewer than two host addresses; so do we, which also means
 # every range has a distinct network (and, for IPv4, broadcast) address to keep out of the pool.
@@ -71,12 +79,55 @@ class RouteSpec:
 
 
 @dataclass(frozen=True)
+class StoreSpec:
+    """Where leases live: `file` (a directory per network under data_dir, one host) or `etcd`
+    (shared by every host that names the same endpoints and prefix). Parsed from the `store` key
+    (or the legacy top-level `dataDir`); `cni_bridge.ipam.backend.open_store` turns it into a store."""
+    type: str = "file"
+    data_dir: Path = DEFAULT_DATA_DIR
+    endpoints: tuple[str, ...] = ()
+    prefix: str = DEFAULT_ETCD_PREFIX
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    timeout: float = DEFAULT_ETCD_TIMEOUT
+    host: str | None = None  # None: $PYBRIDGE_HOST_ID, else the host name
+
+    def host_id(self) -> str:
+        """Which host a lease belongs to (GC of one host never releases another's leases)."""
+        value = self.host or os.environ.get(HOST_ID_ENV)
+        if not value:
+            import socket  # lazy: only etcd stores ask, and the exec path should not pay for it
+            value = socket.gethostname()
+        if not _HOST_RE.fullmatch(value):
+            raise config_error(f"ipam.store: host id {value!r} must be letters, digits, '.', '_', '-'",
+                               f"set ipam.store.host or ${HOST_ID_ENV}")
+        return value
+
+    def describe(self) -> str:
+        if self.type == "file":
+            return f"file:{self.data_dir}"
+        return f"etcd:{','.join(self.endpoints)}{self.prefix}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `store` object this spec was parsed from (kept by the Docker driver's state)."""
+        if self.type == "file":
+            return {"type": "file", "dataDir": str(self.data_dir)}
+        out: dict[str, Any] = {"type": "etcd", "endpoints": list(self.endpoints), "prefix": self.prefix,
+                               "timeout": self.timeout}
+        out.update({k: v for k, v in (("cacert", self.cacert), ("cert", self.cert), ("key", self.key),
+                                      ("host", self.host)) if v})
+        return out
+
+
+@dataclass(frozen=True)
 class IpamConfig:
     """`ranges[i]` is one range set: each ADD gets exactly one address from every set."""
     ranges: tuple[RangeSet, ...]
     routes: tuple[RouteSpec, ...] = ()
     data_dir: Path = DEFAULT_DATA_DIR
     dns: dict = field(default_factory=dict)
+    store: StoreSpec = StoreSpec()
 
     def set_of(self, address: IPAddress) -> int | None:
         """Index of the range set that contains `address`, or None."""
@@ -183,6 +234,61 @@ def data_dir_of(ipam: Any) -> Path:
     return _data_dir(ipam.get("dataDir") if isinstance(ipam, Mapping) else None)
 
 
+def _path_option(raw: Mapping[str, Any], name: str) -> str | None:
+    value = raw.get(name)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
+        raise config_error(f"ipam.store.{name} must be an absolute path, got {value!r}")
+    return value
+
+
+def parse_store(raw: Any, legacy_data_dir: Any = None) -> StoreSpec:
+    """The `store` object (absent: the file store in the top-level `dataDir`); error 7 if bad."""
+    if raw is None:
+        return StoreSpec(data_dir=_data_dir(legacy_data_dir))
+    if not isinstance(raw, Mapping):
+        raise config_error("ipam.store must be an object with a 'type' (file or etcd)")
+    kind = raw.get("type", "file")
+    if kind not in STORE_TYPES:
+        raise config_error(f"ipam.store.type must be one of {', '.join(STORE_TYPES)}, got {kind!r}")
+    if kind == "file":
+        return StoreSpec(data_dir=_data_dir(raw.get("dataDir", legacy_data_dir)))
+    endpoints = raw.get("endpoints")
+    if isinstance(endpoints, str):
+        endpoints = [e for e in endpoints.split(",") if e]
+    if not isinstance(endpoints, list) or not endpoints or not all(isinstance(e, str) for e in endpoints):
+        raise config_error("ipam.store.endpoints must be a non-empty list of URLs (http://HOST:2379)")
+    prefix = raw.get("prefix", DEFAULT_ETCD_PREFIX)
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise config_error(f"ipam.store.prefix must look like /pybridge (no trailing '/'), got {prefix!r}")
+    timeout = raw.get("timeout", DEFAULT_ETCD_TIMEOUT)
+    if isinstance(timeout, str):
+        try:
+            timeout = float(timeout)
+        except ValueError:
+            pass
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
+        raise config_error(f"ipam.store.timeout must be seconds between 0 and 300, got {timeout!r}")
+    host = raw.get("host")
+    if host is not None and (not isinstance(host, str) or not _HOST_RE.fullmatch(host)):
+        raise config_error(f"ipam.store.host must be letters, digits, '.', '_', '-', got {host!r}")
+    spec = StoreSpec("etcd", DEFAULT_DATA_DIR, tuple(endpoints), prefix, _path_option(raw, "cacert"),
+                     _path_option(raw, "cert"), _path_option(raw, "key"), float(timeout), host)
+    if spec.key and not spec.cert:
+        raise config_error("ipam.store.key needs ipam.store.cert")
+    from cni_bridge.ipam.etcd import EtcdClient  # lazy: file stores never load the etcd client
+    EtcdClient(spec.endpoints)  # checks the URLs
+    return spec
+
+
+def store_of(ipam: Any) -> StoreSpec:
+    """Only the store: DEL, GC and STATUS must work even if the ranges no longer parse."""
+    if not isinstance(ipam, Mapping):
+        return StoreSpec()
+    return parse_store(ipam.get("store"), ipam.get("dataDir"))
+
+
 def parse_ipam_config(ipam: Mapping[str, Any]) -> IpamConfig:
     """Parse the `ipam` object of a network config; error 7 on anything inconsistent."""
     if not isinstance(ipam, Mapping):
@@ -203,4 +309,5 @@ def parse_ipam_config(ipam: Mapping[str, Any]) -> IpamConfig:
     dns = ipam.get("dns") or {}
     if not isinstance(dns, Mapping):
         raise config_error("ipam.dns must be an object (nameservers, domain, search, options)")
-    return IpamConfig(tuple(sets), _routes(ipam.get("routes")), _data_dir(ipam.get("dataDir")), dict(dns))
+    store = parse_store(ipam.get("store"), ipam.get("dataDir"))
+    return IpamConfig(tuple(sets), _routes(ipam.get("routes")), store.data_dir, dict(dns), store)

@@ -46,6 +46,7 @@ class Lease:
     ifname: str
     since: float
     range_set: int
+    host: str | None = None  # the host that holds it (etcd store; None in a file store: this host)
 
     @property
     def owner(self) -> tuple[str, str]:
@@ -64,7 +65,7 @@ class Lease:
         return {"address": str(self.address), "subnet": str(self.subnet),
                 "gateway": None if self.gateway is None else str(self.gateway),
                 "container_id": self.container_id, "ifname": self.ifname, "since": self.since,
-                "range_set": self.range_set}
+                "range_set": self.range_set, **({"host": self.host} if self.host is not None else {})}
 
     def encode(self) -> bytes:
         return (json.dumps(self.to_dict()) + "\n").encode()
@@ -77,7 +78,7 @@ class Lease:
             lease = cls(ipaddress.ip_address(data["address"]), ipaddress.ip_network(data["subnet"]),
                         None if gateway is None else ipaddress.ip_address(gateway),
                         str(data["container_id"]), str(data["ifname"]), float(data["since"]),
-                        int(data["range_set"]))
+                        int(data["range_set"]), None if data.get("host") is None else str(data["host"]))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptRecord(f"{exc.__class__.__name__}: {exc}") from None
         if lease.address not in lease.subnet:
@@ -126,8 +127,11 @@ def owner_name(container_id: str, ifname: str) -> str:
     return OWNER_PREFIX + "sha256-" + hashlib.sha256(readable.encode()).hexdigest()
 
 
-def encode_owner(container_id: str, ifname: str, addresses: list[IPAddress]) -> bytes:
-    data = {"container_id": container_id, "ifname": ifname, "addresses": [str(a) for a in addresses]}
+def encode_owner(container_id: str, ifname: str, addresses: list[IPAddress], host: str | None = None) -> bytes:
+    data: dict[str, Any] = {"container_id": container_id, "ifname": ifname,
+                            "addresses": [str(a) for a in addresses]}
+    if host is not None:
+        data["host"] = host
     return (json.dumps(data) + "\n").encode()
 
 

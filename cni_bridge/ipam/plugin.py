@@ -7,13 +7,13 @@ parsing, error objects and result version conversion. Nothing here prints or exi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 from cni_bridge import validate
 from cni_bridge.errors import UNKNOWN_CONTAINER, PluginError, config_error, env_error
-from cni_bridge.ipam.config import IPAddress, IpamConfig, data_dir_of, parse_ipam_config
-from cni_bridge.ipam.store import Lease, LeaseStore
+from cni_bridge.ipam.backend import Store, open_store
+from cni_bridge.ipam.config import IPAddress, IpamConfig, StoreSpec, parse_ipam_config, store_of
+from cni_bridge.ipam.lease import Lease
 
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
@@ -28,9 +28,14 @@ def _section(config: Mapping[str, Any], *keys: str) -> Any:
     return value
 
 
-def data_dir(config: Mapping[str, Any]) -> Path:
+def store_spec(config: Mapping[str, Any]) -> StoreSpec:
     """Where this network's leases live, without requiring the ranges to parse (DEL, GC)."""
-    return data_dir_of(_section(config, "ipam"))
+    return store_of(_section(config, "ipam"))
+
+
+def store(network: str, config: Mapping[str, Any]) -> Store:
+    """The lease store of a network config (DEL, GC: even if the ranges no longer parse)."""
+    return open_store(store_spec(config), network)
 
 
 def ipam_config(config: Mapping[str, Any]) -> IpamConfig:
@@ -83,20 +88,19 @@ def result(leases: list[Lease], cfg: IpamConfig) -> dict[str, Any]:
 def ipam_add(network: str, container_id: str, ifname: str, config: Mapping[str, Any],
              cni_args: Mapping[str, str]) -> dict[str, Any]:
     cfg = ipam_config(config)
-    store = LeaseStore(cfg.data_dir, network)
-    leases = store.allocate(container_id, ifname, cfg, requested_ips(cni_args, config))
+    leases = open_store(cfg.store, network).allocate(container_id, ifname, cfg, requested_ips(cni_args, config))
     return result(leases, cfg)
 
 
 def ipam_del(network: str, container_id: str, ifname: str, config: Mapping[str, Any]) -> None:
-    """Idempotent; needs only dataDir so a DEL still frees the lease after the ranges changed."""
-    LeaseStore(data_dir(config), network).release(container_id, ifname)
+    """Idempotent; needs only the store key so a DEL still frees the lease after the ranges changed."""
+    store(network, config).release(container_id, ifname)
 
 
 def ipam_check(network: str, container_id: str, ifname: str, config: Mapping[str, Any]) -> list[Lease]:
     """Error 3 unless every range set of the current config has a lease for this attachment."""
     cfg = ipam_config(config)
-    leases = LeaseStore(cfg.data_dir, network).leases_of(container_id, ifname)
+    leases = open_store(cfg.store, network).leases_of(container_id, ifname)
     covered = {cfg.set_of(lease.address) for lease in leases}
     missing = [i for i in range(len(cfg.ranges)) if i not in covered]
     if missing:
@@ -126,10 +130,10 @@ def ipam_gc(network: str, config: Mapping[str, Any]) -> list[Lease]:
     valid = valid_attachments(config)
     if valid is None:
         return []
-    return LeaseStore(data_dir(config), network).gc(valid, keep=lambda lease: lease.held_by_docker or lease.held_by_dhcp)
+    return store(network, config).gc(valid, keep=lambda lease: lease.held_by_docker or lease.held_by_dhcp)
 
 
 def ipam_status(network: str, config: Mapping[str, Any]) -> None:
     """CNI 1.1 STATUS: error 7 for a bad config, 50 when no lease could be written."""
     cfg = ipam_config(config)
-    LeaseStore(cfg.data_dir, network).check_writable()
+    open_store(cfg.store, network).check_writable()

@@ -62,6 +62,7 @@ from cni_bridge.ipam.lease import (
     owner_name,
     parse_lease_name,
 )
+from cni_bridge.ipam.plan import assign_requested, reusable
 from cni_bridge.ipam.pool import MAX_BITMAP, PROBES_BEFORE_SCAN, Bitmap, Pool, probe_order
 
 __all__ = ["Lease", "LeaseStore", "list_networks"]
@@ -116,14 +117,10 @@ class LeaseStore:
         reserve a pool's gateway. On any failure nothing new is left behind.
         """
         cid, ifn = _owner(container_id, ifname)
-        wanted = self._assign_requested(config, requested, allow_gateway)
+        wanted = assign_requested(self.network, config, requested, allow_gateway)
         with self._io("allocate"), self._locked():
             current = self._owned(cid, ifn)
-            keep: dict[int, Lease] = {}
-            for lease in current:  # idempotent ADD: reuse what still fits the config and the request
-                index = config.set_of(lease.address)
-                if index is not None and index not in keep and wanted.get(index, lease.address) == lease.address:
-                    keep[index] = lease
+            keep = reusable(current, config, wanted)
             new, picked = self._plan(cid, ifn, config, wanted, keep)
             stale = [lease for lease in current if lease not in keep.values()]
             if new or stale or len(keep) != len(current):
@@ -338,29 +335,6 @@ class LeaseStore:
         leases = [lease for address in dict.fromkeys(addresses)
                   if (lease := self._read_lease(address)) is not None and lease.owner == (cid, ifn)]
         return sorted(leases, key=lambda lease: lease.range_set)
-
-    def _assign_requested(self, config: IpamConfig, requested: Sequence[IPAddress],
-                          allow_gateway: bool) -> dict[int, IPAddress]:
-        """Map each static address to the range set that contains it; error 7 if it cannot be."""
-        wanted: dict[int, IPAddress] = {}
-        gateways = config.gateways()
-        for address in dict.fromkeys(requested):
-            if getattr(address, "scope_id", None):  # fd00::5%x would be a second lease of fd00::5
-                raise config_error(f"requested address {address} must not carry a zone index")
-            index = config.set_of(address)
-            if index is None:
-                ranges = "; ".join(r.describe() for rs in config.ranges for r in rs)
-                raise config_error(f"requested address {address} is not in any range of network "
-                                   f"{self.network}", f"ranges: {ranges}")
-            if index in wanted:
-                raise config_error(f"requested addresses {wanted[index]} and {address} are in the same "
-                                   f"range set {index}; only one address per range set")
-            if Pool(config.ranges[index], gateways).never_leased(address) and not (
-                    allow_gateway and address in gateways):
-                raise config_error(f"requested address {address} is a network, broadcast or gateway "
-                                   "address and cannot be leased")
-            wanted[index] = address
-        return wanted
 
     def _pick(self, index: int, pool: Pool) -> tuple[IPAddress, Bitmap | None]:
         """Next free address of a set after its round-robin cursor; error 11 when it is full."""

@@ -38,7 +38,7 @@ from cni_bridge import firewall, validate
 from cni_bridge.attachment import Addressing
 from cni_bridge.crashpoint import step
 from cni_bridge.errors import INTERNAL, PluginError, config_error, shown
-from cni_bridge.ipam.store import LeaseStore
+from cni_bridge.ipam.backend import location, open_store
 from cni_bridge.kernel import netlink
 from cni_bridge.locks import attachment_lock, network_lock
 from cni_bridge.modes import bridge, tap, uplink
@@ -124,8 +124,8 @@ def _attach(net: VmNetwork, record: dict[str, Any], undo: Undo, store: StateStor
     cid, ifname = owner_of(name)
     leases = []
     for source in net.leases:
-        undo.push(lambda source=source: LeaseStore(source.data_dir, source.store).release(cid, ifname))
-        leases += LeaseStore(source.data_dir, source.store).allocate(cid, ifname, source.config)
+        undo.push(lambda source=source: open_store(source.config.store, source.store).release(cid, ifname))
+        leases += open_store(source.config.store, source.store).allocate(cid, ifname, source.config)
     addresses = addressing(leases, net.leases)
     with netlink.root() as host:
         port = bridge.setup_network(host, spec, addresses)
@@ -166,7 +166,7 @@ def _join_dhcp(net: VmNetwork, record: dict[str, Any], addresses: Addressing, un
         return  # no IPv4 lease: DHCPv4 has nothing to serve
     if net.source == DOCKER:
         lease_source = next(s for s in net.leases if s.config.set_of(ip.address.ip) is not None)
-        source = dhcp.AddressSource(lease_source.data_dir, lease_source.store, lease_source.config, docker=True)
+        source = dhcp.AddressSource(location(lease_source.config.store), lease_source.store, lease_source.config, docker=True)
     else:
         source = dhcp.for_cni(net.config)
     undo.push(lambda: dhcp.remove_host(net.spec.name, record["tap"]))
@@ -202,7 +202,7 @@ def detach(net: VmNetwork, port_dir: Path, name: str) -> dict[str, Any] | None:
             bridge.release_isolation(spec)  # the network's last member: nothing of it is left
         step("masquerade-removed")
         for source in net.leases:
-            LeaseStore(source.data_dir, source.store).release(cid, ifname)
+            open_store(source.config.store, source.store).release(cid, ifname)
         if record is not None and record.get("bridge_created"):
             remove_bridge_if_unused(net)
             step("vm-bridge-removed")

@@ -13,7 +13,7 @@ import pytest
 
 from cni_bridge.config import parse_network
 from cni_bridge.docker.options import OPTION_KEYS
-from cni_bridge.ipam.config import parse_ipam_config
+from cni_bridge.ipam.config import parse_ipam_config, parse_store
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -149,6 +149,13 @@ def test_documented_ipam_and_range_keys_are_the_keys_the_code_reads() -> None:
     page = DOCS / "configuration.md"
     assert _table_keys(page, "## IPAM keys") == top | {"type"}
     assert _table_keys(page, "### Range keys") == ranges
+
+
+def test_documented_store_keys_are_the_keys_the_code_reads() -> None:
+    seen: set[str] = set()
+    parse_store(Recorder({"type": "etcd", "endpoints": ["http://127.0.0.1:2379"]}, seen))
+    parse_store(Recorder({"type": "file"}, seen))
+    assert _table_keys(DOCS / "configuration.md", "### Store keys") == seen
 
 
 def test_documented_docker_options_are_the_options_the_driver_accepts() -> None:

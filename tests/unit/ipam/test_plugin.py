@@ -22,7 +22,7 @@ def test_add_returns_a_cni_1x_ipam_result(data_dir: Path) -> None:
         "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0", "gw": "fd00:1::1"}],
         "dns": {"nameservers": ["10.1.0.1"]},
     }
-    assert plugin.data_dir(config) == data_dir
+    assert plugin.store_spec(config).data_dir == data_dir
 
 
 def test_requested_ips_from_all_three_sources() -> None:

@@ -1,0 +1,311 @@
+"""A small etcd v3 client over etcd's JSON gRPC gateway (`POST /v3/kv/range|txn`), standard
+library only.
+
+Why not a client library (docs/ipam.md has the comparison): `etcd3` (python-etcd3) has had no
+release since 2020 and pins old grpcio/protobuf; `aetcd` is asyncio-only and loads grpcio (about
+100 ms per exec of `pybridge-ipam`); `etcd3gw` is maintained but talks to one endpoint (no
+fail-over across members) and brings `requests`, `futurist` and `pbr`. The store needs four
+calls (range, txn with compares, put and delete inside a txn), which the gateway of every etcd
+since 3.4 serves as JSON. HTTP/1.1 is spoken over a plain socket here (`_Connection`): `http.client`
+imports the `email` package and doubled the import cost of the exec'd `pybridge-ipam` on etcd.
+
+Semantics the store relies on:
+- Every request is linearizable (the gateway's default), so it needs a quorum: a cluster without
+  one answers nothing, and the call gives up at the deadline with error 11 ("try again").
+- Endpoints are tried in order, starting with the one that answered last; a refused or broken
+  connection moves to the next one at once, all within one overall `timeout`.
+- A txn whose answer was lost may still have been applied. The store's transactions are written
+  so that running one twice is harmless (compare-and-swap on the keys they create).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from cni_bridge.errors import TRY_AGAIN, PluginError, config_error, shown
+
+DEFAULT_TIMEOUT = 5.0  # seconds for one store call, all endpoints and retries included
+DEFAULT_PREFIX = "/pybridge"
+
+
+def b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def prefix_end(prefix: str) -> str:
+    """etcd's range_end for "every key starting with `prefix`" (last byte + 1)."""
+    raw = prefix.encode()
+    return b64(raw[:-1] + bytes([raw[-1] + 1]))
+
+
+class StoreUnreachable(PluginError):
+    """Error 11: no member answered in time. `store_unreachable` tells the ADD's undo (which does
+    not import this module) not to wait for the same cluster once more."""
+    store_unreachable = True
+
+
+class ProtocolError(Exception):
+    """An answer that is not HTTP/1.1 with a JSON body: treated like a broken connection."""
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: POST a JSON body, read the status and the body
+    (Content-Length or chunked, as Go's net/http sends them). Reconnects when the server closed
+    the idle connection."""
+
+    def __init__(self, host: str, port: int, context: Any = None) -> None:
+        self.host, self.port, self.context = host, port, context
+        self.timeout = DEFAULT_TIMEOUT
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock, self.buffer = None, b""
+
+    def post(self, path: str, payload: bytes) -> tuple[int, bytes]:
+        request = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+        reused = self.sock is not None
+        try:
+            return self._exchange(request)
+        except (OSError, ProtocolError):
+            self.close()
+            if not reused:
+                raise
+        return self._exchange(request)  # the kept connection had been closed by the server: once more
+
+    def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self.sock is None:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            if self.context is not None:
+                sock = self.context.wrap_socket(sock, server_hostname=self.host)
+            self.sock = sock
+        self.sock.settimeout(self.timeout)
+        self.sock.sendall(request)
+        head = self._until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        parts = head[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise ProtocolError(f"not an HTTP answer: {head[0][:100]!r}")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                try:
+                    size = int(self._until(b"\r\n").split(b";")[0], 16)
+                except ValueError:
+                    raise ProtocolError("bad chunk size") from None
+                body += self._exactly(size + 2)[:size]  # the data and its CRLF (no trailers follow 0)
+                if size == 0:
+                    break
+        else:
+            body = self._exactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return int(parts[1]), body
+
+    def _fill(self) -> None:
+        assert self.sock is not None
+        data = self.sock.recv(65536)
+        if not data:
+            raise ProtocolError("connection closed by the server")
+        self.buffer += data
+
+    def _until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            self._fill()
+        found, _, self.buffer = self.buffer.partition(marker)
+        return found
+
+    def _exactly(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            self._fill()
+        found, self.buffer = self.buffer[:count], self.buffer[count:]
+        return found
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+
+
+def _kvs(response: dict[str, Any]) -> list[KeyValue]:
+    return [KeyValue(unb64(kv.get("key")).decode(), unb64(kv.get("value")),
+                     int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)))
+            for kv in response.get("kvs", [])]
+
+
+# --- operations and compares of a txn, as the gateway's JSON wants them --------------------------
+def op_get(key: str, *, prefix: bool = False, keys_only: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": b64(key)}
+    if prefix:
+        body["range_end"] = prefix_end(key)
+    if keys_only:
+        body["keys_only"] = True
+    return {"request_range": body}
+
+
+def op_put(key: str, value: bytes | str) -> dict[str, Any]:
+    return {"request_put": {"key": b64(key), "value": b64(value)}}
+
+
+def op_delete(key: str, *, prefix: bool = False) -> dict[str, Any]:
+    body = {"key": b64(key)}
+    if prefix:
+        body["range_end"] = prefix_end(key)
+    return {"request_delete_range": body}
+
+
+def absent(key: str) -> dict[str, Any]:
+    """Compare: the key does not exist (its create revision is 0)."""
+    return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+
+
+def unchanged(key: str, mod_revision: int) -> dict[str, Any]:
+    """Compare: the key was not written since it was read (0: it still does not exist)."""
+    if mod_revision == 0:
+        return absent(key)
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
+
+
+@dataclass
+class TxnResult:
+    succeeded: bool
+    responses: list[dict[str, Any]]
+
+    def kvs(self, index: int) -> list[KeyValue]:
+        """The key-values of the index-th operation (a range) of the branch that ran."""
+        return _kvs(self.responses[index].get("response_range", {}))
+
+
+class EtcdClient:
+    """Thread-safe (one HTTP connection per thread and endpoint); the warm daemon keeps one."""
+
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT,
+                 cacert: str | None = None, cert: str | None = None, key: str | None = None) -> None:
+        if not endpoints:
+            raise config_error("etcd store: 'endpoints' must list at least one URL")
+        self.endpoints = [_parse_endpoint(e) for e in endpoints]
+        self.timeout = timeout
+        self._tls = (cacert, cert, key)
+        self._ssl = None
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._preferred = 0
+
+    # --- the calls ----------------------------------------------------------------------------
+    def get(self, key: str, *, prefix: bool = False, keys_only: bool = False) -> list[KeyValue]:
+        return _kvs(self._call("/v3/kv/range", op_get(key, prefix=prefix, keys_only=keys_only)["request_range"]))
+
+    def txn(self, compare: Iterable[dict[str, Any]], success: Iterable[dict[str, Any]],
+            failure: Iterable[dict[str, Any]] = ()) -> TxnResult:
+        answer = self._call("/v3/kv/txn", {"compare": list(compare), "success": list(success),
+                                           "failure": list(failure)})
+        return TxnResult(bool(answer.get("succeeded", False)), answer.get("responses", []))
+
+    def where(self) -> str:
+        return ",".join(f"{scheme}://{host}:{port}" for scheme, host, port in self.endpoints)
+
+    # --- transport ----------------------------------------------------------------------------
+    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        payload = json.dumps(body).encode()
+        problems: list[str] = []
+        count = len(self.endpoints)
+        while True:
+            for step in range(count):
+                index = (self._preferred + step) % count
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:  # a member that hangs (cut off from the others) must leave time for the rest
+                    answer = self._post(index, path, payload, min(left, max(1.0, self.timeout / count)))
+                except (OSError, ProtocolError) as exc:
+                    self._drop(index)
+                    problems.append(f"{self._name(index)}: {exc.__class__.__name__}: {exc}")
+                    continue
+                if "error" in answer or ("code" in answer and "message" in answer):
+                    # the member answered but could not serve (no leader, timed out, ...)
+                    problems.append(f"{self._name(index)}: {answer.get('message') or answer.get('error')}")
+                    continue
+                self._preferred = index
+                return answer
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))  # every member refused: wait
+        raise StoreUnreachable(TRY_AGAIN, f"etcd at {self.where()} did not answer within {self.timeout:g}s "
+                               "(unreachable or without quorum); try again",
+                               "; ".join(dict.fromkeys(problems[-len(self.endpoints):])) or "deadline passed")
+
+    def _name(self, index: int) -> str:
+        scheme, host, port = self.endpoints[index]
+        return f"{scheme}://{host}:{port}"
+
+    def _connection(self, index: int, timeout: float) -> "_Connection":
+        if self._pid != os.getpid():  # a forked child (gunicorn worker) must not share our sockets
+            self._local, self._pid = threading.local(), os.getpid()
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(index)
+        if conn is None:
+            scheme, host, port = self.endpoints[index]
+            conn = conns[index] = _Connection(host, port, self._context() if scheme == "https" else None)
+        conn.timeout = timeout
+        return conn
+
+    def _drop(self, index: int) -> None:
+        conn = getattr(self._local, "conns", {}).pop(index, None)
+        if conn is not None:
+            conn.close()
+
+    def _post(self, index: int, path: str, payload: bytes, timeout: float) -> dict[str, Any]:
+        status, raw = self._connection(index, timeout).post(path, payload)
+        try:
+            answer = json.loads(raw or b"{}")
+        except ValueError:
+            raise ProtocolError(f"HTTP {status}: not JSON: {raw[:200]!r}") from None
+        if not isinstance(answer, dict):
+            raise ProtocolError(f"HTTP {status}: unexpected answer {raw[:200]!r}")
+        if status != 200 and "error" not in answer and "message" not in answer:
+            answer["error"] = f"HTTP {status}"
+        return answer
+
+    def _context(self):
+        if self._ssl is None:
+            import ssl  # lazy: only https endpoints pay for it
+            cacert, cert, key = self._tls
+            context = ssl.create_default_context(cafile=cacert)
+            if cert:
+                context.load_cert_chain(cert, key)
+            self._ssl = context
+        return self._ssl
+
+
+def _parse_endpoint(value: Any) -> tuple[str, str, int]:
+    if not isinstance(value, str) or "://" not in value:
+        raise config_error(f"etcd store: endpoint {shown(value)} must be a URL like http://10.0.0.1:2379")
+    url = urllib.parse.urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/"):
+        raise config_error(f"etcd store: endpoint {shown(value)} must be http(s)://HOST:PORT")
+    try:
+        port = url.port or 2379
+    except ValueError:
+        raise config_error(f"etcd store: endpoint {shown(value)} has an invalid port") from None
+    return url.scheme, url.hostname, port
