@@ -25,7 +25,7 @@ from cni_bridge.errors import INTERNAL, PluginError
 from cni_bridge.firewall import internal as internal_networks
 from cni_bridge.firewall.forward import forward_accept
 from cni_bridge.firewall.names import SHARED_TABLES, table_name
-from cni_bridge.kernel.nfnetlink import SetElements
+from cni_bridge.kernel.nfnetlink import NFPROTO_INET, SetElements
 from cni_bridge.kernel.nft import NftError, nft
 from cni_bridge.kernel.nlsock import NetlinkError
 
@@ -114,6 +114,7 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
     by_set = {set_name: items for set_name, items in by_set.items() if items}
     elements = [f"add element {t} {set_name} {{ " + ", ".join(f'{a} comment "{o}"' for a, o in items) + " }"
                 for set_name, items in by_set.items()]  # the same, for libnftables
+    table_missing = None  # not known
     if by_set:
         marker_missing = False
         try:  # the same transaction as raw nfnetlink; libnftables below if that is refused
@@ -122,6 +123,7 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
                 if not marker_missing:
                     writer.write(True, {signature: [(_MARKER, "")], **by_set})
                     return
+                table_missing = not writer.table_exists(NFPROTO_INET, m.table)
         except (NetlinkError, OSError):
             pass
         if not marker_missing:
@@ -130,7 +132,9 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
                 return
             except NftError:
                 pass
-    existing = _table_text(m.network)
+    # A network's first member: no table, hence nothing stale to find in a listing (which
+    # loads libnftables' cache: one call fewer)
+    existing = None if table_missing else _table_text(m.network)
     created = existing is None
     stale = _stale_signatures(m, existing or "")
     script = [
@@ -191,7 +195,6 @@ def _remove_known(m: Masquerade, owners: set[str], addrs: set[IPAddress]) -> boo
     is removed if owned by `owners` (or untagged), then the table goes if both sets are empty.
     None when it cannot decide (table gone, nfnetlink refused): the caller lists instead.
     Elements of `owners` under other addresses are left to GC (an ADD never leaves any)."""
-    t = f"inet {m.table}"
     try:  # no nfnetlink (e.g. a seccomp profile), table gone: list instead
         with SetElements(m.table) as reader:
             doomed: dict[str, list[tuple[IPAddress, str]]] = {}
@@ -204,12 +207,9 @@ def _remove_known(m: Masquerade, owners: set[str], addrs: set[IPAddress]) -> boo
                 reader.write(False, doomed)
             if reader.any("masq4") or reader.any("masq6"):
                 return False
+            reader.delete_table(NFPROTO_INET, m.table)  # it exists: its sets were just read
     except (NetlinkError, OSError):
         return None
-    try:
-        nft.run(f"delete table {t}\n")
-    except NftError as exc:
-        raise PluginError(INTERNAL, f"cannot remove masquerade table of network {m.network}", str(exc)) from None
     if m.bridge:
         network_rules(m.network, m.bridge, m.internal, False)
     return True
