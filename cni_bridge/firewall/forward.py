@@ -50,7 +50,7 @@ def _forward_accept_raw(bridge: str, comment: str, enable: bool) -> None:
                 continue  # no filter table means nobody can have set a DROP policy: add nothing
             ours: dict[str, list[int]] = {key: [] for key in KEYS}
             foreign_candidate = False
-            for rule in rules.rules(nfproto, "filter", "FORWARD"):
+            for rule in rules.rules(nfproto, "filter", "FORWARD", mentioning=bridge):
                 for key in KEYS:
                     if rule.accepts_interface(key, bridge):
                         if rule.comment == comment:

@@ -14,6 +14,7 @@ sockets (enforced by ruff's banned-api rule in pyproject.toml).
     nft         nftables scripts through libnftables (ctypes), else the `nft` executable
     nfnetlink   raw nfnetlink on pooled sockets: batches, keyed reads, table removal, set elements
     nfrules     the rules of a chain (list, insert, delete by handle): the FORWARD accepts
+    nfobjects   tables, sets, elements, chains and rules as messages for one creating batch
     iptables    running iptables / ip6tables
     libc        the libc calls Python has no binding for (setns, mallopt, prctl)
 

@@ -116,11 +116,16 @@ class ChainRules(NfConversation):
         return self.exists(NFT_MSG_GETCHAIN, nfgen(family) + attr(NFTA_CHAIN_TABLE, table.encode() + b"\0")
                            + attr(NFTA_CHAIN_NAME, chain.encode() + b"\0"))
 
-    def rules(self, family: int, table: str, chain: str) -> list[Rule]:
+    def rules(self, family: int, table: str, chain: str, mentioning: str = "") -> list[Rule]:
         """The chain's rules in order (the kernel filters the dump by table and chain; a
-        missing chain lists as empty: ask chain_exists)."""
+        missing chain lists as empty: ask chain_exists). `mentioning`: only the rules whose
+        message contains that name (e.g. an interface compared in the rule) are decoded; on
+        a host with many FORWARD rules that skips decoding the others."""
         out = []
+        needle = mentioning.encode()
         for payload in self.dump(NFT_MSG_GETRULE, nfgen(family) + _names(table, chain)):
+            if needle not in payload:
+                continue
             rule = attrs(payload, 0)
             expressions = []
             for _kind, elem in attr_list(rule.get(NFTA_RULE_EXPRESSIONS, b""), 0):
