@@ -29,7 +29,7 @@ NFTA_TABLE_NAME = 1
 NFPROTO_INET, NLA_F_NESTED = 1, 0x8000
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE, NFTA_SET_ELEM_USERDATA = 1, 1, 1, 6
-NFTNL_UDATA_SET_ELEM_COMMENT = 0
+NFTNL_UDATA_COMMENT = 0  # NFTNL_UDATA_SET_ELEM_COMMENT and NFTNL_UDATA_RULE_COMMENT
 ENOENT = 2
 
 
@@ -181,7 +181,7 @@ class SetElements(NfConversation):
             for reply in self._replies(F_ACK, set_name, elements):  # read up to the ack
                 listed = attrs(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b""), 0)
                 elem = attrs(listed.get(NFTA_LIST_ELEM, b""), 0)
-                comment = _udata_comment(elem.get(NFTA_SET_ELEM_USERDATA, b""))
+                comment = udata_comment(elem.get(NFTA_SET_ELEM_USERDATA, b"")) or ""
         except NetlinkError as exc:
             if exc.code == ENOENT:  # no such element
                 return None
@@ -212,17 +212,23 @@ def _element_key(key: bytes, owner: str) -> bytes:
     """The attributes of one set element: its key, and the owner as an nft comment."""
     out = attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attr(NFTA_DATA_VALUE, key))
     if owner:  # libnftnl user data: (type, length, NUL-terminated value), as `nft` writes it
-        value = owner.encode()[:127] + b"\0"
-        out += attr(NFTA_SET_ELEM_USERDATA, bytes([NFTNL_UDATA_SET_ELEM_COMMENT, len(value)]) + value)
+        out += attr(NFTA_SET_ELEM_USERDATA, comment_udata(owner.encode()[:127]))
     return out
 
 
-def _udata_comment(udata: bytes) -> str:
-    """libnftnl user data: (u8 type, u8 length, value) records; the comment is NUL-terminated."""
+def comment_udata(comment: bytes) -> bytes:
+    """libnftnl user data holding a comment, as `nft` writes it for a set element or a rule:
+    (type 0, length, NUL-terminated value)."""
+    value = comment + b"\0"
+    return bytes([NFTNL_UDATA_COMMENT, len(value)]) + value
+
+
+def udata_comment(udata: bytes) -> str | None:
+    """The comment in libnftnl user data ((u8 type, u8 length, value) records); None without one."""
     offset = 0
     while offset + 2 <= len(udata):
         kind, length = udata[offset], udata[offset + 1]
-        if kind == NFTNL_UDATA_SET_ELEM_COMMENT:
+        if kind == NFTNL_UDATA_COMMENT:
             return udata[offset + 2:offset + 2 + length].split(b"\0", 1)[0].decode(errors="replace")
         offset += 2 + length
-    return ""
+    return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cni_bridge.kernel.nfnetlink import NLA_F_NESTED, NfConversation, nfgen
+from cni_bridge.kernel.nfnetlink import NLA_F_NESTED, NfConversation, comment_udata, nfgen, udata_comment
 from cni_bridge.kernel.nlsock import F_ACK, F_CREATE, attr, attr_list, attrs
 
 NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
@@ -31,7 +31,6 @@ NFTA_IMMEDIATE_DREG, NFTA_IMMEDIATE_DATA = 1, 2
 NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 1, 2, 1
 NFT_META_IIFNAME, NFT_META_OIFNAME = 6, 7
 NFT_REG_VERDICT, NFT_REG_1, NFT_CMP_EQ, NF_ACCEPT = 0, 1, 0, 1
-NFTNL_UDATA_RULE_COMMENT = 0
 IFNAMSIZ = 16
 COMMENT_MAX = 128  # nft's limit (NFTNL_UDATA_COMMENT_MAXLEN); longer comments need iptables
 META_KEYS = {"iifname": NFT_META_IIFNAME, "oifname": NFT_META_OIFNAME}
@@ -85,22 +84,6 @@ def interface_accept(key: str, ifname: str) -> bytes:
     ])
 
 
-def _comment_udata(comment: str) -> bytes:
-    """libnftnl rule user data: (type, length, NUL-terminated comment), as `nft` writes it."""
-    value = comment.encode() + b"\0"
-    return bytes([NFTNL_UDATA_RULE_COMMENT, len(value)]) + value
-
-
-def _udata_comment(udata: bytes) -> str | None:
-    offset = 0
-    while offset + 2 <= len(udata):
-        kind, length = udata[offset], udata[offset + 1]
-        if kind == NFTNL_UDATA_RULE_COMMENT:
-            return udata[offset + 2:offset + 2 + length].split(b"\0", 1)[0].decode(errors="replace")
-        offset += 2 + length
-    return None
-
-
 def _names(table: str, chain: str) -> bytes:
     """The table and chain attributes of a rule message."""
     return attr(NFTA_RULE_TABLE, table.encode() + b"\0") + attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
@@ -133,7 +116,7 @@ class ChainRules(NfConversation):
                 expressions.append((fields.get(NFTA_EXPR_NAME, b"").split(b"\0", 1)[0].decode(errors="replace"),
                                     attrs(fields.get(NFTA_EXPR_DATA, b""), 0)))
             handle = struct.unpack(">Q", rule[NFTA_RULE_HANDLE])[0] if NFTA_RULE_HANDLE in rule else 0
-            out.append(Rule(handle, tuple(expressions), _udata_comment(rule.get(NFTA_RULE_USERDATA, b""))))
+            out.append(Rule(handle, tuple(expressions), udata_comment(rule.get(NFTA_RULE_USERDATA, b""))))
         return out
 
     @staticmethod
@@ -142,7 +125,7 @@ class ChainRules(NfConversation):
         """A NEWRULE for `batch`: the rule goes first in the chain (nft's `insert rule`)."""
         return (NFT_MSG_NEWRULE, F_CREATE | F_ACK, nfgen(family) + _names(table, chain)
                 + attr(NFTA_RULE_EXPRESSIONS | NLA_F_NESTED, expressions)
-                + attr(NFTA_RULE_USERDATA, _comment_udata(comment)))
+                + attr(NFTA_RULE_USERDATA, comment_udata(comment.encode())))
 
     @staticmethod
     def delete_message(family: int, table: str, chain: str, handle: int) -> tuple[int, int, bytes]:
