@@ -15,6 +15,7 @@ pybridge knows that a network has containers, so the network's FORWARD accept ru
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -25,7 +26,9 @@ from cni_bridge.errors import INTERNAL, PluginError
 from cni_bridge.firewall import internal as internal_networks
 from cni_bridge.firewall.forward import forward_accept
 from cni_bridge.firewall.names import SHARED_TABLES, table_name
-from cni_bridge.kernel.nfnetlink import SetElements
+from cni_bridge.kernel import nfobjects
+from cni_bridge.kernel.nfnetlink import NFPROTO_INET, NfConversation, SetElements
+from cni_bridge.kernel.nfrules import NFPROTO_IPV4, NFPROTO_IPV6
 from cni_bridge.kernel.nft import NftError, nft
 from cni_bridge.kernel.nlsock import NetlinkError
 
@@ -92,6 +95,7 @@ def _stale_signatures(m: Masquerade, table_text: str) -> set[str]:
 
 
 _MARKER = ipaddress.ip_address("127.0.0.1")  # the one element of a rules-signature set
+NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC = 4, 100  # `hook postrouting priority srcnat`
 
 
 def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
@@ -106,7 +110,9 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
     fetch every element (~5 ms with 1,000 containers). Sent as a raw nfnetlink batch (~0.05 ms;
     the same `add element` through libnftables, the fallback, ~0.4 ms). If the marker set is missing
     (first container, subnets changed, table removed: a keyed read says so first), the full
-    script below rebuilds the table and the chain."""
+    script below rebuilds the table and the chain; for a network's first container (no table:
+    a GETTABLE says so) the same objects go in one raw batch (`_create_raw`), so that neither
+    ADD path loads libnftables' cache of the host's ruleset."""
     t = f"inet {m.table}"
     signature = _rules_signature(m)
     by_set = {set_name: [(a, owner) for a in addrs if a.version == version]
@@ -114,6 +120,7 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
     by_set = {set_name: items for set_name, items in by_set.items() if items}
     elements = [f"add element {t} {set_name} {{ " + ", ".join(f'{a} comment "{o}"' for a, o in items) + " }"
                 for set_name, items in by_set.items()]  # the same, for libnftables
+    table_missing = None  # not known
     if by_set:
         marker_missing = False
         try:  # the same transaction as raw nfnetlink; libnftables below if that is refused
@@ -122,6 +129,7 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
                 if not marker_missing:
                     writer.write(True, {signature: [(_MARKER, "")], **by_set})
                     return
+                table_missing = not writer.table_exists(NFPROTO_INET, m.table)
         except (NetlinkError, OSError):
             pass
         if not marker_missing:
@@ -130,7 +138,11 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
                 return
             except NftError:
                 pass
-    existing = _table_text(m.network)
+    if table_missing and _create_raw(m, signature, by_set):
+        if m.bridge:
+            network_rules(m.network, m.bridge, m.internal, True)
+        return
+    existing = None if table_missing else _table_text(m.network)
     created = existing is None
     stale = _stale_signatures(m, existing or "")
     script = [
@@ -154,6 +166,57 @@ def add_members(m: Masquerade, addrs: Sequence[IPAddress], owner: str) -> None:
         raise PluginError(INTERNAL, f"cannot install masquerade for network {m.network}", str(exc)) from None
     if created and m.bridge:
         network_rules(m.network, m.bridge, m.internal, True)
+
+
+_SET_IDS = {"masq4": 1, "masq6": 2, "nets4": 3, "nets6": 4}
+_SIGNATURE_ID = 5
+
+
+@functools.cache
+def _masquerade_rules(enabled: bool) -> tuple[bytes, ...]:
+    """The expressions of `_rule_lines(m)`, as nft compiles them (`nft --debug=netlink`); the
+    same for every network (the set ids are fixed), so encoded once."""
+    if not enabled:
+        return ()
+    return tuple(b"".join(rule) for rule in [
+        [nfobjects.meta(nfobjects.NFT_META_NFPROTO), nfobjects.cmp(nfobjects.NFT_CMP_EQ, bytes([NFPROTO_IPV4])),
+         nfobjects.payload(12, 4), nfobjects.lookup("masq4", _SET_IDS["masq4"]),
+         nfobjects.payload(16, 4), nfobjects.lookup("nets4", _SET_IDS["nets4"], inverted=True),
+         nfobjects.payload(16, 4), nfobjects.bitwise(b"\xf0\0\0\0", bytes(4)),  # 224.0.0.0/4
+         nfobjects.cmp(nfobjects.NFT_CMP_NEQ, b"\xe0\0\0\0"), nfobjects.masq()],
+        [nfobjects.meta(nfobjects.NFT_META_NFPROTO), nfobjects.cmp(nfobjects.NFT_CMP_EQ, bytes([NFPROTO_IPV6])),
+         nfobjects.payload(8, 16), nfobjects.lookup("masq6", _SET_IDS["masq6"]),
+         nfobjects.payload(24, 16), nfobjects.lookup("nets6", _SET_IDS["nets6"], inverted=True),
+         nfobjects.payload(24, 1), nfobjects.cmp(nfobjects.NFT_CMP_NEQ, b"\xff"),  # ff00::/8
+         nfobjects.masq()],
+    ])
+
+
+def _create_raw(m: Masquerade, signature: str, by_set: dict[str, list[tuple[IPAddress, str]]]) -> bool:
+    """A network's first member when its table does not exist: the table of the full script of
+    add_members (nothing stale can be in a new table) as one nfnetlink batch, instead of a
+    libnftables call that first loads a cache of the host's whole ruleset. False when the
+    kernel refuses it (nothing was created: a batch is all or nothing); the script then runs."""
+    t, inet = m.table, NFPROTO_INET
+    messages = [nfobjects.table(inet, t)]
+    messages += [nfobjects.address_set(inet, t, name, set_id, int(name[-1]), interval=name.startswith("nets"))
+                 for name, set_id in _SET_IDS.items()]
+    for version in (4, 6):
+        if nets := [s for s in m.subnets if s.version == version]:
+            messages.append(nfobjects.elements(inet, t, f"nets{version}", _SET_IDS[f"nets{version}"],
+                                               nfobjects.interval_elements(nets)))
+    messages.append(nfobjects.base_chain(inet, t, "postrouting", "nat", NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC))
+    messages += [nfobjects.rule(inet, t, "postrouting", expressions) for expressions in _masquerade_rules(m.enabled)]
+    messages.append(nfobjects.address_set(inet, t, signature, _SIGNATURE_ID, 4))
+    messages.append(nfobjects.elements(inet, t, signature, _SIGNATURE_ID, nfobjects.address_elements([(_MARKER, "")])))
+    messages += [nfobjects.elements(inet, t, name, _SET_IDS[name], nfobjects.address_elements(items))
+                 for name, items in by_set.items()]
+    try:
+        with NfConversation() as nl:
+            nl.batch(messages)
+        return True
+    except (NetlinkError, OSError):
+        return False
 
 
 def _table_text(network: str) -> str | None:
@@ -191,7 +254,6 @@ def _remove_known(m: Masquerade, owners: set[str], addrs: set[IPAddress]) -> boo
     is removed if owned by `owners` (or untagged), then the table goes if both sets are empty.
     None when it cannot decide (table gone, nfnetlink refused): the caller lists instead.
     Elements of `owners` under other addresses are left to GC (an ADD never leaves any)."""
-    t = f"inet {m.table}"
     try:  # no nfnetlink (e.g. a seccomp profile), table gone: list instead
         with SetElements(m.table) as reader:
             doomed: dict[str, list[tuple[IPAddress, str]]] = {}
@@ -204,12 +266,9 @@ def _remove_known(m: Masquerade, owners: set[str], addrs: set[IPAddress]) -> boo
                 reader.write(False, doomed)
             if reader.any("masq4") or reader.any("masq6"):
                 return False
+            reader.delete_table(NFPROTO_INET, m.table)  # it exists: its sets were just read
     except (NetlinkError, OSError):
         return None
-    try:
-        nft.run(f"delete table {t}\n")
-    except NftError as exc:
-        raise PluginError(INTERNAL, f"cannot remove masquerade table of network {m.network}", str(exc)) from None
     if m.bridge:
         network_rules(m.network, m.bridge, m.internal, False)
     return True

@@ -14,7 +14,9 @@ sockets (enforced by ruff's banned-api rule in pyproject.toml).
     netlink     `Netlink`, one handle per namespace (links + addresses + routes + sysctls + tc):
                 root() for the host, netns(path) for a container
     nft         nftables scripts through libnftables (ctypes), else the `nft` executable
-    nfnetlink   nftables set elements as raw nfnetlink messages on pooled sockets
+    nfnetlink   raw nfnetlink on pooled sockets: batches, keyed reads, table removal, set elements
+    nfrules     the rules of a chain (list, insert, delete by handle): the FORWARD accepts
+    nfobjects   tables, sets, elements, chains and rules as messages for one creating batch
     iptables    running iptables / ip6tables
     libc        the libc calls Python has no binding for (setns, mallopt, prctl)
 

@@ -1,4 +1,5 @@
-"""nftables set elements over NETLINK_NETFILTER, without libnftables (ADD and DEL).
+"""nftables over NETLINK_NETFILTER, without libnftables (ADD and DEL): pooled sockets
+(`NfConversation`: batches, dumps, keyed reads, table checks and removal) and set elements.
 
 libnftables fetches every element of the table for any listing (~20-30 ms with 1,000
 containers). DEL needs two facts only: who owns its known addresses, and whether the sets are
@@ -22,11 +23,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES = 12, 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
+NFT_MSG_GETTABLE, NFT_MSG_DELTABLE = 1, 2
 NFT_MSG_GETSET, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 10, 12, 13, 14
+NFTA_TABLE_NAME = 1
 NFPROTO_INET, NLA_F_NESTED = 1, 0x8000
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE, NFTA_SET_ELEM_USERDATA = 1, 1, 1, 6
-NFTNL_UDATA_SET_ELEM_COMMENT = 0
+NFTNL_UDATA_COMMENT = 0  # NFTNL_UDATA_SET_ELEM_COMMENT and NFTNL_UDATA_RULE_COMMENT
 ENOENT = 2
 
 
@@ -51,13 +54,12 @@ def _netns_inode() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-class SetElements:
-    """Keyed reads and batched writes of one table's set elements over NETLINK_NETFILTER.
-    Methods raise NetlinkError (or OSError: e.g. a timeout). close() returns the socket to
-    the idle pool, unless a failure may have left it mid-conversation."""
+class NfConversation:
+    """A NETLINK_NETFILTER socket from the per-namespace idle pool, for one sequence of
+    requests. Methods raise NetlinkError (or OSError: e.g. a timeout). close() returns the
+    socket to the idle pool, unless a failure may have left it mid-conversation."""
 
-    def __init__(self, table: str) -> None:
-        self.table = table
+    def __init__(self) -> None:
         self._netns = _netns_inode()
         with _idle_lock:
             idle = _idle_sockets.get(self._netns)
@@ -68,7 +70,7 @@ class SetElements:
         self.nl: NetlinkSocket | None = nl
         self._clean = False
 
-    def __enter__(self) -> "SetElements":
+    def __enter__(self) -> "NfConversation":
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
@@ -85,10 +87,60 @@ class SetElements:
         else:
             nl.close()
 
+    def batch(self, messages: Sequence[tuple[int, int, bytes]]) -> None:
+        """One atomic nfnetlink transaction of (nftables message type, flags, body): all or
+        nothing; raises the first error. Avoid sending one that can fail: the kernel aborts it
+        after an RCU grace period (~20 ms here)."""
+        header = struct.pack("=BB", 0, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)  # res_id: big-endian
+        seqs = self.nl.send_all([(NFNL_MSG_BATCH_BEGIN, 0, header),
+                                 *(((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, body) for kind, flags, body in messages),
+                                 (NFNL_MSG_BATCH_END, 0, header)])
+        self.nl.acks(set(seqs[1:-1]), abort_seq=seqs[0])
+
+    def dump(self, kind: int, body: bytes) -> Iterator[bytes]:
+        """The payloads (after the 4-byte nfgenmsg) of a dump request, read to its end."""
+        for payload in self.nl.replies(self.nl.send((NFNL_SUBSYS_NFTABLES << 8) | kind, F_DUMP, body)):
+            yield payload[4:]
+
+    def exists(self, kind: int, body: bytes) -> bool:
+        """A keyed read (GETTABLE, GETSET, GETCHAIN ...): False when the kernel says ENOENT.
+        A read costs nothing when the object is missing, unlike a write batch that fails."""
+        try:
+            self.nl.request((NFNL_SUBSYS_NFTABLES << 8) | kind, F_ACK, body)
+            return True
+        except NetlinkError as exc:
+            if exc.code == ENOENT:
+                return False
+            raise
+
+    def table_exists(self, family: int, table: str) -> bool:
+        return self.exists(NFT_MSG_GETTABLE, nfgen(family) + attr(NFTA_TABLE_NAME, table.encode() + b"\0"))
+
+    def delete_table(self, family: int, table: str) -> None:
+        """One DELTABLE batch (the whole table with its sets and chains). ENOENT when it is gone:
+        check first where that can happen."""
+        self.batch([(NFT_MSG_DELTABLE, F_ACK, nfgen(family) + attr(NFTA_TABLE_NAME, table.encode() + b"\0"))])
+
+
+def nfgen(family: int) -> bytes:
+    """The nfgenmsg every nftables message starts with (version 0, resource id 0)."""
+    return struct.pack("=BBH", family, 0, 0)
+
+
+class SetElements(NfConversation):
+    """Keyed reads and batched writes of one table's set elements over NETLINK_NETFILTER."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        super().__init__()
+
+    def __enter__(self) -> "SetElements":
+        return self
+
     def _body(self, set_name: str, extra: bytes = b"") -> bytes:
         """nfgenmsg + table + set (+ `extra` attributes). GETSET names them with the same
         attribute numbers (NFTA_SET_TABLE 1, NFTA_SET_NAME 2) as the element messages."""
-        return struct.pack("=BBH", NFPROTO_INET, 0, 0) \
+        return nfgen(NFPROTO_INET) \
             + attr(NFTA_SET_ELEM_LIST_TABLE, self.table.encode() + b"\0") \
             + attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0") + extra
 
@@ -99,33 +151,22 @@ class SetElements:
             yield attrs(payload, 4)
 
     def has_set(self, set_name: str) -> bool:
-        """Whether the table has this set: a keyed GETSET (a read, so a missing set costs
-        nothing; a write batch that fails is aborted by the kernel after an RCU grace period,
-        ~20 ms here)."""
-        try:
-            self.nl.request((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET, F_ACK, self._body(set_name))
-            return True
-        except NetlinkError as exc:
-            if exc.code == ENOENT:
-                return False
-            raise
+        """Whether the table has this set: a keyed GETSET (see `exists`)."""
+        return self.exists(NFT_MSG_GETSET, self._body(set_name))
 
     def write(self, add: bool, elements: dict[str, Sequence[tuple[IPAddress, str]]]) -> None:
         """One atomic batch: add (`add element`: an existing element is no error) or delete the
         given (address, owner comment) elements, per set name. All or nothing: ENOENT when a set
         or the table is missing (an add) or an element is (a delete)."""
-        msg_type = (NFNL_SUBSYS_NFTABLES << 8) | (NFT_MSG_NEWSETELEM if add else NFT_MSG_DELSETELEM)
+        msg_type = NFT_MSG_NEWSETELEM if add else NFT_MSG_DELSETELEM
         flags = F_ACK | (F_CREATE if add else 0)
-        batch = struct.pack("=BB", 0, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)  # res_id: big-endian
-        messages = [(NFNL_MSG_BATCH_BEGIN, 0, batch)]
+        messages = []
         for set_name, items in elements.items():
             listed = b"".join(attr(NFTA_LIST_ELEM | NLA_F_NESTED, _element(addr, owner if add else ""))
                               for addr, owner in items)
             messages.append((msg_type, flags, self._body(
                 set_name, attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, listed))))
-        messages.append((NFNL_MSG_BATCH_END, 0, batch))
-        seqs = self.nl.send_all(messages)
-        self.nl.acks(set(seqs[1:-1]), abort_seq=seqs[0])
+        self.batch(messages)
 
     def owner(self, set_name: str, addr: IPAddress) -> str | None:
         """The comment (owner) of `addr`'s element; None when it is not in the set."""
@@ -140,7 +181,7 @@ class SetElements:
             for reply in self._replies(F_ACK, set_name, elements):  # read up to the ack
                 listed = attrs(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b""), 0)
                 elem = attrs(listed.get(NFTA_LIST_ELEM, b""), 0)
-                comment = _udata_comment(elem.get(NFTA_SET_ELEM_USERDATA, b""))
+                comment = udata_comment(elem.get(NFTA_SET_ELEM_USERDATA, b"")) or ""
         except NetlinkError as exc:
             if exc.code == ENOENT:  # no such element
                 return None
@@ -171,17 +212,23 @@ def _element_key(key: bytes, owner: str) -> bytes:
     """The attributes of one set element: its key, and the owner as an nft comment."""
     out = attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attr(NFTA_DATA_VALUE, key))
     if owner:  # libnftnl user data: (type, length, NUL-terminated value), as `nft` writes it
-        value = owner.encode()[:127] + b"\0"
-        out += attr(NFTA_SET_ELEM_USERDATA, bytes([NFTNL_UDATA_SET_ELEM_COMMENT, len(value)]) + value)
+        out += attr(NFTA_SET_ELEM_USERDATA, comment_udata(owner.encode()[:127]))
     return out
 
 
-def _udata_comment(udata: bytes) -> str:
-    """libnftnl user data: (u8 type, u8 length, value) records; the comment is NUL-terminated."""
+def comment_udata(comment: bytes) -> bytes:
+    """libnftnl user data holding a comment, as `nft` writes it for a set element or a rule:
+    (type 0, length, NUL-terminated value)."""
+    value = comment + b"\0"
+    return bytes([NFTNL_UDATA_COMMENT, len(value)]) + value
+
+
+def udata_comment(udata: bytes) -> str | None:
+    """The comment in libnftnl user data ((u8 type, u8 length, value) records); None without one."""
     offset = 0
     while offset + 2 <= len(udata):
         kind, length = udata[offset], udata[offset + 1]
-        if kind == NFTNL_UDATA_SET_ELEM_COMMENT:
+        if kind == NFTNL_UDATA_COMMENT:
             return udata[offset + 2:offset + 2 + length].split(b"\0", 1)[0].decode(errors="replace")
         offset += 2 + length
-    return ""
+    return None

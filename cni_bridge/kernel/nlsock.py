@@ -15,7 +15,7 @@ from typing import Iterator
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-__all__ = ["NetlinkError", "NetlinkSocket", "attr", "attrs", "netlink_error_text"]
+__all__ = ["NetlinkError", "NetlinkSocket", "attr", "attr_list", "attrs", "netlink_error_text"]
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 F_REQUEST, F_ACK, F_EXCL, F_CREATE, F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
@@ -29,16 +29,21 @@ def attr(kind: int, data: bytes) -> bytes:
     return _NLA.pack(length, kind) + data + b"\0" * (-length % 4)
 
 
-def attrs(buf: bytes, offset: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
+def attr_list(buf: bytes, offset: int) -> list[tuple[int, bytes]]:
+    """The attributes in order, repeats kept (a nested list: NFTA_LIST_ELEM, NFTA_LIST_ELEM ...)."""
+    out: list[tuple[int, bytes]] = []
     end = len(buf)
     while offset + 4 <= end:
         length, kind = _NLA.unpack_from(buf, offset)
         if length < 4:
             break
-        out[kind & 0x3FFF] = buf[offset + 4:offset + length]
+        out.append((kind & 0x3FFF, buf[offset + 4:offset + length]))
         offset += (length + 3) & ~3
     return out
+
+
+def attrs(buf: bytes, offset: int) -> dict[int, bytes]:
+    return dict(attr_list(buf, offset))
 
 
 def _errno(payload: bytes) -> int:

@@ -7,6 +7,7 @@ and vxlan (a vxlan device `vx-<vni>` enslaved, joining the bridges of several ho
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -74,24 +75,30 @@ def enable_forwarding(host: Netlink, addressing: Addressing) -> None:
 NET_ADDR_SET = "3"  # /sys/class/net/<dev>/addr_assign_type of a MAC set by someone
 
 
-def pin_mac(host: Netlink, bridge: Link) -> None:
+def pin_mac(host: Netlink, bridge: Link) -> bool:
     """A bridge whose MAC was never set takes its lowest port's MAC, so the gateway's MAC changes
     under every container's ARP cache when that container leaves. Setting the MAC to itself pins
-    it (as the Go bridge does); done once per bridge, checked with one sysfs read per ADD."""
+    it (as the Go bridge does); done once per bridge, checked with one sysfs read per ADD.
+    True when the MAC is pinned now (`bridge.mac` stays the bridge's MAC whatever ports come)."""
     try:
         with open(f"/sys/class/net/{bridge.name}/addr_assign_type") as f:
             if f.read().strip() == NET_ADDR_SET:
-                return
+                return True
     except OSError:
-        return
+        return False
     if bridge.mac:
         host.set_link(bridge.index, address=bridge.mac)
+        return True
+    return False
 
 
 def ensure_bridge(host: Netlink, spec: NetworkSpec) -> Link:
+    """The bridge; its `mac` is "" unless pinned (then it is final: the result reports it
+    without asking the kernel again after the container's port joined)."""
     bridge = host.ensure_bridge(spec.bridge, spec.mtu, spec.promisc_mode)
     step("bridge")
-    pin_mac(host, bridge)
+    if not pin_mac(host, bridge):
+        bridge = dataclasses.replace(bridge, mac="")
     step("bridge-mac-pinned")
     if spec.uplink:
         uplink.attach(host, spec, bridge)
@@ -181,7 +188,7 @@ def join_network(host: Netlink, spec: NetworkSpec, att: Attachment, addressing: 
     add_masquerade(spec, att.host_ifname, addressing, undo)
     ensure_isolation(spec, addressing)
     record_vxlan(spec, att, container_mac, addressing, undo)
-    interfaces = [interface_entry(bridge.name, host.link(bridge.name).mac),
+    interfaces = [interface_entry(bridge.name, bridge.mac or host.link(bridge.name).mac),
                   interface_entry(veth.name, veth.mac),
                   interface_entry(att.ifname, container_mac, att.netns)]
     return build_result(interfaces, 2, addressing)
