@@ -16,7 +16,7 @@ import struct
 import threading
 from typing import Iterator, Sequence
 
-from cni_bridge.kernel.nlsock import F_ACK, F_CREATE, F_DUMP, NetlinkError, NetlinkSocket, attr, attrs
+from cni_bridge.kernel.nlsock import F_ACK, F_CREATE, F_DUMP, NetlinkError, NetlinkSocket, attr, attrs, each_attr
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -156,11 +156,28 @@ class SetElements:
             found = found or bool(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS))
         return found
 
+    def keys(self, set_name: str) -> list[bytes]:
+        """Every element's key as the kernel stores it (a dump: for small sets). Raises ENOENT
+        when the set or table is gone."""
+        out = []
+        for reply in self._replies(F_DUMP, set_name):
+            for kind, elem in each_attr(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+                if kind == NFTA_LIST_ELEM:
+                    key = attrs(attrs(elem, 0).get(NFTA_SET_ELEM_KEY, b""), 0).get(NFTA_DATA_VALUE)
+                    if key is not None:
+                        out.append(key)
+        return out
+
 
 def concat_key(*fields: bytes) -> bytes:
     """A concatenated key (`inet_proto . inet_service`) as the kernel stores it: each field
     in its own 4-byte-aligned register."""
     return b"".join(f + b"\0" * (-len(f) % 4) for f in fields)
+
+
+def ifname_key(name: str) -> bytes:
+    """An `ifname` key as the kernel stores it: the name NUL-padded to IFNAMSIZ (16)."""
+    return name.encode()[:15].ljust(16, b"\0")
 
 
 def _element(addr: IPAddress, owner: str) -> bytes:

@@ -30,15 +30,19 @@ def attr(kind: int, data: bytes) -> bytes:
 
 
 def attrs(buf: bytes, offset: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
+    """The attributes of `buf` from `offset`, by type (the last one of a repeated type)."""
+    return dict(each_attr(buf, offset))
+
+
+def each_attr(buf: bytes, offset: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each attribute, in order: lists repeat one type (NFTA_LIST_ELEM)."""
     end = len(buf)
     while offset + 4 <= end:
         length, kind = _NLA.unpack_from(buf, offset)
         if length < 4:
             break
-        out[kind & 0x3FFF] = buf[offset + 4:offset + length]
+        yield kind & 0x3FFF, buf[offset + 4:offset + length]
         offset += (length + 3) & ~3
-    return out
 
 
 def _errno(payload: bytes) -> int:

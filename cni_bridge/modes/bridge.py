@@ -188,6 +188,7 @@ def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> No
     step("host-veth-deleted")
     if remove_masquerade(spec, att, addresses):
         release_isolation(spec)  # the network's last container: nothing of it is left
+        release_ports(spec)
     step("masquerade-removed")
 
 
@@ -330,8 +331,8 @@ def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddres
     with netlink.root() as host:
         if not host.delete_link(att.host_ifname):
             host.delete_link(src_name)  # Docker moved it back under its SrcName after Leave
-    if spec.ip_masq:
-        remove_masquerade(spec, att, addresses, forward=False)
+    if spec.ip_masq and remove_masquerade(spec, att, addresses, forward=False):
+        release_ports(spec)
 
 
 # --- published ports (both front ends) ---------------------------------------------------------
@@ -346,12 +347,14 @@ def publish(spec: NetworkSpec, host_ifname: str, subnets: list, mappings: list) 
     `host_ifname`; all or nothing. Returns them with the host ports chosen for "any port"."""
     from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
     made = portmap.publish(portmap.owner_tag(spec.name, host_ifname), spec.bridge, subnets, mappings)
+    step("ports-published")
     try:
         with netlink.root() as host:
             veth = host.link(host_ifname)
             if veth is None:
                 raise PluginError(INTERNAL, f"cannot publish ports: host interface {host_ifname} is gone")
             host.set_hairpin(veth.index, True)
+            step("ports-hairpin")
     except BaseException:
         portmap.unpublish(portmap.owner_tag(spec.name, host_ifname))
         raise
@@ -362,7 +365,18 @@ def unpublish(spec: NetworkSpec, host_ifname: str, known: list = ()) -> list:
     """Remove the attachment's published ports (idempotent); returns what was removed.
     `known`: the mappings it was given, if the caller knows them (removed by key: flat cost)."""
     from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
-    return portmap.unpublish(portmap.owner_tag(spec.name, host_ifname), known)
+    removed = portmap.unpublish(portmap.owner_tag(spec.name, host_ifname), known)
+    if removed:
+        step("ports-unpublished")
+    return removed
+
+
+def release_ports(spec: NetworkSpec) -> None:
+    """The network's last member left: its entries in the shared ports table go, and the table
+    with them when nothing else needs it (a keyed read when the network never published)."""
+    from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
+    if portmap.release_network(spec.bridge):
+        step("ports-released")
 
 
 def forget_ports(spec: NetworkSpec) -> None:

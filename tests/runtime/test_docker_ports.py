@@ -97,6 +97,12 @@ def test_publish_on_ipv6_network(dk: Scenario) -> None:
     assert get(from_ns(outside), str(subnet.network_address + 1), 18160) == str(subnet.network_address + 2)
     assert get(from_ns(outside), str(host6), 18161) == str(out6)
     assert get(from_ns(outside), str(subnet.network_address + 1), 18161) is None  # IPv6 only
+    name = unique_name("c")  # [::1]: no route_localnet for IPv6, refused with the reason
+    dk.containers.append(name)
+    proc = dk.docker("run", "-d", "--name", name, "--network", net.name, "-p", "[::1]:18162:80",
+                     support.IMAGE, "sleep", "60", check=False)
+    assert proc.returncode != 0 and "[::1]" in proc.stderr and "route_localnet" in proc.stderr, proc.stderr
+    assert "18162" not in _published(dk)
     dk.remove_all_and_check(net)
     _assert_no_ports_left(dk)
 
@@ -145,6 +151,32 @@ def test_conflicting_host_port_is_refused(dk: Scenario) -> None:
     dk.remove_network(net2)
     dk.remove_all_and_check(net1)
     _assert_no_ports_left(dk)
+
+
+def test_same_host_port_on_different_host_addresses(dk: Scenario) -> None:
+    """`-p 127.0.0.1:18170:80` on one container and `-p <host address>:18170:80` on another, as
+    Docker allows: each answers for its address. `-p 18170:80` (every address) on a third is
+    refused, and that container publishes nothing (not even its free port)."""
+    outside, _, subnet = dk.outside()
+    host_ip, outside_ip = str(subnet.network_address + 1), str(subnet.network_address + 2)
+    net1, net2 = dk.network(), dk.network()
+    start_web(dk, net1, "-p", "127.0.0.1:18170:80")
+    start_web(dk, net2, "-p", f"{host_ip}:18170:80")
+    assert get(from_ns(outside), host_ip, 18170) == outside_ip  # the second, real client address
+    assert get(from_host(dk), host_ip, 18170) == host_ip  # the second
+    assert get(from_host(dk), "127.0.0.1", 18170) == str(net1.subnet.network_address + 1)  # the first
+    name = unique_name("c")
+    dk.containers.append(name)
+    proc = dk.docker("run", "-d", "--name", name, "--network", net1.name, "-p", "18171:80", "-p", "18170:80",
+                     support.IMAGE, "sleep", "60", check=False)
+    assert proc.returncode != 0 and "18170/tcp" in proc.stderr and "already published" in proc.stderr, proc.stderr
+    assert "18171" not in _published(dk)
+    assert get(from_ns(outside), host_ip, 18170) == outside_ip
+    dk.docker("rm", "-f", *dk.containers)
+    dk.containers.clear()
+    _assert_no_ports_left(dk)
+    dk.remove_network(net2)
+    dk.remove_all_and_check(net1)
 
 
 def test_stop_disconnect_and_restart_of_the_driver(dk: Scenario) -> None:
