@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.cniexec import Call, Plugin  # noqa: E402
-from bench.run import GO_DIR, Run, log  # noqa: E402
+from bench.run import GO_DIR, Run, daemon_times, log  # noqa: E402
 
 HOST_PORT = 47001
 PORTMAP = [{"hostPort": HOST_PORT, "containerPort": 80, "protocol": "tcp"}]
@@ -73,6 +73,11 @@ def publish_many(run_id: str, count: int) -> str:
     return owner
 
 
+def spread(samples: list[float]) -> str:
+    q1, median, q3 = statistics.quantiles(samples, n=4)
+    return f"{median:.1f} ms [{q1:.1f}-{q3:.1f}]"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=30)
@@ -97,13 +102,18 @@ def main() -> int:
         names = [f"pbb{run.run_id}n{i}" for i in range(len(flavours))]
         paths = run.host.netns(names)
         netns = {f.label: p for f, p in zip(flavours, paths)}
+        labels = {py_plain.config["name"]: py_plain.label, py_port.config["name"]: py_port.label}
         log(f"{args.runs} interleaved ADD/DEL cycles per flavour")
+        start = run.daemon_log.stat().st_size
         results = {"empty": run.cycles(flavours, netns, args.runs, "e", warmup=3)}
+        inside = {"empty": daemon_times(run.daemon_log, start, labels, skip=3)}
         log(f"publishing {args.published} other ports, then pybridge again")
         started = time.perf_counter()
         owner = publish_many(run.run_id, args.published)
         results["fill_seconds"] = time.perf_counter() - started
+        start = run.daemon_log.stat().st_size
         results["published"] = run.cycles([py_plain, py_port], netns, args.runs, "f", warmup=3)
+        inside["published"] = daemon_times(run.daemon_log, start, labels, skip=3)
     finally:
         if owner:
             from cni_bridge.firewall import portmap
@@ -124,6 +134,12 @@ def main() -> int:
           f"{f[py_port.label]['ADD'] / e[py_port.label]['ADD']:.2f}x; "
           f"pybridge / Go with a port: ADD {e[py_port.label]['ADD'] / e[go_port.label]['ADD']:.2f}, "
           f"DEL {e[py_port.label]['DEL'] / e[go_port.label]['DEL']:.2f}")
+    print("\nspread (quartiles) and the time inside the fast-path daemon (handler.handle), medians:")
+    for phase in ("empty", "published"):
+        for label in (py_plain.label, py_port.label):
+            print(f"  {phase:9} {label:22} " + "; ".join(
+                f"{c} {spread(results[phase][label][c])}, inside {statistics.median(inside[phase][label][c]):.2f} ms"
+                for c in ("ADD", "DEL")))
     return 0
 
 

@@ -14,9 +14,20 @@ import ipaddress
 import os
 import struct
 import threading
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from cni_bridge.kernel.nlsock import F_ACK, F_CREATE, F_DUMP, NetlinkError, NetlinkSocket, attr, attrs, each_attr
+from cni_bridge.kernel.nlsock import (
+    F_ACK,
+    F_CREATE,
+    F_DUMP,
+    F_EXCL,
+    NetlinkError,
+    NetlinkSocket,
+    attr,
+    attrs,
+    each_attr,
+)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -26,6 +37,7 @@ NFT_MSG_GETSET, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 10,
 NFPROTO_INET, NLA_F_NESTED = 1, 0x8000
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE, NFTA_SET_ELEM_USERDATA = 1, 1, 1, 6
+NFTA_SET_ELEM_DATA = 2
 NFTNL_UDATA_SET_ELEM_COMMENT = 0
 ENOENT = 2
 
@@ -127,6 +139,24 @@ class SetElements:
         seqs = self.nl.send_all(messages)
         self.nl.acks(set(seqs[1:-1]), abort_seq=seqs[0])
 
+    def write_batch(self, ops: Sequence["ElementOp"]) -> None:
+        """One atomic batch of element writes in the given order (a delete and a create of the
+        same key replace its comment). `create` ops fail with EEXIST when the key exists;
+        ENOENT when a set or the table is missing (or a deleted element is)."""
+        batch = struct.pack("=BB", 0, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)  # res_id: big-endian
+        messages = [(NFNL_MSG_BATCH_BEGIN, 0, batch)]
+        for op in ops:
+            element = _element_key(op.key, op.comment if op.add else "")
+            if op.add and op.data is not None:
+                element += attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, attr(NFTA_DATA_VALUE, op.data))
+            msg_type = (NFNL_SUBSYS_NFTABLES << 8) | (NFT_MSG_NEWSETELEM if op.add else NFT_MSG_DELSETELEM)
+            flags = F_ACK | (F_CREATE | F_EXCL if op.add else 0)
+            messages.append((msg_type, flags, self._body(
+                op.set_name, attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, attr(NFTA_LIST_ELEM | NLA_F_NESTED, element)))))
+        messages.append((NFNL_MSG_BATCH_END, 0, batch))
+        seqs = self.nl.send_all(messages)
+        self.nl.acks(set(seqs[1:-1]), abort_seq=seqs[0])
+
     def owner(self, set_name: str, addr: IPAddress) -> str | None:
         """The comment (owner) of `addr`'s element; None when it is not in the set."""
         return self.key_owner(set_name, addr.packed)
@@ -167,6 +197,17 @@ class SetElements:
                     if key is not None:
                         out.append(key)
         return out
+
+
+@dataclass(frozen=True)
+class ElementOp:
+    """One element write of `SetElements.write_batch`: create (exclusive) or delete `key` (as
+    the kernel stores it) in `set_name`; a map element's `data`, an element's `comment`."""
+    add: bool
+    set_name: str
+    key: bytes
+    data: bytes | None = None
+    comment: str = ""
 
 
 def concat_key(*fields: bytes) -> bytes:

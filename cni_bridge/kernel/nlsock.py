@@ -30,8 +30,17 @@ def attr(kind: int, data: bytes) -> bytes:
 
 
 def attrs(buf: bytes, offset: int) -> dict[int, bytes]:
-    """The attributes of `buf` from `offset`, by type (the last one of a repeated type)."""
-    return dict(each_attr(buf, offset))
+    """The attributes of `buf` from `offset`, by type (the last one of a repeated type). The
+    loop is inlined (not `dict(each_attr(...))`): link and address dumps parse thousands."""
+    out: dict[int, bytes] = {}
+    end = len(buf)
+    while offset + 4 <= end:
+        length, kind = _NLA.unpack_from(buf, offset)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = buf[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return out
 
 
 def each_attr(buf: bytes, offset: int = 0) -> Iterator[tuple[int, bytes]]:

@@ -215,8 +215,8 @@ def gc(spec: NetworkSpec, valid: set[tuple[str, str]]) -> None:
     keep = {Attachment(cid, ifname, None).host_ifname for cid, ifname in valid}
     with network_lock(spec.name):
         stale = {owner for owner in firewall.members(spec.name).values() if owner not in keep}
-        if stale:
-            firewall.remove_members(masquerade(spec), owners=stale)
+        if stale and firewall.remove_members(masquerade(spec), owners=stale):
+            release_ports(spec)
 
 
 # --- Docker (libnetwork remote driver) ---------------------------------------------------------
