@@ -278,10 +278,19 @@ def _taken_writes(m: PortMapping, old: str | None, new: str | None) -> list[_Wri
     return out + ([] if new is None else [_Write(True, f"taken{m.version}", key_text, key, comment=new)])
 
 
-def _subnets_tag(subnets: Sequence[IPNetwork]) -> str:
-    """The localnet element's comment: which subnets the network's hairpin entries hold (a
-    publish with these subnets needs no libnftables script)."""
-    return "n:" + hashlib.sha1(",".join(sorted(map(str, subnets))).encode()).hexdigest()[:16]
+def _subnets_tag(subnets: Iterable[IPNetwork]) -> str:
+    """The localnet element's comment: the subnets the network's hairpin entries hold, so that
+    a publish with these subnets needs no libnftables script and `release_network` needs no
+    listing; a hash when they do not fit in a comment."""
+    text = ",".join(sorted(set(map(str, subnets))))
+    return text if len(text) <= 120 else "n:" + hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _tagged(tag: str | None) -> set[str] | None:
+    """The subnets a localnet tag names (None: no element; a hash names none)."""
+    if tag is None or tag.startswith("n:"):
+        return None
+    return set(filter(None, tag.split(",")))
 
 
 def _specifics(comment: str | None) -> int:
@@ -422,18 +431,22 @@ def publish(owner: str, bridge: str | None, subnets: Iterable[IPNetwork],
     with network_lock(LOCK):
         mappings = _choose_ports(mappings, owner)
         _refuse_duplicates(mappings)
-        exists = True
+        exists, writes = True, None
         try:  # fast path: the table and the network's entries exist: keyed reads, one raw batch
             with SetElements(TABLE) as nl:
                 writes = _publish_writes(_Holders(nl), owner, mappings)
-                if not bridge or nl.key_owner("localnet", ifname_key(bridge)) == tag:
+                old = nl.key_owner("localnet", ifname_key(bridge)) if bridge else None
+                if not bridge or old is not None and (old == tag or {str(n) for n in subnets} <= (_tagged(old) or set())):
                     if writes:
                         nl.write_batch([w.op() for w in writes])
                     return mappings
+                if _tagged(old) is not None:  # more subnets: the tag names all of them
+                    tag = _subnets_tag([*subnets, *map(ipaddress.ip_network, _tagged(old))])
                 exists = nl.has_set("taken4")
         except (NetlinkError, OSError):  # no table yet, no nfnetlink (a seccomp profile), a race
-            pass
-        writes = _publish_writes(_ListedHolders(_listing() if exists else {}), owner, mappings)
+            writes = None
+        if writes is None:  # keyed reads were refused: one listing instead
+            writes = _publish_writes(_ListedHolders(_listing() if exists else {}), owner, mappings)
         script = "\n".join(_network_lines(bridge, subnets, tag) + [w.nft() for w in writes]) + "\n"
         try:
             _run_creating_table(script if exists else _table_script() + script)
@@ -618,6 +631,34 @@ def release_network(bridge: str) -> bool:
     return True
 
 
+def _hairpin_lines(bridge: str, listed: bool = False) -> list[str]:
+    """Deletes of the bridge's hairpin entries: from its localnet tag (no listing), else (or
+    with `listed`) from a listing of the hairpin sets."""
+    subnets = None
+    try:
+        with SetElements(TABLE) as nl:
+            subnets = None if listed else _tagged(nl.key_owner("localnet", ifname_key(bridge)))
+    except (NetlinkError, OSError):
+        pass
+    if subnets is not None:
+        return [f'delete element {_T} hairpin{ipaddress.ip_network(n).version} {{ {n} . "{bridge}" }}'
+                for n in sorted(subnets)]
+    lines = []
+    for version in (4, 6):
+        try:
+            text = nft.run(f"list set {_T} hairpin{version}", json=True)
+        except NftError:
+            continue
+        for item in json.loads(text).get("nftables", []):
+            for raw in (item.get("set") or {}).get("elem", []):
+                parts, _ = _parse_key(raw)
+                if len(parts) == 2 and parts[1] == bridge and isinstance(parts[0], dict) and "prefix" in parts[0]:
+                    prefix = parts[0]["prefix"]
+                    lines.append(f'delete element {_T} hairpin{version} '
+                                 f'{{ {prefix["addr"]}/{prefix["len"]} . "{bridge}" }}')
+    return lines
+
+
 def _release_network(bridge: str) -> None:
     """Under LOCK."""
     try:
@@ -632,24 +673,12 @@ def _release_network(bridge: str) -> None:
             pass
         set_route_localnet(bridge, False)
         return
-    lines = []
-    for version in (4, 6):
+    for listed in (False, True):  # listed: a hairpin entry the tag names is gone (a shared one)
         try:
-            text = nft.run(f"list set {_T} hairpin{version}", json=True)
+            nft.run("\n".join([*_hairpin_lines(bridge, listed), f'delete element {_T} localnet {{ "{bridge}" }}']) + "\n")
+            break
         except NftError:
-            continue
-        for item in json.loads(text).get("nftables", []):
-            for raw in (item.get("set") or {}).get("elem", []):
-                parts, _ = _parse_key(raw)
-                if len(parts) == 2 and parts[1] == bridge and isinstance(parts[0], dict) and "prefix" in parts[0]:
-                    prefix = parts[0]["prefix"]
-                    lines.append(f'delete element {_T} hairpin{version} '
-                                 f'{{ {prefix["addr"]}/{prefix["len"]} . "{bridge}" }}')
-    lines.append(f'delete element {_T} localnet {{ "{bridge}" }}')
-    try:
-        nft.run("\n".join(lines) + "\n")
-    except NftError:
-        pass
+            pass
     set_route_localnet(bridge, False)
     _delete_if_empty()
 
