@@ -447,7 +447,7 @@ def publish(owner: str, bridge: str | None, subnets: Iterable[IPNetwork],
             writes = None
         if writes is None:  # keyed reads were refused: one listing instead
             writes = _publish_writes(_ListedHolders(_listing() if exists else {}), owner, mappings)
-        script = "\n".join(_network_lines(bridge, subnets, tag) + [w.nft() for w in writes]) + "\n"
+        script = "\n".join(_network_lines(bridge, subnets, tag, exists) + [w.nft() for w in writes]) + "\n"
         try:
             _run_creating_table(script if exists else _table_script() + script)
         except NftError as exc:
@@ -457,14 +457,16 @@ def publish(owner: str, bridge: str | None, subnets: Iterable[IPNetwork],
     return mappings
 
 
-def _network_lines(bridge: str | None, subnets: Sequence[IPNetwork], tag: str) -> list[str]:
+def _network_lines(bridge: str | None, subnets: Sequence[IPNetwork], tag: str, exists: bool) -> list[str]:
     """The network's entries: its subnets for the hairpin masquerade (idempotent adds), its
-    bridge in localnet, tagged with the subnets (replaced: add, delete, add)."""
+    bridge in localnet, tagged with the subnets (replaced in a table that `exists`: add,
+    delete, add)."""
     if not bridge:
         return []
     lines = [f'add element {_T} hairpin{net.version} {{ {net} . "{bridge}" }}' for net in subnets]
-    return lines + [f'add element {_T} localnet {{ "{bridge}" }}', f'delete element {_T} localnet {{ "{bridge}" }}',
-                    f'add element {_T} localnet {{ "{bridge}" comment "{tag}" }}']
+    if exists:
+        lines += [f'add element {_T} localnet {{ "{bridge}" }}', f'delete element {_T} localnet {{ "{bridge}" }}']
+    return lines + [f'add element {_T} localnet {{ "{bridge}" comment "{tag}" }}']
 
 
 def _publish_writes(holders: _Holders, owner: str, mappings: Sequence[PortMapping]) -> list[_Write]:
@@ -523,13 +525,17 @@ def _run_creating_table(script: str) -> None:
         nft.run(_table_script() + script)
 
 
-def unpublish(owner: str, known: Sequence[PortMapping] = ()) -> list[PortMapping]:
+def unpublish(owner: str, known: Sequence[PortMapping] = (), bridge: str | None = None) -> list[PortMapping]:
     """Remove every mapping of `owner` (idempotent); the table and the network's entries stay
     for its next container (`release_network` removes them; a table that serves no network
     goes with its last mapping). Returns what was removed.
     `known`: the mappings the caller believes the owner has (only protocol, host port, host
     address and family matter): removed by key, so the cost does not grow with the ports
-    published on the host; anything else of the owner is left to GC."""
+    published on the host; anything else of the owner is left to GC. `bridge`: the owner's
+    network's bridge; without `known`, a network that has no entries in the table (it
+    published nothing since its last member left) has no mappings: no listing then."""
+    if not known and bridge and not _serves(bridge):
+        return []
     with network_lock(LOCK):
         removed = _remove_known(owner, known) if known else None
         if removed is None:
@@ -615,6 +621,15 @@ def _remove(listing: dict[str, list], owners: set[str]) -> list[PortMapping]:
     return [m for _, m in removed]
 
 
+def _serves(bridge: str) -> bool:
+    """Whether the table holds the network's entries (a keyed read; True when it cannot tell)."""
+    try:
+        with SetElements(TABLE) as nl:
+            return nl.key_owner("localnet", ifname_key(bridge)) is not None
+    except (NetlinkError, OSError):
+        return True
+
+
 def release_network(bridge: str) -> bool:
     """The network of `bridge` has no members any more: its entries go (hairpin, localnet,
     route_localnet), and the table with them when it then holds nothing else (no mapping, no
@@ -625,7 +640,7 @@ def release_network(bridge: str) -> bool:
             if nl.key_owner("localnet", ifname_key(bridge)) is None:
                 return False
     except (NetlinkError, OSError):
-        return False  # no table (ENOENT), or no nfnetlink: drop_network lists instead
+        return False  # no nfnetlink: drop_network lists instead
     with network_lock(LOCK):
         _release_network(bridge)
     return True

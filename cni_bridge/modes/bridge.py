@@ -365,7 +365,7 @@ def unpublish(spec: NetworkSpec, host_ifname: str, known: list = ()) -> list:
     """Remove the attachment's published ports (idempotent); returns what was removed.
     `known`: the mappings it was given, if the caller knows them (removed by key: flat cost)."""
     from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
-    removed = portmap.unpublish(portmap.owner_tag(spec.name, host_ifname), known)
+    removed = portmap.unpublish(portmap.owner_tag(spec.name, host_ifname), known, spec.bridge)
     if removed:
         step("ports-unpublished")
     return removed
