@@ -158,21 +158,21 @@ def test_conflicting_host_port_is_refused(dk: Scenario) -> None:
 
 
 def test_same_host_port_on_different_host_addresses(dk: Scenario) -> None:
-    """`-p 127.0.0.1:18170:80` on one container and `-p <host address>:18170:80` on another, as
-    Docker allows: each answers for its address. `-p 18170:80` (every address) on a third is
+    """`-p 127.0.0.1:18176:80` on one container and `-p <host address>:18176:80` on another, as
+    Docker allows: each answers for its address. `-p 18176:80` (every address) on a third is
     refused, and that container publishes nothing (not even its free port)."""
     outside, _, subnet = dk.outside()
     host_ip, outside_ip = str(subnet.network_address + 1), str(subnet.network_address + 2)
     net1, net2 = dk.network(), dk.network()
-    start_web(dk, net1, "-p", "127.0.0.1:18170:80")
-    start_web(dk, net2, "-p", f"{host_ip}:18170:80")
-    assert get(from_ns(outside), host_ip, 18170) == outside_ip  # the second, real client address
-    assert get(from_host(dk), host_ip, 18170) == host_ip  # the second
-    assert get(from_host(dk), "127.0.0.1", 18170) == str(net1.subnet.network_address + 1)  # the first
-    error = _run_refused(dk, net1, "-p", "18171:80", "-p", "18170:80")
-    assert "18170/tcp" in error and "already published" in error and "single host addresses" in error, error
-    assert "18171" not in _published(dk)
-    assert get(from_ns(outside), host_ip, 18170) == outside_ip
+    start_web(dk, net1, "-p", "127.0.0.1:18176:80")
+    start_web(dk, net2, "-p", f"{host_ip}:18176:80")
+    assert get(from_ns(outside), host_ip, 18176) == outside_ip  # the second, real client address
+    assert get(from_host(dk), host_ip, 18176) == host_ip  # the second
+    assert get(from_host(dk), "127.0.0.1", 18176) == str(net1.subnet.network_address + 1)  # the first
+    error = _run_refused(dk, net1, "-p", "18177:80", "-p", "18176:80")
+    assert "18176/tcp" in error and "already published" in error and "single host addresses" in error, error
+    assert "18177" not in _published(dk)
+    assert get(from_ns(outside), host_ip, 18176) == outside_ip
     dk.docker("rm", "-f", *dk.containers)
     dk.containers.clear()
     _assert_no_ports_left(dk)
