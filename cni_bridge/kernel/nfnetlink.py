@@ -15,9 +15,20 @@ import ipaddress
 import os
 import struct
 import threading
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from cni_bridge.kernel.nlsock import F_ACK, F_CREATE, F_DUMP, NetlinkError, NetlinkSocket, attr, attrs
+from cni_bridge.kernel.nlsock import (
+    F_ACK,
+    F_CREATE,
+    F_DUMP,
+    F_EXCL,
+    NetlinkError,
+    NetlinkSocket,
+    attr,
+    attrs,
+    each_attr,
+)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -29,6 +40,7 @@ NFTA_TABLE_NAME = 1
 NFPROTO_INET, NLA_F_NESTED = 1, 0x8000
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE, NFTA_SET_ELEM_USERDATA = 1, 1, 1, 6
+NFTA_SET_ELEM_DATA = 2
 NFTNL_UDATA_COMMENT = 0  # NFTNL_UDATA_SET_ELEM_COMMENT and NFTNL_UDATA_RULE_COMMENT
 ENOENT = 2
 
@@ -168,6 +180,20 @@ class SetElements(NfConversation):
                 set_name, attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, listed))))
         self.batch(messages)
 
+    def write_batch(self, ops: Sequence["ElementOp"]) -> None:
+        """One atomic batch of element writes in the given order (a delete and a create of the
+        same key replace its comment). `create` ops fail with EEXIST when the key exists;
+        ENOENT when a set or the table is missing (or a deleted element is)."""
+        messages = []
+        for op in ops:
+            element = _element_key(op.key, op.comment if op.add else "")
+            if op.add and op.data is not None:
+                element += attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, attr(NFTA_DATA_VALUE, op.data))
+            messages.append((NFT_MSG_NEWSETELEM if op.add else NFT_MSG_DELSETELEM, F_ACK | (F_CREATE | F_EXCL if op.add else 0),
+                             self._body(op.set_name, attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED,
+                                                          attr(NFTA_LIST_ELEM | NLA_F_NESTED, element)))))
+        self.batch(messages)
+
     def owner(self, set_name: str, addr: IPAddress) -> str | None:
         """The comment (owner) of `addr`'s element; None when it is not in the set."""
         return self.key_owner(set_name, addr.packed)
@@ -197,11 +223,39 @@ class SetElements(NfConversation):
             found = found or bool(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS))
         return found
 
+    def keys(self, set_name: str) -> list[bytes]:
+        """Every element's key as the kernel stores it (a dump: for small sets). Raises ENOENT
+        when the set or table is gone."""
+        out = []
+        for reply in self._replies(F_DUMP, set_name):
+            for kind, elem in each_attr(reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+                if kind == NFTA_LIST_ELEM:
+                    key = attrs(attrs(elem, 0).get(NFTA_SET_ELEM_KEY, b""), 0).get(NFTA_DATA_VALUE)
+                    if key is not None:
+                        out.append(key)
+        return out
+
+
+@dataclass(frozen=True)
+class ElementOp:
+    """One element write of `SetElements.write_batch`: create (exclusive) or delete `key` (as
+    the kernel stores it) in `set_name`; a map element's `data`, an element's `comment`."""
+    add: bool
+    set_name: str
+    key: bytes
+    data: bytes | None = None
+    comment: str = ""
+
 
 def concat_key(*fields: bytes) -> bytes:
     """A concatenated key (`inet_proto . inet_service`) as the kernel stores it: each field
     in its own 4-byte-aligned register."""
     return b"".join(f + b"\0" * (-len(f) % 4) for f in fields)
+
+
+def ifname_key(name: str) -> bytes:
+    """An `ifname` key as the kernel stores it: the name NUL-padded to IFNAMSIZ (16)."""
+    return name.encode()[:15].ljust(16, b"\0")
 
 
 def _element(addr: IPAddress, owner: str) -> bytes:

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from cni_bridge.kernel.nfnetlink import NLA_F_NESTED, NfConversation, comment_udata, nfgen, udata_comment
-from cni_bridge.kernel.nlsock import F_ACK, F_CREATE, attr, attr_list, attrs
+from cni_bridge.kernel.nlsock import F_ACK, F_CREATE, attr, attrs, each_attr
 
 NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
 NFT_MSG_GETCHAIN, NFT_MSG_NEWRULE, NFT_MSG_GETRULE, NFT_MSG_DELRULE = 4, 6, 7, 8
@@ -111,7 +111,7 @@ class ChainRules(NfConversation):
                 continue
             rule = attrs(payload, 0)
             expressions = []
-            for _kind, elem in attr_list(rule.get(NFTA_RULE_EXPRESSIONS, b""), 0):
+            for _kind, elem in each_attr(rule.get(NFTA_RULE_EXPRESSIONS, b"")):
                 fields = attrs(elem, 0)
                 expressions.append((fields.get(NFTA_EXPR_NAME, b"").split(b"\0", 1)[0].decode(errors="replace"),
                                     attrs(fields.get(NFTA_EXPR_DATA, b""), 0)))

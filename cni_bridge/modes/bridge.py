@@ -241,6 +241,7 @@ def delete(spec: NetworkSpec, att: Attachment, addresses: list[IPAddress]) -> No
         release_vxlan(host, spec, att)
     if remove_masquerade(spec, att.host_ifname, addresses):
         release_isolation(spec)  # the network's last container: nothing of it is left
+        release_ports(spec)
     step("masquerade-removed")
 
 
@@ -278,8 +279,8 @@ def gc(spec: NetworkSpec, valid: set[tuple[str, str]]) -> None:
     keep = {Attachment(cid, ifname, None).host_ifname for cid, ifname in valid}
     with network_lock(spec.name):
         stale = {owner for owner in firewall.members(spec.name).values() if owner not in keep}
-        if stale:
-            firewall.remove_members(masquerade(spec), owners=stale)
+        if stale and firewall.remove_members(masquerade(spec), owners=stale):
+            release_ports(spec)
     if spec.vxlan is not None:  # records of attachments the runtime no longer has; an unused device
         registry.prune(spec, keep)
         with netlink.root() as host:
@@ -419,8 +420,8 @@ def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddres
             shaping.remove(host, att)
     if spec.vxlan is not None:
         registry.forget(spec, att)  # the device lives as long as the Docker network
-    if spec.ip_masq:
-        remove_masquerade(spec, att.host_ifname, addresses, forward=False)
+    if spec.ip_masq and remove_masquerade(spec, att.host_ifname, addresses, forward=False):
+        release_ports(spec)
 
 
 # --- published ports (both front ends) ---------------------------------------------------------
@@ -435,12 +436,14 @@ def publish(spec: NetworkSpec, host_ifname: str, subnets: list, mappings: list) 
     `host_ifname`; all or nothing. Returns them with the host ports chosen for "any port"."""
     from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
     made = portmap.publish(portmap.owner_tag(spec.name, host_ifname), spec.bridge, subnets, mappings)
+    step("ports-published")
     try:
         with netlink.root() as host:
             veth = host.link(host_ifname)
             if veth is None:
                 raise PluginError(INTERNAL, f"cannot publish ports: host interface {host_ifname} is gone")
             host.set_hairpin(veth.index, True)
+            step("ports-hairpin")
     except BaseException:
         portmap.unpublish(portmap.owner_tag(spec.name, host_ifname))
         raise
@@ -451,7 +454,18 @@ def unpublish(spec: NetworkSpec, host_ifname: str, known: list = ()) -> list:
     """Remove the attachment's published ports (idempotent); returns what was removed.
     `known`: the mappings it was given, if the caller knows them (removed by key: flat cost)."""
     from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
-    return portmap.unpublish(portmap.owner_tag(spec.name, host_ifname), known)
+    removed = portmap.unpublish(portmap.owner_tag(spec.name, host_ifname), known, spec.bridge)
+    if removed:
+        step("ports-unpublished")
+    return removed
+
+
+def release_ports(spec: NetworkSpec) -> None:
+    """The network's last member left: its entries in the shared ports table go, and the table
+    with them when nothing else needs it (a keyed read when the network never published)."""
+    from cni_bridge.firewall import portmap  # lazy: only attachments with published ports
+    if portmap.release_network(spec.bridge):
+        step("ports-released")
 
 
 def forget_ports(spec: NetworkSpec) -> None:

@@ -198,8 +198,10 @@ def detach(net: VmNetwork, port_dir: Path, name: str) -> dict[str, Any] | None:
         if spec.dhcp:
             from cni_bridge import dhcp  # lazy: only dhcp networks
             dhcp.remove_host(spec.name, name)
-        if bridge.remove_masquerade(spec, name, forward=net.forward) and net.forward:
-            bridge.release_isolation(spec)  # the network's last member: nothing of it is left
+        if bridge.remove_masquerade(spec, name, forward=net.forward):  # the network's last member
+            bridge.release_ports(spec)
+            if net.forward:
+                bridge.release_isolation(spec)  # nothing of the network is left
         step("masquerade-removed")
         for source in net.leases:
             open_store(source.config.store, source.store).release(cid, ifname)

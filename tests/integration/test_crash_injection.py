@@ -21,6 +21,7 @@ they are allowed to move.
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import signal
@@ -211,6 +212,17 @@ def test_dhcp_network_add_crash_at_every_step_is_undone(cni, netns, own_bridges,
         assert not left, f"{what}: the DHCP server's {', '.join(left)} left"
 
     crash_every_step(cni, conf, netns, BRIDGE_STEPS | DHCP_STEPS, cleanup, server_gone)
+
+
+@pytest.mark.parametrize("cleanup", [cleanup_by_del, cleanup_by_gc], ids=["DEL", "GC"])
+def test_published_port_add_crash_at_every_step_is_undone(cni, netns, own_bridges, cleanup):
+    """With a published port (the portMappings capability): its steps too; DEL (with the same
+    runtimeConfig) or GC leaves the host as before, the shared ports table included."""
+    conf = network(cni, own_bridges)
+    conf["plugins"][0]["capabilities"] = {"portMappings": True}
+    conf["plugins"][0]["runtimeConfig"] = {"portMappings": [{"hostPort": random.randrange(20000, 30000),
+                                                             "containerPort": 80}]}
+    crash_every_step(cni, conf, netns, BRIDGE_STEPS | {"ports-published", "ports-hairpin"}, cleanup)
 
 
 def test_dual_stack_hairpin_add_crash_at_every_step_is_undone_by_del(cni, netns, own_bridges):

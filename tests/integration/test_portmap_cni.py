@@ -170,3 +170,62 @@ def test_gc_removes_stale_mappings(cni: CniTool, netns: Callable[..., Netns],
     cni.delete(net.conflist, keep.path, container_id=idk)
     cni.delete(net.conflist, gone.path, container_id=idg)
     assert net.name not in ports_table()
+
+
+def test_same_host_port_on_different_host_addresses(cni: CniTool, netns: Callable[..., Netns], uplink: Uplink,
+                                                    networks: Callable[..., TestNetwork]) -> None:
+    """hostIP 127.0.0.1 on one container and the host's address on another, same host port: both
+    are published (sockets on one host may share a port on different addresses) and each answers
+    for its address. A wildcard binding of that port is refused, and a binding to one address of
+    a port bound on every address too: clear errors, the refused ADD leaves nothing behind."""
+    net1 = networks(impl=PYBRIDGE, ip_masq=True, extra=CAPS)
+    net2 = networks(impl=PYBRIDGE, ip_masq=True, extra=CAPS)
+    a, b, c = netns(), netns(), netns()
+    ida, idb, idc = unique_name("ctr"), unique_name("ctr"), unique_name("ctr")
+    hp, other = random.sample(range(20000, 30000), 2)  # bench/portmap_bench.py fills 30000-30999
+    caps_a = {"portMappings": [{"hostPort": hp, "containerPort": 8080, "hostIP": "127.0.0.1"}]}
+    caps_b = {"portMappings": [{"hostPort": hp, "containerPort": 8080, "hostIP": str(uplink.host_ip)},
+                               {"hostPort": other, "containerPort": 8080}]}
+    res_a = cni.add(net1.conflist, a.path, container_id=ida, capability_args=caps_a)
+    res_b = cni.add(net2.conflist, b.path, container_id=idb, capability_args=caps_b)
+    addr_a, addr_b = (ipaddress.ip_interface(r.result["ips"][0]["address"]).ip for r in (res_a, res_b))
+    serve(a, 8080)
+    serve(b, 8080)
+    table = ports_table()
+    assert f"127.0.0.1 . tcp . {hp} " in table and f"{addr_a} . 8080" in table, table
+    assert f"{uplink.host_ip} . tcp . {hp} " in table and f"{addr_b} . 8080" in table, table
+    assert seen_from(uplink.outside, uplink.host_ip, hp) == str(uplink.outside_ip)  # b, the real client
+    assert seen_from(None, uplink.host_ip, hp) == str(uplink.host_ip)  # b, from the host
+    assert seen_from(None, "127.0.0.1", hp) == str(net1.gateway)  # a (masqueraded into net1)
+    assert seen_from(uplink.outside, "127.0.0.1", hp).startswith("FAILED")
+
+    for caps, holder in (({"portMappings": [{"hostPort": hp, "containerPort": 8080}]}, "single host addresses"),
+                         ({"portMappings": [{"hostPort": other, "containerPort": 8080, "hostIP": "127.0.0.1"}]},
+                          "on every host address")):
+        failed = cni.add(net1.conflist, c.path, container_id=idc, capability_args=caps, raise_on_error=False)
+        assert not failed.ok and "already published" in failed.error.msg and holder in failed.error.msg, failed.error
+        assert "eth0" not in c.link_names() and [p.name for p in net1.leases()] == [str(addr_a)]
+        assert ports_table() == table
+        cni.delete(net1.conflist, c.path, container_id=idc, capability_args=caps)  # the runtime's cleanup
+        assert ports_table() == table
+    cni.delete(net1.conflist, a.path, container_id=ida, capability_args=caps_a)
+    assert f"127.0.0.1 . tcp . {hp} " not in ports_table() and f"{uplink.host_ip} . tcp . {hp} " in ports_table()
+    cni.add(net1.conflist, c.path, container_id=idc,
+            capability_args={"portMappings": [{"hostPort": hp, "containerPort": 8080, "hostIP": "127.0.0.1"}]})
+    cni.delete(net1.conflist, c.path, container_id=idc)
+    cni.delete(net2.conflist, b.path, container_id=idb, capability_args=caps_b)
+    assert ports_table() == ""  # nothing published, no member left: the table went
+
+
+def test_ipv6_loopback_is_refused(cni: CniTool, netns: Callable[..., Netns],
+                                  networks: Callable[..., TestNetwork]) -> None:
+    """`[::1]` cannot be DNATed to a container (IPv6 has no route_localnet: the kernel drops a
+    packet with a loopback source that leaves lo): a clear error 7 naming the reason, nothing made."""
+    v4, v6 = unique_subnet(4), unique_subnet(6)
+    net = networks(impl=PYBRIDGE, ip_masq=True, extra=CAPS, subnet=v4)
+    net.conflist["plugins"][0]["ipam"]["ranges"] = [[{"subnet": str(v4)}], [{"subnet": str(v6)}]]
+    ns = netns()
+    res = cni.add(net.conflist, ns.path, container_id=unique_name("ctr"), raise_on_error=False,
+                  capability_args={"portMappings": [{"hostPort": host_port(), "containerPort": 80, "hostIP": "::1"}]})
+    assert not res.ok and res.error.code == 7 and "[::1]" in res.error.msg and "route_localnet" in res.error.msg
+    assert "eth0" not in ns.link_names() and net.leases() == []

@@ -34,6 +34,16 @@ def _assert_no_ports_left(dk: Scenario) -> None:
     assert PORTS_TABLE not in nft_tables(dk.engine)
 
 
+def _run_refused(dk: Scenario, net: Net, *publish: str) -> str:
+    """`docker run` with `publish` options that the driver must refuse: dockerd's error."""
+    name = unique_name("c")
+    dk.containers.append(name)
+    proc = dk.docker("run", "-d", "--name", name, "--network", net.name, *publish, support.IMAGE, "sleep", "60",
+                     check=False)
+    assert proc.returncode != 0, proc.stdout
+    return proc.stderr
+
+
 # --- tests ---------------------------------------------------------------------------------------
 def test_publish_reach_paths_and_client_address(dk: Scenario) -> None:
     """`-p 18080:80`: from outside (the container sees the outside address), from the host by
@@ -97,6 +107,9 @@ def test_publish_on_ipv6_network(dk: Scenario) -> None:
     assert get(from_ns(outside), str(subnet.network_address + 1), 18160) == str(subnet.network_address + 2)
     assert get(from_ns(outside), str(host6), 18161) == str(out6)
     assert get(from_ns(outside), str(subnet.network_address + 1), 18161) is None  # IPv6 only
+    error = _run_refused(dk, net, "-p", "[::1]:18162:80")  # no route_localnet for IPv6: refused, with the reason
+    assert "[::1]" in error and "route_localnet" in error, error
+    assert "18162" not in _published(dk)
     dk.remove_all_and_check(net)
     _assert_no_ports_left(dk)
 
@@ -132,19 +145,39 @@ def test_conflicting_host_port_is_refused(dk: Scenario) -> None:
     second container publishes nothing (not even its other, free ports)."""
     outside, _, subnet = dk.outside()
     net1, net2 = dk.network(), dk.network()
-    first = start_web(dk, net1, "-p", "18130:80")
-    name = unique_name("c")
-    dk.containers.append(name)
-    proc = dk.docker("run", "-d", "--name", name, "--network", net2.name, "-p", "18131:80", "-p", "18130:80",
-                     support.IMAGE, "sleep", "60", check=False)
-    assert proc.returncode != 0 and "18130/tcp" in proc.stderr and "already published" in proc.stderr, proc.stderr
+    start_web(dk, net1, "-p", "18130:80")
+    error = _run_refused(dk, net2, "-p", "18131:80", "-p", "18130:80")
+    assert "18130/tcp" in error and "already published" in error, error
     assert "18131" not in _published(dk)
     assert get(from_ns(outside), str(subnet.network_address + 1), 18130) is not None  # the first still works
-    dk.docker("rm", "-f", first, name)
+    dk.docker("rm", "-f", *dk.containers)
     dk.containers.clear()
     dk.remove_network(net2)
     dk.remove_all_and_check(net1)
     _assert_no_ports_left(dk)
+
+
+def test_same_host_port_on_different_host_addresses(dk: Scenario) -> None:
+    """`-p 127.0.0.1:18176:80` on one container and `-p <host address>:18176:80` on another, as
+    Docker allows: each answers for its address. `-p 18176:80` (every address) on a third is
+    refused, and that container publishes nothing (not even its free port)."""
+    outside, _, subnet = dk.outside()
+    host_ip, outside_ip = str(subnet.network_address + 1), str(subnet.network_address + 2)
+    net1, net2 = dk.network(), dk.network()
+    start_web(dk, net1, "-p", "127.0.0.1:18176:80")
+    start_web(dk, net2, "-p", f"{host_ip}:18176:80")
+    assert get(from_ns(outside), host_ip, 18176) == outside_ip  # the second, real client address
+    assert get(from_host(dk), host_ip, 18176) == host_ip  # the second
+    assert get(from_host(dk), "127.0.0.1", 18176) == str(net1.subnet.network_address + 1)  # the first
+    error = _run_refused(dk, net1, "-p", "18177:80", "-p", "18176:80")
+    assert "18176/tcp" in error and "already published" in error and "single host addresses" in error, error
+    assert "18177" not in _published(dk)
+    assert get(from_ns(outside), host_ip, 18176) == outside_ip
+    dk.docker("rm", "-f", *dk.containers)
+    dk.containers.clear()
+    _assert_no_ports_left(dk)
+    dk.remove_network(net2)
+    dk.remove_all_and_check(net1)
 
 
 def test_stop_disconnect_and_restart_of_the_driver(dk: Scenario) -> None:
