@@ -17,13 +17,13 @@ from cni_bridge.kernel.nfrules import (
     _expression,
     interface_accept,
 )
-from cni_bridge.kernel.nlsock import attr, attr_list, attrs
+from cni_bridge.kernel.nlsock import attr, attrs, each_attr
 
 
 def _rule(expressions: bytes, comment: str | None = None, handle: int = 7) -> Rule:
     """Parse expression bytes the way ChainRules.rules() parses a dumped rule."""
     parsed = []
-    for _kind, elem in attr_list(expressions, 0):
+    for _kind, elem in each_attr(expressions):
         fields = attrs(elem, 0)
         parsed.append((fields[1].split(b"\0", 1)[0].decode(), attrs(fields.get(2, b""), 0)))
     return Rule(handle, tuple(parsed), comment)
