@@ -1,0 +1,189 @@
+"""The etcd side of vxlan networks without multicast (Neutron l2population / flannel style):
+each host publishes its attachments per VNI, every host programs the others' into its kernel.
+
+Keys, under the prefix P of the network's etcd `store` (the IPAM store: one cluster for the
+shared range and the endpoints), one JSON value each:
+
+    P/vxlan/<vni>/<vtep>/<host veth>   {"mac", "vtep", "ips", "network", "containerId", "ifname"}
+
+The VTEP (the host's underlay address for that VNI) names the host: it is unique per VNI by
+construction and needs no host id. Flood entries follow from the endpoints (peers.py): a host
+without a member of the VNI publishes nothing there, so nobody floods to it.
+
+Who writes: the ADD puts its attachment's key and the DEL deletes it (best effort: a host
+whose etcd is unreachable keeps working); `sync_once` then makes this host's keys exactly its
+registry (overlay/registry.py) -- re-publishing what an ADD could not, deleting what a host
+that restarted or rebooted no longer has -- and reconciles every local VNI with the complete
+remote set read in the same range. It is run at start and in a loop by `cni-bridge serve`
+and `cni-bridge vxlan sync --watch`, once by `cni-bridge vxlan sync`; etcd unreachable
+leaves the kernel as it is, and the next round tries again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from cni_bridge.errors import PluginError
+from cni_bridge.overlay import registry
+from cni_bridge.overlay.peers import RemoteEndpoint
+
+DEFAULT_INTERVAL = 2.0  # seconds between rounds when no watch event arrives sooner
+
+
+def _client_and_prefix(store: Mapping[str, Any]):
+    # lazy: only networks whose store is etcd load the client
+    from cni_bridge.ipam.config import parse_store
+    from cni_bridge.ipam.etcdstore import client_for
+    spec = parse_store(store)
+    return client_for(spec), spec.prefix
+
+
+def vni_prefix(prefix: str, vni: int) -> str:
+    return f"{prefix}/vxlan/{vni}/"
+
+
+def key(prefix: str, vni: int, vtep: str, host_ifname: str) -> str:
+    return f"{vni_prefix(prefix, vni)}{vtep}/{host_ifname}"
+
+
+def value(vtep: str, entry: Mapping[str, Any]) -> str:
+    return json.dumps({"mac": entry["mac"], "vtep": vtep, "ips": list(entry["ips"]), "network": entry["network"],
+                       "containerId": entry["containerId"], "ifname": entry["ifname"]}, sort_keys=True)
+
+
+def _warn(message: str) -> None:
+    print(f"pybridge: {message}", file=sys.stderr)
+
+
+def publish(store: Mapping[str, Any] | None, vni: int, vtep: str, host_ifname: str,
+            entry: Mapping[str, Any] | None) -> bool:
+    """Put (entry) or delete (None) one attachment's key. Best effort: False, with a warning,
+    when etcd did not answer -- the next sync round publishes it."""
+    if store is None:
+        return True
+    from cni_bridge.ipam.etcd import op_delete, op_put
+    try:
+        client, prefix = _client_and_prefix(store)
+        name = key(prefix, vni, vtep, host_ifname)
+        client.txn([], [op_put(name, value(vtep, entry)) if entry is not None else op_delete(name)])
+        return True
+    except PluginError as exc:
+        _warn(f"vxlan {vni}: {'publishing' if entry is not None else 'withdrawing'} {host_ifname} "
+              f"in etcd failed ({exc.msg}); the next `vxlan sync` round retries")
+        return False
+
+
+def endpoints_of(records: Iterable[tuple[str, bytes]], vni: int, prefix: str) -> list[RemoteEndpoint]:
+    """The endpoints of `vni` among (key, value) pairs; a damaged value is skipped."""
+    base = vni_prefix(prefix, vni)
+    out = []
+    for name, raw in records:
+        if not name.startswith(base):
+            continue
+        try:
+            data = json.loads(raw)
+            out.append(RemoteEndpoint.of(data["mac"], data["vtep"], data.get("ips") or []))
+        except (ValueError, KeyError, TypeError):
+            _warn(f"vxlan {vni}: ignoring damaged record {name}")
+    return out
+
+
+@dataclass
+class Round:
+    """What one sync round did, per VNI: keys put/deleted, and the reconcile's plan or error."""
+    published: int = 0
+    withdrawn: int = 0
+    changes: dict[int, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def _sync_store(store: Mapping[str, Any], vteps: list[registry.LocalVtep], result: Round,
+                apply: Callable[[int, list[RemoteEndpoint]], Any]) -> None:
+    from cni_bridge.ipam.etcd import op_delete, op_put
+    client, prefix = _client_and_prefix(store)
+    mine = {(v.vni, v.local) for v in vteps}
+    have: dict[str, bytes] = {}
+    records: list[tuple[str, bytes]] = []
+    for vni in sorted({v.vni for v in vteps}):
+        for kv in client.get(vni_prefix(prefix, vni), prefix=True):
+            records.append((kv.key, kv.value))
+            parts = kv.key[len(vni_prefix(prefix, vni)):].split("/")
+            if len(parts) == 2 and (vni, parts[0]) in mine:
+                have[kv.key] = kv.value
+    want = {key(prefix, v.vni, v.local, a.host_ifname):
+            value(v.local, {"mac": a.mac, "ips": a.ips, "network": a.network, "containerId": a.container_id,
+                            "ifname": a.ifname}).encode()
+            for v in vteps for a in v.attachments}
+    ops = [op_put(k, raw) for k, raw in sorted(want.items()) if have.get(k) != raw]
+    ops += [op_delete(k) for k in sorted(have) if k not in want]
+    if ops:
+        client.txn([], ops)
+        result.published += sum(1 for k in want if have.get(k) != want[k])
+        result.withdrawn += sum(1 for k in have if k not in want)
+    for v in vteps:  # the remote set: every record of the VNI; reconcile skips our own VTEP's
+        try:
+            result.changes[v.vni] = apply(v.vni, endpoints_of(records, v.vni, prefix))
+        except PluginError as exc:  # e.g. the device is gone: the next ADD re-creates it
+            result.errors.append(f"vxlan {v.vni}: {exc.msg}")
+
+
+def sync_once(default_store: Mapping[str, Any] | None = None,
+              apply: Callable[[int, list[RemoteEndpoint]], Any] | None = None) -> Round:
+    """One round for every VNI this host has attachments of: publish this host's records,
+    reconcile the kernel with the others'. A VNI without an etcd store (and no `default_store`,
+    the Docker driver's `--ipam-store etcd`) is left alone. etcd unreachable: that store's VNIs
+    are reported in `errors` and their kernel entries are not touched."""
+    if apply is None:
+        from cni_bridge.overlay.reconcile import reconcile
+        apply = reconcile
+    by_store: dict[str, tuple[Mapping[str, Any], list[registry.LocalVtep]]] = {}
+    for vtep in registry.local_vteps():
+        store = vtep.store or default_store
+        if store is None:
+            continue
+        by_store.setdefault(json.dumps(store, sort_keys=True), (store, []))[1].append(vtep)
+    result = Round()
+    for store, vteps in by_store.values():
+        try:
+            _sync_store(store, vteps, result, apply)
+        except PluginError as exc:
+            result.errors.append(f"vxlan {', '.join(str(v.vni) for v in vteps)}: {exc.msg}")
+    return result
+
+
+def run_loop(stop: threading.Event, *, interval: float = DEFAULT_INTERVAL,
+             default_store: Mapping[str, Any] | None = None,
+             report: Callable[[Round], None] | None = None) -> None:
+    """Rounds until `stop` is set: the first at once (a host that starts converges), then one
+    per `interval`. Errors are reported and retried, never fatal."""
+    failed: defaultdict[str, int] = defaultdict(int)
+    while not stop.is_set():
+        try:
+            result = sync_once(default_store)
+        except Exception as exc:  # noqa: BLE001 -- the loop must outlive any one bad round
+            result = Round(errors=[f"vxlan sync: {exc.__class__.__name__}: {exc}"])
+        for error in result.errors:
+            failed[error] += 1
+            if failed[error] == 1:  # once per distinct problem, not every round
+                _warn(error)
+        if not result.errors:
+            failed.clear()
+        if report is not None:
+            report(result)
+        stop.wait(interval)
+
+
+def start_thread(*, interval: float = DEFAULT_INTERVAL,
+                 default_store: Mapping[str, Any] | None = None) -> tuple[threading.Thread, threading.Event]:
+    """The loop in a daemon thread (`cni-bridge serve`); set the event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run_loop, args=(stop,), kwargs={"interval": interval,
+                                                                    "default_store": default_store},
+                              name="vxlan-sync", daemon=True)
+    thread.start()
+    return thread, stop
