@@ -41,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also serve exec'd pybridge/pybridge-ipam plugins on this unix socket "
                         "(default /run/cni-bridge/cni.sock; 'off' to disable)")
     # --- end CNI fast path ------------------------------------------------------------------
-    p.add_argument("--vxlan-sync-interval", type=float, default=2.0, metavar="SECONDS",
-                   help="seconds between rounds of the vxlan peer sync (networks whose store is etcd, "
+    p.add_argument("--vxlan-sync-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="at most this many seconds between rounds of the vxlan peer sync, which also "
+                        "runs on every change etcd reports (networks whose store is etcd, "
                         "and Docker networks with --ipam-store etcd; see `cni-bridge vxlan sync`)")
     p.set_defaults(func=run)
 

@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="One round: this host's attachments of every VNI whose network keeps its leases in "
                     "etcd are published there (missing keys put, keys of gone attachments deleted), and "
                     "each VNI's vxlan device is made to hold exactly the other hosts' endpoints. With "
-                    "--watch, a round at start and then one per interval until SIGTERM/SIGINT: what "
+                    "--watch, a round at start, then one whenever etcd reports a change (a watch) and "
+                    "at least one per interval, until SIGTERM/SIGINT: what "
                     "CNI-only hosts run next to the plugin (`cni-bridge serve` runs it itself). etcd "
                     "unreachable: the kernel entries are kept as they are and the next round retries.",
         epilog="exit codes: 0 ok, 1 a round had errors (one-shot), 2 usage error")
@@ -142,8 +143,12 @@ def run_sync(args: argparse.Namespace) -> int:
     import signal
     import threading
     stop = threading.Event()
+
+    def finish(*_: Any) -> None:  # also ends a round blocked in an etcd watch
+        stop.set()
+        raise SystemExit(EXIT_OK)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, finish)
 
     def report(result: distribute.Round) -> None:
         if result.published or result.withdrawn or any(result.changes.values()):

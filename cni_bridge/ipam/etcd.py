@@ -117,6 +117,37 @@ class _Connection:
             self.close()
         return int(parts[1]), body
 
+    def stream_lines(self, path: str, payload: bytes):
+        """POST and yield the body's lines as they arrive (a streaming gateway call such as
+        /v3/watch: one JSON message per line, in chunks). Ends with the body; a socket timeout
+        propagates. Fresh connection only: it cannot be reused afterwards."""
+        request = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        if self.context is not None:
+            sock = self.context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = sock
+        sock.sendall(request)
+        head = self._until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        if not head[0].startswith("HTTP/1.") or " 200 " not in head[0] + " ":
+            raise ProtocolError(f"watch refused: {head[0][:100]!r}")
+        chunked = any(line.lower().replace(" ", "") == "transfer-encoding:chunked" for line in head[1:])
+        pending = b""
+        while True:
+            if chunked:
+                try:
+                    size = int(self._until(b"\r\n").split(b";")[0], 16)
+                except ValueError:
+                    raise ProtocolError("bad chunk size") from None
+                if size == 0:
+                    return
+                pending += self._exactly(size + 2)[:size]
+            else:
+                self._fill()
+                pending, self.buffer = pending + self.buffer, b""
+            *lines, pending = pending.split(b"\n")
+            yield from (line for line in lines if line.strip())
+
     def _fill(self) -> None:
         assert self.sock is not None
         data = self.sock.recv(65536)
@@ -218,6 +249,41 @@ class EtcdClient:
         answer = self._call("/v3/kv/txn", {"compare": list(compare), "success": list(success),
                                            "failure": list(failure)})
         return TxnResult(bool(answer.get("succeeded", False)), answer.get("responses", []))
+
+    def get_with_revision(self, key: str, *, prefix: bool = False) -> tuple[list[KeyValue], int]:
+        """`get` and the store's revision the answer reflects (where a watch resumes)."""
+        answer = self._call("/v3/kv/range", op_get(key, prefix=prefix)["request_range"])
+        return _kvs(answer), int(answer.get("header", {}).get("revision", 0))
+
+    def wait_for_change(self, key: str, after_revision: int, timeout: float, *, prefix: bool = True) -> bool | None:
+        """Block until a key under `key` changes after `after_revision` (a watch from the next
+        revision: nothing is missed between a read and this call), at most `timeout` seconds.
+        True: changed (or the history was compacted: read again); False: timed out; None: no
+        member could be watched (the caller waits and reads again, which reports the error)."""
+        body: dict[str, Any] = {"key": b64(key), "start_revision": str(after_revision + 1)}
+        if prefix:
+            body["range_end"] = prefix_end(key)
+        payload = json.dumps({"create_request": body}).encode()
+        deadline = time.monotonic() + timeout
+        for step in range(len(self.endpoints)):
+            index = (self._preferred + step) % len(self.endpoints)
+            scheme, host, port = self.endpoints[index]
+            conn = _Connection(host, port, self._context() if scheme == "https" else None)
+            try:
+                conn.timeout = max(0.1, deadline - time.monotonic())
+                for line in conn.stream_lines("/v3/watch", payload):
+                    result = json.loads(line).get("result", {})
+                    if result.get("events") or result.get("canceled") or int(result.get("compact_revision", 0) or 0):
+                        return True
+                    conn.timeout = max(0.1, deadline - time.monotonic())
+                    conn.sock.settimeout(conn.timeout)
+            except socket.timeout:
+                return False
+            except (OSError, ProtocolError, ValueError, AttributeError):
+                continue
+            finally:
+                conn.close()
+        return None
 
     def where(self) -> str:
         return ",".join(f"{scheme}://{host}:{port}" for scheme, host, port in self.endpoints)

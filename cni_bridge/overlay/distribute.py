@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -32,7 +33,8 @@ from cni_bridge.errors import PluginError
 from cni_bridge.overlay import registry
 from cni_bridge.overlay.peers import RemoteEndpoint
 
-DEFAULT_INTERVAL = 2.0  # seconds between rounds when no watch event arrives sooner
+DEFAULT_INTERVAL = 10.0  # seconds between rounds when no watch event arrives sooner
+WAKE = 1.0  # seconds between looks at this host's registry while waiting
 
 
 def _client_and_prefix(store: Mapping[str, Any]):
@@ -100,6 +102,7 @@ class Round:
     withdrawn: int = 0
     changes: dict[int, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    watch: list[tuple[Any, str, int]] = field(default_factory=list)  # (client, key prefix, revision read)
 
 
 def _sync_store(store: Mapping[str, Any], vteps: list[registry.LocalVtep], result: Round,
@@ -109,8 +112,11 @@ def _sync_store(store: Mapping[str, Any], vteps: list[registry.LocalVtep], resul
     mine = {(v.vni, v.local) for v in vteps}
     have: dict[str, bytes] = {}
     records: list[tuple[str, bytes]] = []
+    revisions = []
     for vni in sorted({v.vni for v in vteps}):
-        for kv in client.get(vni_prefix(prefix, vni), prefix=True):
+        kvs, revision = client.get_with_revision(vni_prefix(prefix, vni), prefix=True)
+        revisions.append(revision)
+        for kv in kvs:
             records.append((kv.key, kv.value))
             parts = kv.key[len(vni_prefix(prefix, vni)):].split("/")
             if len(parts) == 2 and (vni, parts[0]) in mine:
@@ -121,6 +127,8 @@ def _sync_store(store: Mapping[str, Any], vteps: list[registry.LocalVtep], resul
             for v in vteps for a in v.attachments}
     ops = [op_put(k, raw) for k, raw in sorted(want.items()) if have.get(k) != raw]
     ops += [op_delete(k) for k in sorted(have) if k not in want]
+    # the watch resumes after the oldest read: a change between two VNIs' reads is not missed
+    result.watch.append((client, f"{prefix}/vxlan/", min(revisions)))
     if ops:
         client.txn([], ops)
         result.published += sum(1 for k in want if have.get(k) != want[k])
@@ -160,7 +168,10 @@ def run_loop(stop: threading.Event, *, interval: float = DEFAULT_INTERVAL,
              default_store: Mapping[str, Any] | None = None,
              report: Callable[[Round], None] | None = None) -> None:
     """Rounds until `stop` is set: the first at once (a host that starts converges), then one
-    per `interval`. Errors are reported and retried, never fatal."""
+    as soon as an etcd watch on the store's `P/vxlan/` reports a change after what the round
+    read or this host's registry changes, and at least one per `interval` (re-checking the kernel, retrying what failed).
+    Errors are reported and retried, never fatal. With several stores only the first is
+    watched; the others are read once per interval."""
     failed: defaultdict[str, int] = defaultdict(int)
     while not stop.is_set():
         try:
@@ -175,7 +186,30 @@ def run_loop(stop: threading.Event, *, interval: float = DEFAULT_INTERVAL,
             failed.clear()
         if report is not None:
             report(result)
-        stop.wait(interval)
+        _wait(stop, interval, result.watch[0] if result.watch and not result.errors else None)
+
+
+def _wait(stop: threading.Event, interval: float, watch: tuple[Any, str, int] | None) -> None:
+    """Until the next round: a change in etcd (the watch), a change in this host's registry
+    (an ADD or DEL here: checked every WAKE seconds), `stop`, or `interval` passed."""
+    deadline = time.monotonic() + interval
+    seen = registry.signature()
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        step = min(WAKE, left)
+        if watch is not None:
+            client, prefix, revision = watch
+            changed = client.wait_for_change(prefix, revision, step)
+            if changed:
+                return
+            if changed is None:
+                stop.wait(step)
+        else:
+            stop.wait(step)
+        if registry.signature() != seen:
+            return
 
 
 def start_thread(*, interval: float = DEFAULT_INTERVAL,

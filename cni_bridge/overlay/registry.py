@@ -151,6 +151,15 @@ def _load(path: Path) -> dict | None:
         return None  # a record being replaced, or damaged: the next ADD rewrites it
 
 
+def signature() -> tuple[tuple[str, ...], ...]:
+    """Which records exist (names only): cheap to compare, changes with every ADD and DEL."""
+    try:
+        vnis = sorted(p for p in registry_dir().iterdir() if p.name.isdigit())
+    except FileNotFoundError:
+        return ()
+    return tuple((d.name, *sorted(p.name for p in _entries(d))) for d in vnis)
+
+
 def local_vtep(vni: int) -> LocalVtep | None:
     """What this host would publish for `vni`; None when it has no attachment of it."""
     directory = registry_dir() / str(vni)
