@@ -141,11 +141,16 @@ def _sync_store(store: Mapping[str, Any], vteps: list[registry.LocalVtep], resul
 
 
 def sync_once(default_store: Mapping[str, Any] | None = None,
-              apply: Callable[[int, list[RemoteEndpoint]], Any] | None = None) -> Round:
+              apply: Callable[[int, list[RemoteEndpoint]], Any] | None = None,
+              seen: set[tuple[str, int, str]] | None = None) -> Round:
     """One round for every VNI this host has attachments of: publish this host's records,
     reconcile the kernel with the others'. A VNI without an etcd store (and no `default_store`,
     the Docker driver's `--ipam-store etcd`) is left alone. etcd unreachable: that store's VNIs
-    are reported in `errors` and their kernel entries are not touched."""
+    are reported in `errors` and their kernel entries are not touched.
+
+    `seen` (kept by a loop between rounds): the (store, VNI, VTEP) published so far. One that
+    left the registry (its last attachment went) has its keys withdrawn here, for the DELs
+    that could not (etcd unreachable, a Docker endpoint: its network names no store)."""
     if apply is None:
         from cni_bridge.overlay.reconcile import reconcile
         apply = reconcile
@@ -156,12 +161,31 @@ def sync_once(default_store: Mapping[str, Any] | None = None,
             continue
         by_store.setdefault(json.dumps(store, sort_keys=True), (store, []))[1].append(vtep)
     result = Round()
+    current = {(name, v.vni, v.local) for name, (_, vteps) in by_store.items() for v in vteps}
+    for gone in sorted((seen or set()) - current):
+        _withdraw_vtep(gone, result, seen)
     for store, vteps in by_store.values():
         try:
             _sync_store(store, vteps, result, apply)
         except PluginError as exc:
             result.errors.append(f"vxlan {', '.join(str(v.vni) for v in vteps)}: {exc.msg}")
+    if seen is not None:
+        seen |= current
     return result
+
+
+def _withdraw_vtep(gone: tuple[str, int, str], result: Round, seen: set[tuple[str, int, str]] | None) -> None:
+    from cni_bridge.ipam.etcd import op_delete
+    name, vni, vtep = gone
+    try:
+        client, prefix = _client_and_prefix(json.loads(name))
+        client.txn([], [op_delete(f"{vni_prefix(prefix, vni)}{vtep}/", prefix=True)])
+    except PluginError as exc:
+        result.errors.append(f"vxlan {vni}: withdrawing {vtep}: {exc.msg}")
+        return
+    result.withdrawn += 1
+    if seen is not None:
+        seen.discard(gone)
 
 
 def run_loop(stop: threading.Event, *, interval: float = DEFAULT_INTERVAL,
@@ -173,9 +197,10 @@ def run_loop(stop: threading.Event, *, interval: float = DEFAULT_INTERVAL,
     Errors are reported and retried, never fatal. With several stores only the first is
     watched; the others are read once per interval."""
     failed: defaultdict[str, int] = defaultdict(int)
+    seen: set[tuple[str, int, str]] = set()
     while not stop.is_set():
         try:
-            result = sync_once(default_store)
+            result = sync_once(default_store, seen=seen)
         except Exception as exc:  # noqa: BLE001 -- the loop must outlive any one bad round
             result = Round(errors=[f"vxlan sync: {exc.__class__.__name__}: {exc}"])
         for error in result.errors:

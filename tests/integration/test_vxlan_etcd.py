@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.support.cnitool import bridge_conflist
+from tests.support.dockerd import plugin_call
 from tests.support.etcd import EtcdCluster
 from tests.support.host import wait_for
 from tests.support.loopback import forward_loopback
@@ -259,3 +260,47 @@ def test_restarted_sync_and_lost_kernel_state_converge(site: Site, netns: Callab
     for x in (b, b2):  # the runtime's DEL after the reboot: nothing left to undo but the leases
         detach(conf, x)
     assert published(s, prefix, vni) == {}
+
+
+def test_docker_networks_are_synced_by_serve(site: Site, netns: Callable[..., Netns], tmp_path: Path) -> None:
+    """`cni-bridge serve --ipam-store etcd` on two hosts: the same Docker network (`-o vxlanId
+    -o vxlanLocal`) on each, endpoints published and programmed by serve's own sync thread."""
+    s, vni = site, 9191
+    h0, h1 = s.underlay.hosts[:2]
+    prefix = "/" + unique_name("vxd")
+    subnet = unique_subnet(4, 24)
+    nid = unique_name("nid") + "0" * 40
+    sockets = [h.serve(tmp_path / f"unused{i}", "--ipam-store", "etcd", "--etcd-endpoints", ",".join(s.cluster.endpoints),
+                       "--etcd-prefix", prefix) for i, h in enumerate((h0, h1))]
+    ends = []
+    try:
+        for i, (h, sock) in enumerate(zip((h0, h1), sockets)):
+            generic = {"vxlanId": str(vni), "vxlanLocal": str(h.addr4), "vxlanDev": h.nic, "vxlanPort": str(PORT)}
+            body = {"NetworkID": nid, "Options": {"com.docker.network.generic": generic},
+                    "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": str(subnet),
+                                  "Gateway": f"{subnet.network_address + 1}/24", "AuxAddresses": {}}], "IPv6Data": []}
+            assert plugin_call(sock, "NetworkDriver.CreateNetwork", body) == (200, {})
+            address = f"{subnet.network_address + 10 + i}/24"
+            eid = f"{i}" * 64
+            status, reply = plugin_call(sock, "NetworkDriver.CreateEndpoint",
+                                        {"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": address},
+                                         "Options": {}})
+            assert status == 200, reply
+            src = plugin_call(sock, "NetworkDriver.EndpointOperInfo",
+                              {"NetworkID": nid, "EndpointID": eid})[1]["Value"]["srcName"]
+            ctr = netns()  # what dockerd does with the sandbox end
+            h.ns.ip("link", "set", src, "netns", ctr.path, "name", "eth0")
+            ctr.ip("addr", "add", address, "dev", "eth0")
+            ctr.ip("link", "set", "eth0", "up")
+            ends.append((h, sock, eid, ctr, address.split("/")[0], reply["Interface"]["MacAddress"]))
+        (_, _, _, c0, ip0, mac0), (_, sock1, eid1, c1, ip1, mac1) = ends
+        assert wait_for(lambda: (mac1, str(h1.addr4)) in fdb(h0, vni) and (mac0, str(h0.addr4)) in fdb(h1, vni),
+                        CONVERGE), (fdb(h0, vni), fdb(h1, vni))
+        assert c0.ping(ip1) and c1.ping(ip0)
+        assert sorted(r["mac"] for r in published(s, prefix, vni).values()) == sorted([mac0, mac1])
+        c1.delete()
+        assert plugin_call(sock1, "NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid1})[0] == 200
+        assert wait_for(lambda: fdb(h0, vni) == [], CONVERGE), fdb(h0, vni)
+    finally:
+        for h, sock in zip((h0, h1), sockets):
+            plugin_call(sock, "NetworkDriver.DeleteNetwork", {"NetworkID": nid})

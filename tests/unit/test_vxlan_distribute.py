@@ -46,7 +46,10 @@ class Keys:
                 body = op["request_put"]
                 self.data[base64.b64decode(body["key"]).decode()] = base64.b64decode(body["value"])
             else:
-                self.data.pop(base64.b64decode(op["request_delete_range"]["key"]).decode(), None)
+                body = op["request_delete_range"]
+                name = base64.b64decode(body["key"]).decode()
+                for k in [k for k in self.data if k == name or ("range_end" in body and k.startswith(name))]:
+                    del self.data[k]
         self.revision += 1
 
 
@@ -160,3 +163,21 @@ def test_registry_signature_changes_with_add_and_del(keys: Keys) -> None:
     assert added != empty
     registry.forget(s, att)
     assert registry.signature() == empty
+
+
+def test_a_vni_that_left_the_registry_is_withdrawn_by_the_loop(keys: Keys) -> None:
+    """A Docker endpoint's DEL publishes nothing itself (its network names no store): the loop
+    that published the VTEP withdraws it once the last attachment left; retried while etcd is down."""
+    s = spec(store=None)
+    att = Attachment("c1", "eth0", None)
+    registry.record(s, att, "02:00:00:00:00:01", [])
+    remote(keys, "192.0.2.2", "vethB", "02:00:00:00:00:02", "10.9.0.3")
+    seen: set = set()
+    distribute.sync_once(STORE, apply=Applied(), seen=seen)
+    assert len(keys.data) == 2 and len(seen) == 1
+    registry.forget(s, att)
+    keys.down = True
+    assert distribute.sync_once(STORE, apply=Applied(), seen=seen).errors and len(seen) == 1
+    keys.down = False
+    assert distribute.sync_once(STORE, apply=Applied(), seen=seen).withdrawn == 1
+    assert list(keys.data) == [distribute.key("/p", 42, "192.0.2.2", "vethB")] and seen == set()
