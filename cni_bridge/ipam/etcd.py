@@ -174,11 +174,12 @@ class KeyValue:
     value: bytes
     create_revision: int
     mod_revision: int
+    lease: int = 0  # the etcd lease the key is attached to (0: none)
 
 
 def _kvs(response: dict[str, Any]) -> list[KeyValue]:
     return [KeyValue(unb64(kv.get("key")).decode(), unb64(kv.get("value")),
-                     int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)))
+                     int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)), int(kv.get("lease", 0) or 0))
             for kv in response.get("kvs", [])]
 
 
@@ -192,8 +193,12 @@ def op_get(key: str, *, prefix: bool = False, keys_only: bool = False) -> dict[s
     return {"request_range": body}
 
 
-def op_put(key: str, value: bytes | str) -> dict[str, Any]:
-    return {"request_put": {"key": b64(key), "value": b64(value)}}
+def op_put(key: str, value: bytes | str, *, lease: int = 0) -> dict[str, Any]:
+    """A put; with `lease`, the key is deleted when that lease expires."""
+    body = {"key": b64(key), "value": b64(value)}
+    if lease:
+        body["lease"] = str(lease)
+    return {"request_put": body}
 
 
 def op_delete(key: str, *, prefix: bool = False) -> dict[str, Any]:
@@ -263,7 +268,35 @@ class EtcdClient:
         body: dict[str, Any] = {"key": b64(key), "start_revision": str(after_revision + 1)}
         if prefix:
             body["range_end"] = prefix_end(key)
-        payload = json.dumps({"create_request": body}).encode()
+
+        def changed(result: dict[str, Any]) -> bool:
+            return bool(result.get("events") or result.get("canceled") or int(result.get("compact_revision", 0) or 0))
+        try:
+            return self._stream_until("/v3/watch", {"create_request": body}, timeout, changed) is not None
+        except socket.timeout:
+            return False
+        except StoreUnreachable:
+            return None
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; its id."""
+        return int(self._call("/v3/lease/grant", {"TTL": str(ttl)})["ID"])
+
+    def keep_alive(self, lease: int) -> int:
+        """Renew `lease`; its TTL afterwards, 0 when it has expired (grant another)."""
+        try:
+            result = self._stream_until("/v3/lease/keepalive", {"ID": str(lease)}, self.timeout, lambda r: True)
+        except socket.timeout:
+            raise StoreUnreachable(TRY_AGAIN, f"etcd at {self.where()} did not renew lease {lease:x} "
+                                   f"within {self.timeout:g}s; try again") from None
+        return int((result or {}).get("TTL", 0) or 0)
+
+    def _stream_until(self, path: str, body: dict[str, Any], timeout: float,
+                      done: Any) -> dict[str, Any] | None:
+        """A streaming gateway call on a connection of its own: the first message whose
+        `result` satisfies `done`. socket.timeout when none came in time; StoreUnreachable
+        when no member could be reached; None when the stream ended without one."""
+        payload = json.dumps(body).encode()
         deadline = time.monotonic() + timeout
         for step in range(len(self.endpoints)):
             index = (self._preferred + step) % len(self.endpoints)
@@ -271,19 +304,22 @@ class EtcdClient:
             conn = _Connection(host, port, self._context() if scheme == "https" else None)
             try:
                 conn.timeout = max(0.1, deadline - time.monotonic())
-                for line in conn.stream_lines("/v3/watch", payload):
-                    result = json.loads(line).get("result", {})
-                    if result.get("events") or result.get("canceled") or int(result.get("compact_revision", 0) or 0):
-                        return True
-                    conn.timeout = max(0.1, deadline - time.monotonic())
-                    conn.sock.settimeout(conn.timeout)
+                for line in conn.stream_lines(path, payload):
+                    message = json.loads(line)
+                    if "error" in message:
+                        raise ProtocolError(str(message["error"])[:200])
+                    result = message.get("result", {})
+                    if done(result):
+                        return result
+                    conn.sock.settimeout(max(0.1, deadline - time.monotonic()))
+                return None
             except socket.timeout:
-                return False
+                raise
             except (OSError, ProtocolError, ValueError, AttributeError):
                 continue
             finally:
                 conn.close()
-        return None
+        raise StoreUnreachable(TRY_AGAIN, f"etcd at {self.where()}: no member answered {path}; try again")
 
     def where(self) -> str:
         return ",".join(f"{scheme}://{host}:{port}" for scheme, host, port in self.endpoints)

@@ -16,7 +16,9 @@ registry (overlay/registry.py) -- re-publishing what an ADD could not, deleting 
 that restarted or rebooted no longer has -- and reconciles every local VNI with the complete
 remote set read in the same range. It is run at start and in a loop by `cni-bridge serve`
 and `cni-bridge vxlan sync --watch`, once by `cni-bridge vxlan sync`; etcd unreachable
-leaves the kernel as it is, and the next round tries again.
+leaves the kernel as it is, and the next round tries again. A loop attaches the host's keys
+to an etcd lease it renews every round: a host that is gone for good (no loop renewing)
+leaves the others' tables when the lease expires, as flannel's host leases do.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from cni_bridge.overlay.peers import RemoteEndpoint
 
 DEFAULT_INTERVAL = 10.0  # seconds between rounds when no watch event arrives sooner
 WAKE = 1.0  # seconds between looks at this host's registry while waiting
+MIN_TTL = 5  # seconds: etcd refuses or shortens leases much below its election timeout
 
 
 def _client_and_prefix(store: Mapping[str, Any]):
@@ -96,6 +99,22 @@ def endpoints_of(records: Iterable[tuple[str, bytes]], vni: int, prefix: str) ->
 
 
 @dataclass
+class LoopState:
+    """What a loop keeps between rounds. `ttl` > 0: this host's keys are attached to an etcd
+    lease of that many seconds, renewed every round, so a host that stops for good (its loop
+    gone) disappears from the others' tables once the lease expires. `leases`: the lease per
+    store; `seen`: (store, VNI, VTEP) published so far (see sync_once)."""
+    ttl: int = 0
+    leases: dict[str, int] = field(default_factory=dict)
+    seen: set[tuple[str, int, str]] = field(default_factory=set)
+
+
+def lease_ttl(interval: float) -> int:
+    """Three rounds' worth: a loop that misses two rounds keeps its keys."""
+    return max(MIN_TTL, int(3 * interval + 0.999))
+
+
+@dataclass
 class Round:
     """What one sync round did, per VNI: keys put/deleted, and the reconcile's plan or error."""
     published: int = 0
@@ -105,12 +124,25 @@ class Round:
     watch: list[tuple[Any, str, int]] = field(default_factory=list)  # (client, key prefix, revision read)
 
 
-def _sync_store(store: Mapping[str, Any], vteps: list[registry.LocalVtep], result: Round,
-                apply: Callable[[int, list[RemoteEndpoint]], Any]) -> None:
+def _lease(client: Any, name: str, state: LoopState | None) -> int:
+    """The loop's lease for this store, renewed, or a new one when it expired (0: no lease)."""
+    if state is None or state.ttl <= 0:
+        return 0
+    lease = state.leases.get(name, 0)
+    if lease and client.keep_alive(lease) <= 0:
+        lease = 0
+    if not lease:
+        lease = state.leases[name] = client.grant(state.ttl)
+    return lease
+
+
+def _sync_store(store: Mapping[str, Any], name: str, vteps: list[registry.LocalVtep], result: Round,
+                apply: Callable[[int, list[RemoteEndpoint]], Any], state: LoopState | None) -> None:
     from cni_bridge.ipam.etcd import op_delete, op_put
     client, prefix = _client_and_prefix(store)
+    lease = _lease(client, name, state)
     mine = {(v.vni, v.local) for v in vteps}
-    have: dict[str, bytes] = {}
+    have: dict[str, tuple[bytes, int]] = {}
     records: list[tuple[str, bytes]] = []
     revisions = []
     for vni in sorted({v.vni for v in vteps}):
@@ -120,18 +152,21 @@ def _sync_store(store: Mapping[str, Any], vteps: list[registry.LocalVtep], resul
             records.append((kv.key, kv.value))
             parts = kv.key[len(vni_prefix(prefix, vni)):].split("/")
             if len(parts) == 2 and (vni, parts[0]) in mine:
-                have[kv.key] = kv.value
+                have[kv.key] = (kv.value, kv.lease)
     want = {key(prefix, v.vni, v.local, a.host_ifname):
             value(v.local, {"mac": a.mac, "ips": a.ips, "network": a.network, "containerId": a.container_id,
                             "ifname": a.ifname}).encode()
             for v in vteps for a in v.attachments}
-    ops = [op_put(k, raw) for k, raw in sorted(want.items()) if have.get(k) != raw]
+    # a one-shot round (no lease) leaves a loop's lease on keys whose value is right
+    stale = sorted(k for k, raw in want.items()
+                   if k not in have or have[k][0] != raw or (lease and have[k][1] != lease))
+    ops = [op_put(k, want[k], lease=lease) for k in stale]
     ops += [op_delete(k) for k in sorted(have) if k not in want]
     # the watch resumes after the oldest read: a change between two VNIs' reads is not missed
     result.watch.append((client, f"{prefix}/vxlan/", min(revisions)))
     if ops:
         client.txn([], ops)
-        result.published += sum(1 for k in want if have.get(k) != want[k])
+        result.published += len(stale)
         result.withdrawn += sum(1 for k in have if k not in want)
     for v in vteps:  # the remote set: every record of the VNI; reconcile skips our own VTEP's
         try:
@@ -142,14 +177,14 @@ def _sync_store(store: Mapping[str, Any], vteps: list[registry.LocalVtep], resul
 
 def sync_once(default_store: Mapping[str, Any] | None = None,
               apply: Callable[[int, list[RemoteEndpoint]], Any] | None = None,
-              seen: set[tuple[str, int, str]] | None = None) -> Round:
+              state: LoopState | None = None) -> Round:
     """One round for every VNI this host has attachments of: publish this host's records,
     reconcile the kernel with the others'. A VNI without an etcd store (and no `default_store`,
     the Docker driver's `--ipam-store etcd`) is left alone. etcd unreachable: that store's VNIs
     are reported in `errors` and their kernel entries are not touched.
 
-    `seen` (kept by a loop between rounds): the (store, VNI, VTEP) published so far. One that
-    left the registry (its last attachment went) has its keys withdrawn here, for the DELs
+    `state` (kept by a loop between rounds): its lease, and the (store, VNI, VTEP) published so
+    far (`seen`). One that left the registry (its last attachment went) has its keys withdrawn here, for the DELs
     that could not (etcd unreachable, a Docker endpoint: its network names no store)."""
     if apply is None:
         from cni_bridge.overlay.reconcile import reconcile
@@ -162,11 +197,12 @@ def sync_once(default_store: Mapping[str, Any] | None = None,
         by_store.setdefault(json.dumps(store, sort_keys=True), (store, []))[1].append(vtep)
     result = Round()
     current = {(name, v.vni, v.local) for name, (_, vteps) in by_store.items() for v in vteps}
+    seen = state.seen if state is not None else None
     for gone in sorted((seen or set()) - current):
         _withdraw_vtep(gone, result, seen)
-    for store, vteps in by_store.values():
+    for name, (store, vteps) in by_store.items():
         try:
-            _sync_store(store, vteps, result, apply)
+            _sync_store(store, name, vteps, result, apply, state)
         except PluginError as exc:
             result.errors.append(f"vxlan {', '.join(str(v.vni) for v in vteps)}: {exc.msg}")
     if seen is not None:
@@ -195,12 +231,13 @@ def run_loop(stop: threading.Event, *, interval: float = DEFAULT_INTERVAL,
     as soon as an etcd watch on the store's `P/vxlan/` reports a change after what the round
     read or this host's registry changes, and at least one per `interval` (re-checking the kernel, retrying what failed).
     Errors are reported and retried, never fatal. With several stores only the first is
-    watched; the others are read once per interval."""
+    watched; the others are read once per interval. This host's keys live on a lease of
+    `lease_ttl(interval)` seconds that every round renews."""
     failed: defaultdict[str, int] = defaultdict(int)
-    seen: set[tuple[str, int, str]] = set()
+    state = LoopState(ttl=lease_ttl(interval))
     while not stop.is_set():
         try:
-            result = sync_once(default_store, seen=seen)
+            result = sync_once(default_store, state=state)
         except Exception as exc:  # noqa: BLE001 -- the loop must outlive any one bad round
             result = Round(errors=[f"vxlan sync: {exc.__class__.__name__}: {exc}"])
         for error in result.errors:

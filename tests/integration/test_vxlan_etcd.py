@@ -57,11 +57,11 @@ class Syncers:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, h: SimHost) -> None:
+    def start(self, h: SimHost, interval: float = 20) -> None:
         log = open(self.tmp / f"sync-{h.ns.name}.log", "a")
         self.procs[h.ns.name] = h.ns.popen(
             "env", f"PYBRIDGE_RUN_DIR={h.run_dir}", str(Path(sys.executable).with_name("cni-bridge")),
-            "vxlan", "sync", "--watch", "--interval", "20", stdout=log, stderr=log, start_new_session=True)
+            "vxlan", "sync", "--watch", "--interval", str(interval), stdout=log, stderr=log, start_new_session=True)
         log.close()
 
     def log(self, h: SimHost) -> str:
@@ -236,7 +236,7 @@ def test_restarted_sync_and_lost_kernel_state_converge(site: Site, netns: Callab
     kept = {h.ns.name: fdb(h, vni) for h in (h0, h1, h2)}
     s.cluster.stop(1)
     s.cluster.stop(2)
-    assert wait_for(lambda: "did not answer" in s.syncers.log(h0), CONVERGE)
+    assert wait_for(lambda: "try again" in s.syncers.log(h0), CONVERGE), s.syncers.log(h0)
     assert {h.ns.name: fdb(h, vni) for h in (h0, h1, h2)} == kept and pings(a, c)
     s.cluster.start(1)
     s.cluster.start(2)
@@ -304,3 +304,29 @@ def test_docker_networks_are_synced_by_serve(site: Site, netns: Callable[..., Ne
     finally:
         for h, sock in zip((h0, h1), sockets):
             plugin_call(sock, "NetworkDriver.DeleteNetwork", {"NetworkID": nid})
+
+
+def test_a_host_gone_for_good_leaves_the_others_tables_when_its_lease_expires(site: Site,
+                                                                              netns: Callable[..., Netns]) -> None:
+    """h2's loop (rounds every second: a 5 s lease) stops and never comes back, its container
+    without a DEL: its keys expire, and h0 stops flooding to it."""
+    s, vni = site, 4345
+    h0, _, h2 = s.underlay.hosts
+    conf, prefix = network(s, vni)
+    s.syncers.start(h0)
+    s.syncers.start(h2, interval=1)
+    a, c = attach(conf, h0, netns), attach(conf, h2, netns)
+    assert wait_for(lambda: converged(vni, [a, c], [h0, h2]), CONVERGE)
+    assert pings(a, c)
+    records = published(s, prefix, vni)
+    assert len(records) == 2
+    s.syncers.kill(h2)
+    assert wait_for(lambda: fdb(h0, vni) == [], CONVERGE), fdb(h0, vni)
+    assert [r["vtep"] for r in published(s, prefix, vni).values()] == [str(h0.addr4)]
+    # h2's loop comes back (the host was only away): its container is published again
+    s.syncers.start(h2, interval=1)
+    assert wait_for(lambda: converged(vni, [a, c], [h0, h2]), CONVERGE)
+    assert pings(c, a)
+    detach(conf, a)
+    detach(conf, c)
+    assert wait_for(lambda: published(s, prefix, vni) == {}, CONVERGE)

@@ -31,11 +31,27 @@ class Keys:
         self.revision = 1
         self.down = False
         self.txns = 0
+        self.leases: set[int] = set()
+        self.lease_of: dict[str, int] = {}
+
+    def grant(self, ttl: int) -> int:
+        self.next_lease = getattr(self, "next_lease", 100) + 1
+        self.leases.add(self.next_lease)
+        return self.next_lease
+
+    def keep_alive(self, lease: int) -> int:
+        return 30 if lease in self.leases else 0
+
+    def expire(self, lease: int) -> None:
+        self.leases.discard(lease)
+        for k in [k for k, v in self.lease_of.items() if v == lease]:
+            del self.data[k], self.lease_of[k]
 
     def get_with_revision(self, key: str, *, prefix: bool = False) -> tuple[list[KeyValue], int]:
         if self.down:
             raise StoreUnreachable(TRY_AGAIN, "etcd did not answer")
-        return [KeyValue(k, v, 1, 1) for k, v in sorted(self.data.items()) if k.startswith(key)], self.revision
+        return [KeyValue(k, v, 1, 1, self.lease_of.get(k, 0)) for k, v in sorted(self.data.items())
+                if k.startswith(key)], self.revision
 
     def txn(self, compare: Any, success: Any, failure: Any = ()) -> None:
         if self.down:
@@ -44,7 +60,9 @@ class Keys:
         for op in success:
             if "request_put" in op:
                 body = op["request_put"]
-                self.data[base64.b64decode(body["key"]).decode()] = base64.b64decode(body["value"])
+                name = base64.b64decode(body["key"]).decode()
+                self.data[name] = base64.b64decode(body["value"])
+                self.lease_of[name] = int(body.get("lease", 0))
             else:
                 body = op["request_delete_range"]
                 name = base64.b64decode(body["key"]).decode()
@@ -172,12 +190,33 @@ def test_a_vni_that_left_the_registry_is_withdrawn_by_the_loop(keys: Keys) -> No
     att = Attachment("c1", "eth0", None)
     registry.record(s, att, "02:00:00:00:00:01", [])
     remote(keys, "192.0.2.2", "vethB", "02:00:00:00:00:02", "10.9.0.3")
-    seen: set = set()
-    distribute.sync_once(STORE, apply=Applied(), seen=seen)
+    state = distribute.LoopState()
+    seen = state.seen
+    distribute.sync_once(STORE, apply=Applied(), state=state)
     assert len(keys.data) == 2 and len(seen) == 1
     registry.forget(s, att)
     keys.down = True
-    assert distribute.sync_once(STORE, apply=Applied(), seen=seen).errors and len(seen) == 1
+    assert distribute.sync_once(STORE, apply=Applied(), state=state).errors and len(seen) == 1
     keys.down = False
-    assert distribute.sync_once(STORE, apply=Applied(), seen=seen).withdrawn == 1
+    assert distribute.sync_once(STORE, apply=Applied(), state=state).withdrawn == 1
     assert list(keys.data) == [distribute.key("/p", 42, "192.0.2.2", "vethB")] and seen == set()
+
+
+def test_a_loop_keeps_its_keys_on_a_lease_and_takes_a_new_one_when_it_expired(keys: Keys) -> None:
+    s = spec()
+    att = Attachment("c1", "eth0", None)
+    entry = registry.record(s, att, "02:00:00:00:00:01", [])
+    distribute.publish(registry.etcd_store(s), 42, "192.0.2.1", att.host_ifname, entry)  # the ADD: no lease
+    mine = distribute.key("/p", 42, "192.0.2.1", att.host_ifname)
+    assert keys.lease_of[mine] == 0
+    state = distribute.LoopState(ttl=distribute.lease_ttl(10))
+    assert state.ttl == 30
+    assert distribute.sync_once(apply=Applied(), state=state).published == 1  # same value, now on the lease
+    first = keys.lease_of[mine]
+    assert first in keys.leases
+    assert distribute.sync_once(apply=Applied(), state=state).published == 0
+    assert distribute.sync_once(apply=Applied()).published == 0  # a one-shot round leaves the lease alone
+    keys.expire(first)  # e.g. the loop was cut off from etcd for longer than the TTL
+    assert mine not in keys.data
+    assert distribute.sync_once(apply=Applied(), state=state).published == 1
+    assert keys.lease_of[mine] not in (0, first)
