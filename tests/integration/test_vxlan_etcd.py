@@ -10,7 +10,6 @@ Convergence is awaited (polling what a user would check), never slept for.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from tests.support.etcd import EtcdCluster
 from tests.support.host import wait_for
 from tests.support.loopback import forward_loopback
 from tests.support.netns import Netns
+from tests.support.overlay import Container, attach, detach, docker_endpoint, docker_vxlan_network, fdb
 from tests.support.session import unique_name
 from tests.support.subnets import unique_subnet
 from tests.support.topology import SimHost, Underlay, create_underlay
@@ -38,16 +38,6 @@ from tests.support.topology import SimHost, Underlay, create_underlay
 PORT = 4791
 CONVERGE = 60.0  # upper bound for a change to reach a host (a watch event, else a round every 20 s)
 ZERO = "00:00:00:00:00:00"
-
-
-@dataclass
-class Container:
-    host: SimHost
-    ns: Netns
-    cid: str
-    ip4: str
-    ip6: str
-    mac: str
 
 
 class Syncers:
@@ -127,24 +117,6 @@ def network(s: Site, vni: int) -> tuple[Callable[[SimHost], dict], str]:
         ipam["store"] = store
         return conf
     return on, prefix
-
-
-def attach(conf: Callable[[SimHost], dict], h: SimHost, netns: Callable[..., Netns]) -> Container:
-    ns, cid = netns(), unique_name("ctr")
-    result = h.cni.add(conf(h), ns.path, container_id=cid).result
-    ips = [ipaddress.ip_interface(ip["address"]).ip for ip in result["ips"]]
-    mac = next(i["mac"] for i in result["interfaces"] if i.get("sandbox"))
-    return Container(h, ns, cid, str(next(i for i in ips if i.version == 4)), str(next(i for i in ips if i.version == 6)),
-                     mac)
-
-
-def detach(conf: Callable[[SimHost], dict], c: Container) -> None:
-    c.host.cni.delete(conf(c.host), c.ns.path, container_id=c.cid)
-
-
-def fdb(h: SimHost, vni: int) -> list[tuple[str, str]]:
-    out = h.ns.run("bridge", "-j", "fdb", "show", "dev", f"vx-{vni}", check=False).stdout
-    return sorted((e["mac"], e["dst"]) for e in json.loads(out or "[]") if e.get("dst"))
 
 
 def expected_fdb(h: SimHost, others: list[Container]) -> list[tuple[str, str]]:
@@ -275,24 +247,9 @@ def test_docker_networks_are_synced_by_serve(site: Site, netns: Callable[..., Ne
     ends = []
     try:
         for i, (h, sock) in enumerate(zip((h0, h1), sockets)):
-            generic = {"vxlanId": str(vni), "vxlanLocal": str(h.addr4), "vxlanDev": h.nic, "vxlanPort": str(PORT)}
-            body = {"NetworkID": nid, "Options": {"com.docker.network.generic": generic},
-                    "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": str(subnet),
-                                  "Gateway": f"{subnet.network_address + 1}/24", "AuxAddresses": {}}], "IPv6Data": []}
-            assert plugin_call(sock, "NetworkDriver.CreateNetwork", body) == (200, {})
-            address = f"{subnet.network_address + 10 + i}/24"
-            eid = f"{i}" * 64
-            status, reply = plugin_call(sock, "NetworkDriver.CreateEndpoint",
-                                        {"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": address},
-                                         "Options": {}})
-            assert status == 200, reply
-            src = plugin_call(sock, "NetworkDriver.EndpointOperInfo",
-                              {"NetworkID": nid, "EndpointID": eid})[1]["Value"]["srcName"]
-            ctr = netns()  # what dockerd does with the sandbox end
-            h.ns.ip("link", "set", src, "netns", ctr.path, "name", "eth0")
-            ctr.ip("addr", "add", address, "dev", "eth0")
-            ctr.ip("link", "set", "eth0", "up")
-            ends.append((h, sock, eid, ctr, address.split("/")[0], reply["Interface"]["MacAddress"]))
+            docker_vxlan_network(sock, nid, h, vni, PORT, subnet)
+            address, eid, ctr = f"{subnet.network_address + 10 + i}/24", f"{i}" * 64, netns()
+            ends.append((h, sock, eid, ctr, address.split("/")[0], docker_endpoint(sock, nid, eid, h, address, ctr)))
         (_, _, _, c0, ip0, mac0), (_, sock1, eid1, c1, ip1, mac1) = ends
         assert wait_for(lambda: (mac1, str(h1.addr4)) in fdb(h0, vni) and (mac0, str(h0.addr4)) in fdb(h1, vni),
                         CONVERGE), (fdb(h0, vni), fdb(h1, vni))
