@@ -161,13 +161,18 @@ def _sync_store(store: Mapping[str, Any], name: str, vteps: list[registry.LocalV
     stale = sorted(k for k, raw in want.items()
                    if k not in have or have[k][0] != raw or (lease and have[k][1] != lease))
     ops = [op_put(k, want[k], lease=lease) for k in stale]
-    ops += [op_delete(k) for k in sorted(have) if k not in want]
+    # An ADD records before it publishes: its key may be in what was read and its record not in
+    # the registry read before that. The registry is read again, after etcd, before deleting.
+    recorded = {key(prefix, v.vni, v.local, a.host_ifname)
+                for v in (registry.local_vtep(vni) for vni in {v.vni for v in vteps}) if v is not None
+                for a in v.attachments}
+    ops += [op_delete(k) for k in sorted(have) if k not in want and k not in recorded]
     # the watch resumes after the oldest read: a change between two VNIs' reads is not missed
     result.watch.append((client, f"{prefix}/vxlan/", min(revisions)))
     if ops:
         client.txn([], ops)
         result.published += len(stale)
-        result.withdrawn += sum(1 for k in have if k not in want)
+        result.withdrawn += len(ops) - len(stale)
     for v in vteps:  # the remote set: every record of the VNI; reconcile skips our own VTEP's
         try:
             result.changes[v.vni] = apply(v.vni, endpoints_of(records, v.vni, prefix))

@@ -220,3 +220,18 @@ def test_a_loop_keeps_its_keys_on_a_lease_and_takes_a_new_one_when_it_expired(ke
     assert mine not in keys.data
     assert distribute.sync_once(apply=Applied(), state=state).published == 1
     assert keys.lease_of[mine] not in (0, first)
+
+
+def test_an_add_between_the_registry_read_and_the_etcd_read_is_not_withdrawn(keys: Keys) -> None:
+    s = spec()
+    registry.record(s, Attachment("c1", "eth0", None), "02:00:00:00:00:01", [])
+    late = Attachment("c2", "eth0", None)
+    read = keys.get_with_revision
+
+    def add_meanwhile(key: str, *, prefix: bool = False) -> tuple[list[KeyValue], int]:
+        entry = registry.record(s, late, "02:00:00:00:00:02", [])  # the ADD: record, then publish
+        distribute.publish(registry.etcd_store(s), 42, "192.0.2.1", late.host_ifname, entry)
+        return read(key, prefix=prefix)
+    keys.get_with_revision = add_meanwhile  # type: ignore[method-assign]
+    assert distribute.sync_once(apply=Applied()).withdrawn == 0
+    assert distribute.key("/p", 42, "192.0.2.1", late.host_ifname) in keys.data
