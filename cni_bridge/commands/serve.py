@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1 or args.threads < 1:
         raise SystemExit("cni-bridge serve: --workers and --threads must be at least 1")
+    if args.vxlan_sync_interval <= 0:
+        raise SystemExit("cni-bridge serve: --vxlan-sync-interval must be positive")
     spec = store_spec(args, args.ipam_data_dir)
     settings = Settings(state_dir=args.state_dir, ipam_data_dir=args.ipam_data_dir,
                         ipam_store=spec.to_dict() if spec.type == "etcd" else None,

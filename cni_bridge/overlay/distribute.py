@@ -197,7 +197,7 @@ def sync_once(default_store: Mapping[str, Any] | None = None,
     by_store: dict[str, tuple[Mapping[str, Any], list[registry.LocalVtep]]] = {}
     for vtep in registry.local_vteps():
         store = vtep.store or default_store
-        if store is None:
+        if store is None or vtep.group is not None:
             continue
         by_store.setdefault(json.dumps(store, sort_keys=True), (store, []))[1].append(vtep)
     result = Round()

@@ -5,7 +5,7 @@ Recorded on ADD (CNI) / CreateEndpoint (Docker), removed on DEL / DeleteEndpoint
 JSON file per attachment so concurrent ADDs never contend and a crashed ADD leaves at most its
 own record (named by the deterministic host veth name, so DEL finds it without the netns):
 
-    $PYBRIDGE_RUN_DIR/vxlan/<vni>/vtep.json           {"vni", "local", "port", "network", "store"?}
+    $PYBRIDGE_RUN_DIR/vxlan/<vni>/vtep.json           {"vni", "local", "port", "network", "store"?, "group"?}
     $PYBRIDGE_RUN_DIR/vxlan/<vni>/<host veth>.json    {"network", "containerId", "ifname", "mac", "ips"}
 
 `store` is the network's IPAM `store` object when it is etcd: where overlay/distribute.py
@@ -55,6 +55,7 @@ class LocalVtep:
     network: str
     attachments: tuple[LocalAttachment, ...]
     store: Mapping[str, Any] | None = None  # the etcd `store` object the VNI is published in
+    group: str | None = None  # multicast group: the kernel learns the peers, nothing is published
 
     def endpoints(self) -> list[RemoteEndpoint]:
         """As the other hosts see them: the input of their `reconcile`."""
@@ -74,7 +75,10 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def etcd_store(spec: NetworkSpec) -> dict[str, Any] | None:
-    """The network's IPAM `store` object when it is etcd (the VNI is then published there)."""
+    """Where the VNI is published: the network's IPAM `store` object when it is etcd, and the
+    network has no multicast `group` (whose peers the kernel learns)."""
+    if spec.vxlan is None or spec.vxlan.group is not None:
+        return None
     store = spec.ipam.get("store") if isinstance(spec.ipam, Mapping) else None
     return dict(store) if isinstance(store, Mapping) and store.get("type") == "etcd" else None
 
@@ -95,6 +99,8 @@ def record(spec: NetworkSpec, att: Attachment, mac: str, addresses: Iterable[IPA
     store = etcd_store(spec)
     if store is not None:
         vtep["store"] = store
+    if vx.group is not None:
+        vtep["group"] = str(vx.group)
     _write_json(directory / VTEP_FILE, vtep)
     return entry
 
@@ -173,7 +179,7 @@ def local_vtep(vni: int) -> LocalVtep | None:
             attachments.append(LocalAttachment(path.stem, data["network"], data["containerId"], data["ifname"], data["mac"],
                                                tuple(data["ips"])))
     return LocalVtep(int(vtep["vni"]), vtep["local"], int(vtep["port"]), vtep["network"], tuple(attachments),
-                     vtep.get("store"))
+                     vtep.get("store"), vtep.get("group"))
 
 
 def local_vteps() -> list[LocalVtep]:

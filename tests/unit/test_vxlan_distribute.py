@@ -235,3 +235,14 @@ def test_an_add_between_the_registry_read_and_the_etcd_read_is_not_withdrawn(key
     keys.get_with_revision = add_meanwhile  # type: ignore[method-assign]
     assert distribute.sync_once(apply=Applied()).withdrawn == 0
     assert distribute.key("/p", 42, "192.0.2.1", late.host_ifname) in keys.data
+
+
+def test_multicast_networks_are_not_published(keys: Keys) -> None:
+    s = parse_network({"name": "n", "bridge": "brvx",
+                       "ipam": {"type": "pybridge-ipam", "ranges": [[{"subnet": "10.9.0.0/24"}]], "store": STORE},
+                       "vxlan": {"vni": 42, "local": "192.0.2.1", "group": "239.1.1.1"}})
+    assert registry.etcd_store(s) is None
+    registry.record(s, Attachment("c1", "eth0", None), "02:00:00:00:00:01", [])
+    for default in (None, STORE):  # nor Docker's (the serve's store is the default)
+        result = distribute.sync_once(default, apply=Applied())
+        assert result.changes == {} and result.errors == [] and keys.data == {}
