@@ -189,8 +189,9 @@ def sync_once(default_store: Mapping[str, Any] | None = None,
     are reported in `errors` and their kernel entries are not touched.
 
     `state` (kept by a loop between rounds): its lease, and the (store, VNI, VTEP) published so
-    far (`seen`). One that left the registry (its last attachment went) has its keys withdrawn here, for the DELs
-    that could not (etcd unreachable, a Docker endpoint: its network names no store)."""
+    far (`seen`). One that left the registry (its last attachment went) has its keys withdrawn
+    here, for the DELs that could not (etcd unreachable, a Docker endpoint: its network names
+    no store)."""
     if apply is None:
         from cni_bridge.overlay.reconcile import reconcile
         apply = reconcile
