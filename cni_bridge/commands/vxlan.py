@@ -61,9 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "CNI-only hosts run next to the plugin (`cni-bridge serve` runs it itself). etcd "
                     "unreachable: the kernel entries are kept as they are and the next round retries.",
         epilog="exit codes: 0 ok, 1 a round had errors (one-shot), 2 usage error")
-    sync.add_argument("--watch", action="store_true", help="keep running: a round per interval")
+    sync.add_argument("--watch", action="store_true", help="keep running: a round on every etcd change and local ADD/DEL, at least one per interval")
     sync.add_argument("--interval", type=float, default=distribute.DEFAULT_INTERVAL,
-                      help=f"seconds between rounds with --watch (default {distribute.DEFAULT_INTERVAL:g})")
+                      help=f"with --watch, at most this many seconds between rounds (default {distribute.DEFAULT_INTERVAL:g}); "
+                           "this host's keys live on an etcd lease of three intervals")
     sync.set_defaults(func=run_sync)
 
 
