@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from cni_bridge.errors import TRY_AGAIN, PluginError, config_error, shown
 
@@ -119,8 +119,9 @@ class _Connection:
 
     def stream_lines(self, path: str, payload: bytes):
         """POST and yield the body's lines as they arrive (a streaming gateway call such as
-        /v3/watch: one JSON message per line, in chunks). Ends with the body; a socket timeout
-        propagates. Fresh connection only: it cannot be reused afterwards."""
+        /v3/watch: one JSON message per line, in chunks), and None whenever nothing arrived
+        for the socket's timeout. Ends with the body. Fresh connection only: it cannot be
+        reused afterwards."""
         request = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                    f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
@@ -132,19 +133,25 @@ class _Connection:
         if not head[0].startswith("HTTP/1.") or " 200 " not in head[0] + " ":
             raise ProtocolError(f"watch refused: {head[0][:100]!r}")
         chunked = any(line.lower().replace(" ", "") == "transfer-encoding:chunked" for line in head[1:])
-        pending = b""
+        pending, size = b"", None
         while True:
-            if chunked:
-                try:
-                    size = int(self._until(b"\r\n").split(b";")[0], 16)
-                except ValueError:
-                    raise ProtocolError("bad chunk size") from None
-                if size == 0:
-                    return
-                pending += self._exactly(size + 2)[:size]
-            else:
-                self._fill()
-                pending, self.buffer = pending + self.buffer, b""
+            try:  # a read that times out consumed nothing: it is resumed after the None
+                if chunked:
+                    if size is None:
+                        try:
+                            size = int(self._until(b"\r\n").split(b";")[0], 16)
+                        except ValueError:
+                            raise ProtocolError("bad chunk size") from None
+                    if size == 0:
+                        return
+                    pending += self._exactly(size + 2)[:size]
+                    size = None
+                else:
+                    self._fill()
+                    pending, self.buffer = pending + self.buffer, b""
+            except socket.timeout:
+                yield None  # idle for the socket's timeout: the caller decides whether to go on
+                continue
             *lines, pending = pending.split(b"\n")
             yield from (line for line in lines if line.strip())
 
@@ -260,11 +267,14 @@ class EtcdClient:
         answer = self._call("/v3/kv/range", op_get(key, prefix=prefix)["request_range"])
         return _kvs(answer), int(answer.get("header", {}).get("revision", 0))
 
-    def wait_for_change(self, key: str, after_revision: int, timeout: float, *, prefix: bool = True) -> bool | None:
+    def wait_for_change(self, key: str, after_revision: int, timeout: float, *, prefix: bool = True,
+                        tick: Callable[[], bool] | None = None, every: float = 1.0) -> bool | None:
         """Block until a key under `key` changes after `after_revision` (a watch from the next
-        revision: nothing is missed between a read and this call), at most `timeout` seconds.
-        True: changed (or the history was compacted: read again); False: timed out; None: no
-        member could be watched (the caller waits and reads again, which reports the error)."""
+        revision: nothing is missed between a read and this call), at most `timeout` seconds;
+        `tick` is asked every `every` seconds on the same watch, and True from it ends the wait.
+        True: changed (or the history was compacted: read again), or `tick`; False: timed out;
+        None: no member could be watched (the caller waits and reads again, which reports the
+        error)."""
         body: dict[str, Any] = {"key": b64(key), "start_revision": str(after_revision + 1)}
         if prefix:
             body["range_end"] = prefix_end(key)
@@ -272,7 +282,7 @@ class EtcdClient:
         def changed(result: dict[str, Any]) -> bool:
             return bool(result.get("events") or result.get("canceled") or int(result.get("compact_revision", 0) or 0))
         try:
-            return self._stream_until("/v3/watch", {"create_request": body}, timeout, changed) is not None
+            return self._stream_until("/v3/watch", {"create_request": body}, timeout, changed, tick, every) is not None
         except socket.timeout:
             return False
         except StoreUnreachable:
@@ -291,27 +301,39 @@ class EtcdClient:
                                    f"within {self.timeout:g}s; try again") from None
         return int((result or {}).get("TTL", 0) or 0)
 
-    def _stream_until(self, path: str, body: dict[str, Any], timeout: float,
-                      done: Any) -> dict[str, Any] | None:
+    def _stream_until(self, path: str, body: dict[str, Any], timeout: float, done: Callable[[dict], bool],
+                      tick: Callable[[], bool] | None = None, every: float = 1.0) -> dict[str, Any] | None:
         """A streaming gateway call on a connection of its own: the first message whose
-        `result` satisfies `done`. socket.timeout when none came in time; StoreUnreachable
-        when no member could be reached; None when the stream ended without one."""
+        `result` satisfies `done` ({} when `tick`, asked every `every` idle seconds, said
+        True). socket.timeout when none came in time; StoreUnreachable when no member could
+        be reached; None when the stream ended without one."""
         payload = json.dumps(body).encode()
         deadline = time.monotonic() + timeout
+
+        def idle() -> float:
+            left = deadline - time.monotonic()
+            return max(0.1, min(left, every) if tick is not None else left)
         for step in range(len(self.endpoints)):
             index = (self._preferred + step) % len(self.endpoints)
             scheme, host, port = self.endpoints[index]
             conn = _Connection(host, port, self._context() if scheme == "https" else None)
             try:
-                conn.timeout = max(0.1, deadline - time.monotonic())
+                conn.timeout = idle()
                 for line in conn.stream_lines(path, payload):
+                    if line is None:  # idle
+                        if time.monotonic() >= deadline:
+                            raise socket.timeout("no answer in time")
+                        if tick is not None and tick():
+                            return {}
+                        conn.sock.settimeout(idle())
+                        continue
                     message = json.loads(line)
                     if "error" in message:
                         raise ProtocolError(str(message["error"])[:200])
                     result = message.get("result", {})
                     if done(result):
                         return result
-                    conn.sock.settimeout(max(0.1, deadline - time.monotonic()))
+                    conn.sock.settimeout(idle())
                 return None
             except socket.timeout:
                 raise

@@ -262,22 +262,18 @@ def _wait(stop: threading.Event, interval: float, watch: tuple[Any, str, int] | 
     (an ADD or DEL here: checked every WAKE seconds), `stop`, or `interval` passed."""
     deadline = time.monotonic() + interval
     seen = registry.signature()
-    while not stop.is_set():
+
+    def woken() -> bool:
+        return stop.is_set() or registry.signature() != seen
+    if watch is not None:  # one watch for the whole wait, the registry looked at every WAKE s
+        client, prefix, revision = watch
+        if client.wait_for_change(prefix, revision, interval, tick=woken, every=WAKE) is not None:
+            return
+    while not woken():  # no watch (no store, errors, etcd unreachable): the registry only
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        step = min(WAKE, left)
-        if watch is not None:
-            client, prefix, revision = watch
-            changed = client.wait_for_change(prefix, revision, step)
-            if changed:
-                return
-            if changed is None:
-                stop.wait(step)
-        else:
-            stop.wait(step)
-        if registry.signature() != seen:
-            return
+        stop.wait(min(WAKE, left))
 
 
 def start_thread(*, interval: float = DEFAULT_INTERVAL,
