@@ -246,3 +246,16 @@ def test_multicast_networks_are_not_published(keys: Keys) -> None:
     for default in (None, STORE):  # nor Docker's (the serve's store is the default)
         result = distribute.sync_once(default, apply=Applied())
         assert result.changes == {} and result.errors == [] and keys.data == {}
+
+
+def test_an_ipv6_vtep_is_published_and_read_back(keys: Keys) -> None:
+    s = spec(local="2001:db8::1")
+    att = Attachment("c1", "eth0", None)
+    registry.record(s, att, "02:00:00:00:00:01", [])
+    remote(keys, "2001:db8::2", "vethB", "02:00:00:00:00:02", "fd00::3")
+    applied = Applied()
+    assert distribute.sync_once(apply=applied).published == 1
+    assert distribute.key("/p", 42, "2001:db8::1", att.host_ifname) in keys.data
+    assert [(e.mac, str(e.vtep), [str(i) for i in e.ips]) for e in applied.calls[42]] == \
+        [("02:00:00:00:00:02", "2001:db8::2", ["fd00::3"])]
+    assert distribute.sync_once(apply=applied).published == 0  # its own key recognised as its own
