@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also serve exec'd pybridge/pybridge-ipam plugins on this unix socket "
                         "(default /run/cni-bridge/cni.sock; 'off' to disable)")
     # --- end CNI fast path ------------------------------------------------------------------
+    p.add_argument("--vxlan-sync-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="at most this many seconds between rounds of the vxlan peer sync, which also "
+                        "runs on every change etcd reports (networks whose store is etcd, "
+                        "and Docker networks with --ipam-store etcd; see `cni-bridge vxlan sync`)")
     p.set_defaults(func=run)
 
 
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1 or args.threads < 1:
         raise SystemExit("cni-bridge serve: --workers and --threads must be at least 1")
+    if args.vxlan_sync_interval <= 0:
+        raise SystemExit("cni-bridge serve: --vxlan-sync-interval must be positive")
     spec = store_spec(args, args.ipam_data_dir)
     settings = Settings(state_dir=args.state_dir, ipam_data_dir=args.ipam_data_dir,
                         ipam_store=spec.to_dict() if spec.type == "etcd" else None,
@@ -62,10 +68,14 @@ def run(args: argparse.Namespace) -> int:
             fastpath = spawn(args.cni_fastpath, log_level=args.log_level.upper())
         except (OSError, RuntimeError) as exc:  # the plugins still work (in-process), slower
             print(f"cni-bridge serve: CNI fast path not started: {exc}", file=sys.stderr)
+    # vxlan networks whose store is etcd: publish / program peers (overlay/distribute.py)
+    from cni_bridge.overlay import distribute
+    _, stop_sync = distribute.start_thread(interval=args.vxlan_sync_interval, default_store=settings.ipam_store)
     try:
         # --- end CNI fast path --------------------------------------------------------------
         return serve(settings, args.socket, workers=args.workers, threads=args.threads,
                      log_file=args.log_file, log_level=args.log_level, pidfile=args.pidfile)
     finally:  # CNI fast path
+        stop_sync.set()
         if fastpath is not None:
             fastpath.stop()

@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from cni_bridge.errors import TRY_AGAIN, PluginError, config_error, shown
 
@@ -117,6 +117,44 @@ class _Connection:
             self.close()
         return int(parts[1]), body
 
+    def stream_lines(self, path: str, payload: bytes):
+        """POST and yield the body's lines as they arrive (a streaming gateway call such as
+        /v3/watch: one JSON message per line, in chunks), and None whenever nothing arrived
+        for the socket's timeout. Ends with the body. Fresh connection only: it cannot be
+        reused afterwards."""
+        request = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        if self.context is not None:
+            sock = self.context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = sock
+        sock.sendall(request)
+        head = self._until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        if not head[0].startswith("HTTP/1.") or " 200 " not in head[0] + " ":
+            raise ProtocolError(f"watch refused: {head[0][:100]!r}")
+        chunked = any(line.lower().replace(" ", "") == "transfer-encoding:chunked" for line in head[1:])
+        pending, size = b"", None
+        while True:
+            try:  # a read that times out consumed nothing: it is resumed after the None
+                if chunked:
+                    if size is None:
+                        try:
+                            size = int(self._until(b"\r\n").split(b";")[0], 16)
+                        except ValueError:
+                            raise ProtocolError("bad chunk size") from None
+                    if size == 0:
+                        return
+                    pending += self._exactly(size + 2)[:size]
+                    size = None
+                else:
+                    self._fill()
+                    pending, self.buffer = pending + self.buffer, b""
+            except socket.timeout:
+                yield None  # idle for the socket's timeout: the caller decides whether to go on
+                continue
+            *lines, pending = pending.split(b"\n")
+            yield from (line for line in lines if line.strip())
+
     def _fill(self) -> None:
         assert self.sock is not None
         data = self.sock.recv(65536)
@@ -143,11 +181,12 @@ class KeyValue:
     value: bytes
     create_revision: int
     mod_revision: int
+    lease: int = 0  # the etcd lease the key is attached to (0: none)
 
 
 def _kvs(response: dict[str, Any]) -> list[KeyValue]:
     return [KeyValue(unb64(kv.get("key")).decode(), unb64(kv.get("value")),
-                     int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)))
+                     int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)), int(kv.get("lease", 0) or 0))
             for kv in response.get("kvs", [])]
 
 
@@ -161,8 +200,12 @@ def op_get(key: str, *, prefix: bool = False, keys_only: bool = False) -> dict[s
     return {"request_range": body}
 
 
-def op_put(key: str, value: bytes | str) -> dict[str, Any]:
-    return {"request_put": {"key": b64(key), "value": b64(value)}}
+def op_put(key: str, value: bytes | str, *, lease: int = 0) -> dict[str, Any]:
+    """A put; with `lease`, the key is deleted when that lease expires."""
+    body = {"key": b64(key), "value": b64(value)}
+    if lease:
+        body["lease"] = str(lease)
+    return {"request_put": body}
 
 
 def op_delete(key: str, *, prefix: bool = False) -> dict[str, Any]:
@@ -218,6 +261,87 @@ class EtcdClient:
         answer = self._call("/v3/kv/txn", {"compare": list(compare), "success": list(success),
                                            "failure": list(failure)})
         return TxnResult(bool(answer.get("succeeded", False)), answer.get("responses", []))
+
+    def get_with_revision(self, key: str, *, prefix: bool = False) -> tuple[list[KeyValue], int]:
+        """`get` and the store's revision the answer reflects (where a watch resumes)."""
+        answer = self._call("/v3/kv/range", op_get(key, prefix=prefix)["request_range"])
+        return _kvs(answer), int(answer.get("header", {}).get("revision", 0))
+
+    def wait_for_change(self, key: str, after_revision: int, timeout: float, *, prefix: bool = True,
+                        tick: Callable[[], bool] | None = None, every: float = 1.0) -> bool | None:
+        """Block until a key under `key` changes after `after_revision` (a watch from the next
+        revision: nothing is missed between a read and this call), at most `timeout` seconds;
+        `tick` is asked every `every` seconds on the same watch, and True from it ends the wait.
+        True: changed (or the history was compacted: read again), or `tick`; False: timed out;
+        None: no member could be watched (the caller waits and reads again, which reports the
+        error)."""
+        body: dict[str, Any] = {"key": b64(key), "start_revision": str(after_revision + 1)}
+        if prefix:
+            body["range_end"] = prefix_end(key)
+
+        def changed(result: dict[str, Any]) -> bool:
+            return bool(result.get("events") or result.get("canceled") or int(result.get("compact_revision", 0) or 0))
+        try:
+            return self._stream_until("/v3/watch", {"create_request": body}, timeout, changed, tick, every) is not None
+        except socket.timeout:
+            return False
+        except StoreUnreachable:
+            return None
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; its id."""
+        return int(self._call("/v3/lease/grant", {"TTL": str(ttl)})["ID"])
+
+    def keep_alive(self, lease: int) -> int:
+        """Renew `lease`; its TTL afterwards, 0 when it has expired (grant another)."""
+        try:
+            result = self._stream_until("/v3/lease/keepalive", {"ID": str(lease)}, self.timeout, lambda r: True)
+        except socket.timeout:
+            raise StoreUnreachable(TRY_AGAIN, f"etcd at {self.where()} did not renew lease {lease:x} "
+                                   f"within {self.timeout:g}s; try again") from None
+        return int((result or {}).get("TTL", 0) or 0)
+
+    def _stream_until(self, path: str, body: dict[str, Any], timeout: float, done: Callable[[dict], bool],
+                      tick: Callable[[], bool] | None = None, every: float = 1.0) -> dict[str, Any] | None:
+        """A streaming gateway call on a connection of its own: the first message whose
+        `result` satisfies `done` ({} when `tick`, asked every `every` idle seconds, said
+        True). socket.timeout when none came in time; StoreUnreachable when no member could
+        be reached; None when the stream ended without one."""
+        payload = json.dumps(body).encode()
+        deadline = time.monotonic() + timeout
+
+        def idle() -> float:
+            left = deadline - time.monotonic()
+            return max(0.1, min(left, every) if tick is not None else left)
+        for step in range(len(self.endpoints)):
+            index = (self._preferred + step) % len(self.endpoints)
+            scheme, host, port = self.endpoints[index]
+            conn = _Connection(host, port, self._context() if scheme == "https" else None)
+            try:
+                conn.timeout = idle()
+                for line in conn.stream_lines(path, payload):
+                    if line is None:  # idle
+                        if time.monotonic() >= deadline:
+                            raise socket.timeout("no answer in time")
+                        if tick is not None and tick():
+                            return {}
+                        conn.sock.settimeout(idle())
+                        continue
+                    message = json.loads(line)
+                    if "error" in message:
+                        raise ProtocolError(str(message["error"])[:200])
+                    result = message.get("result", {})
+                    if done(result):
+                        return result
+                    conn.sock.settimeout(idle())
+                return None
+            except socket.timeout:
+                raise
+            except (OSError, ProtocolError, ValueError, AttributeError):
+                continue
+            finally:
+                conn.close()
+        raise StoreUnreachable(TRY_AGAIN, f"etcd at {self.where()}: no member answered {path}; try again")
 
     def where(self) -> str:
         return ",".join(f"{scheme}://{host}:{port}" for scheme, host, port in self.endpoints)

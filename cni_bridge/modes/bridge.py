@@ -30,7 +30,7 @@ from cni_bridge.modes.common import (
     require_free_ifname,
     with_default_routes,
 )
-from cni_bridge.overlay import registry
+from cni_bridge.overlay import distribute, registry
 
 
 def masquerade(spec: NetworkSpec, addressing: Addressing | None = None, *,
@@ -206,20 +206,34 @@ def attach_vxlan(host: Netlink, spec: NetworkSpec, bridge: Link, att: Attachment
 
 
 def record_vxlan(spec: NetworkSpec, att: Attachment, mac: str, addressing: Addressing, undo: Undo) -> None:
-    """What this host publishes for the VNI (overlay/registry.py): the attachment's MAC and IPs."""
+    """What this host publishes for the VNI (overlay/registry.py): the attachment's MAC and IPs,
+    put in etcd at once when the network's store is etcd (overlay/distribute.py)."""
     if spec.vxlan is None:
         return
-    registry.record(spec, att, mac, addressing.addresses())
+    entry = registry.record(spec, att, mac, addressing.addresses())
     undo.push(lambda: registry.forget(spec, att))
     step("vxlan-registry")
+    store = registry.etcd_store(spec)
+    if store is not None:
+        undo.push(lambda: distribute.publish(store, spec.vxlan.vni, str(spec.vxlan.local), att.host_ifname, None))
+        distribute.publish(store, spec.vxlan.vni, str(spec.vxlan.local), att.host_ifname, entry)
+        step("vxlan-published")
+
+
+def withdraw_vxlan(spec: NetworkSpec, att: Attachment) -> None:
+    """The attachment leaves the registry and (etcd store) the published endpoints."""
+    registry.forget(spec, att)
+    step("vxlan-registry-removed")
+    store = registry.etcd_store(spec)
+    if store is not None:
+        distribute.publish(store, spec.vxlan.vni, str(spec.vxlan.local), att.host_ifname, None)
 
 
 def release_vxlan(host: Netlink, spec: NetworkSpec, att: Attachment) -> None:
     """The attachment leaves the registry; the bridge's last user takes the vxlan device."""
     if spec.vxlan is None:
         return
-    registry.forget(spec, att)
-    step("vxlan-registry-removed")
+    withdraw_vxlan(spec, att)
     vxlan.release(host, spec)
     step("vxlan-released")
 
@@ -419,7 +433,7 @@ def delete_endpoint(spec: NetworkSpec, att: Attachment, addresses: list[IPAddres
         if spec.bandwidth is not None:
             shaping.remove(host, att)
     if spec.vxlan is not None:
-        registry.forget(spec, att)  # the device lives as long as the Docker network
+        withdraw_vxlan(spec, att)  # the device lives as long as the Docker network
     if spec.ip_masq and remove_masquerade(spec, att.host_ifname, addresses, forward=False):
         release_ports(spec)
 

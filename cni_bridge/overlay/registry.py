@@ -5,8 +5,11 @@ Recorded on ADD (CNI) / CreateEndpoint (Docker), removed on DEL / DeleteEndpoint
 JSON file per attachment so concurrent ADDs never contend and a crashed ADD leaves at most its
 own record (named by the deterministic host veth name, so DEL finds it without the netns):
 
-    $PYBRIDGE_RUN_DIR/vxlan/<vni>/vtep.json           {"vni", "local", "port", "network"}
+    $PYBRIDGE_RUN_DIR/vxlan/<vni>/vtep.json           {"vni", "local", "port", "network", "store"?, "group"?}
     $PYBRIDGE_RUN_DIR/vxlan/<vni>/<host veth>.json    {"network", "containerId", "ifname", "mac", "ips"}
+
+`store` is the network's IPAM `store` object when it is etcd: where overlay/distribute.py
+publishes the attachments and reads the other hosts' (docs/modes.md).
 
 Under the run directory (tmpfs): after a reboot the attachments are gone, and so are the records.
 """
@@ -18,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from cni_bridge import locks
 from cni_bridge.attachment import Attachment, IPAddress
@@ -35,6 +38,7 @@ def registry_dir() -> Path:
 
 @dataclass(frozen=True)
 class LocalAttachment:
+    host_ifname: str  # the record's name: unique on the host, known to DEL without the netns
     network: str
     container_id: str
     ifname: str
@@ -50,6 +54,8 @@ class LocalVtep:
     port: int
     network: str
     attachments: tuple[LocalAttachment, ...]
+    store: Mapping[str, Any] | None = None  # the etcd `store` object the VNI is published in
+    group: str | None = None  # multicast group: the kernel learns the peers, nothing is published
 
     def endpoints(self) -> list[RemoteEndpoint]:
         """As the other hosts see them: the input of their `reconcile`."""
@@ -68,19 +74,35 @@ def _write_json(path: Path, data: dict) -> None:
                 raise
 
 
-def record(spec: NetworkSpec, att: Attachment, mac: str, addresses: Iterable[IPAddress]) -> None:
-    """Note the attachment (and the VTEP) of a vxlan network; a no-op for other networks."""
+def etcd_store(spec: NetworkSpec) -> dict[str, Any] | None:
+    """Where the VNI is published: the network's IPAM `store` object when it is etcd, and the
+    network has no multicast `group` (whose peers the kernel learns)."""
+    if spec.vxlan is None or spec.vxlan.group is not None:
+        return None
+    store = spec.ipam.get("store") if isinstance(spec.ipam, Mapping) else None
+    return dict(store) if isinstance(store, Mapping) and store.get("type") == "etcd" else None
+
+
+def record(spec: NetworkSpec, att: Attachment, mac: str, addresses: Iterable[IPAddress]) -> dict[str, Any] | None:
+    """Note the attachment (and the VTEP) of a vxlan network; a no-op for other networks.
+    Returns the attachment's record."""
     if spec.vxlan is None:
-        return
+        return None
     vx = spec.vxlan
     directory = registry_dir() / str(vx.vni)
     # The attachment first: a concurrent last `forget` that sees it keeps the VTEP record, one
     # that does not is followed by this VTEP write.
-    _write_json(directory / f"{att.host_ifname}.json",
-                {"network": spec.name, "containerId": att.container_id, "ifname": att.ifname,
-                 "mac": mac.lower(), "ips": [str(a) for a in addresses]})
-    _write_json(directory / VTEP_FILE, {"vni": vx.vni, "local": str(vx.local), "port": vx.port,
-                                        "network": spec.name})
+    entry = {"network": spec.name, "containerId": att.container_id, "ifname": att.ifname,
+             "mac": mac.lower(), "ips": [str(a) for a in addresses]}
+    _write_json(directory / f"{att.host_ifname}.json", entry)
+    vtep: dict[str, Any] = {"vni": vx.vni, "local": str(vx.local), "port": vx.port, "network": spec.name}
+    store = etcd_store(spec)
+    if store is not None:
+        vtep["store"] = store
+    if vx.group is not None:
+        vtep["group"] = str(vx.group)
+    _write_json(directory / VTEP_FILE, vtep)
+    return entry
 
 
 def forget(spec: NetworkSpec, att: Attachment) -> None:
@@ -135,6 +157,15 @@ def _load(path: Path) -> dict | None:
         return None  # a record being replaced, or damaged: the next ADD rewrites it
 
 
+def signature() -> tuple[tuple[str, ...], ...]:
+    """Which records exist (names only): cheap to compare, changes with every ADD and DEL."""
+    try:
+        vnis = sorted(p for p in registry_dir().iterdir() if p.name.isdigit())
+    except FileNotFoundError:
+        return ()
+    return tuple((d.name, *sorted(p.name for p in _entries(d))) for d in vnis)
+
+
 def local_vtep(vni: int) -> LocalVtep | None:
     """What this host would publish for `vni`; None when it has no attachment of it."""
     directory = registry_dir() / str(vni)
@@ -145,9 +176,10 @@ def local_vtep(vni: int) -> LocalVtep | None:
     for path in sorted(_entries(directory)):
         data = _load(path) if path.name != VTEP_FILE else None
         if data:
-            attachments.append(LocalAttachment(data["network"], data["containerId"], data["ifname"], data["mac"],
+            attachments.append(LocalAttachment(path.stem, data["network"], data["containerId"], data["ifname"], data["mac"],
                                                tuple(data["ips"])))
-    return LocalVtep(int(vtep["vni"]), vtep["local"], int(vtep["port"]), vtep["network"], tuple(attachments))
+    return LocalVtep(int(vtep["vni"]), vtep["local"], int(vtep["port"]), vtep["network"], tuple(attachments),
+                     vtep.get("store"), vtep.get("group"))
 
 
 def local_vteps() -> list[LocalVtep]:

@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +28,12 @@ from tests.support import hostsnap
 from tests.support.cnitool import CniCallError, CniTool, bridge_conflist
 from tests.support.dockerd import plugin_call
 from tests.support.netns import Netns
+from tests.support.overlay import attach, detach, docker_endpoint, docker_vxlan_network, fdb
 from tests.support.session import register_data_dir, unique_name
 from tests.support.subnets import unique_subnet
 from tests.support.topology import SimHost, Underlay, create_underlay
 
 PORT = 4790  # not the default: proves the configured port is the one on the wire
-
-
-@dataclass
-class Container:
-    host: SimHost
-    ns: Netns
-    cid: str
-    ip4: str
-    ip6: str
-    mac: str
 
 
 @pytest.fixture
@@ -74,19 +64,6 @@ def network(u: Underlay, name: str, vni: int, subnets: list[str], *, first: int 
     return on
 
 
-def attach(conf: Callable[[SimHost], dict], h: SimHost, netns: Callable[..., Netns]) -> Container:
-    ns, cid = netns(), unique_name("ctr")
-    result = h.cni.add(conf(h), ns.path, container_id=cid).result
-    ips = [ipaddress.ip_interface(ip["address"]).ip for ip in result["ips"]]
-    mac = next(i["mac"] for i in result["interfaces"] if i.get("sandbox"))
-    return Container(h, ns, cid, str(next(i for i in ips if i.version == 4)),
-                     str(next((i for i in ips if i.version == 6), "")), mac)
-
-
-def detach(conf: Callable[[SimHost], dict], c: Container) -> None:
-    c.host.cni.delete(conf(c.host), c.ns.path, container_id=c.cid)
-
-
 def distribute(u: Underlay, vni: int, hosts: list[SimHost] | None = None) -> list[dict]:
     """What etcd will do: every host's published endpoints, fed to every host's reconcile."""
     hosts = hosts or u.hosts
@@ -98,12 +75,6 @@ def distribute(u: Underlay, vni: int, hosts: list[SimHost] | None = None) -> lis
         if h.ns.run("ip", "link", "show", f"vx-{vni}", check=False).returncode == 0:
             h.cli("vxlan", "reconcile", str(vni), "-", input=json.dumps(endpoints))
     return endpoints
-
-
-def fdb(h: SimHost, vni: int) -> list[tuple[str, str]]:
-    """(MAC, dst) of the device's remote entries, as `bridge fdb` shows them."""
-    out = h.ns.run("bridge", "-j", "fdb", "show", "dev", f"vx-{vni}").stdout
-    return sorted((e["mac"], e["dst"]) for e in json.loads(out or "[]") if e.get("dst"))
 
 
 def link_mtu(ns: Netns, ifname: str) -> int:
@@ -341,27 +312,15 @@ def test_docker_network_across_two_hosts(underlay: Underlay, netns: Callable[...
     containers = []
     try:
         for i, (h, sock) in enumerate(zip((h0, h1), sockets)):
-            generic = {"vxlanId": str(vni), "vxlanLocal": str(h.addr4), "vxlanDev": h.nic, "vxlanPort": str(PORT)}
-            body = {"NetworkID": nid, "Options": {"com.docker.network.generic": generic},
-                    "IPv4Data": [{"AddressSpace": "pybridge-local", "Pool": str(subnet),
-                                  "Gateway": f"{subnet.network_address + 1}/24", "AuxAddresses": {}}], "IPv6Data": []}
-            assert plugin_call(sock, "NetworkDriver.CreateNetwork", body) == (200, {})
+            docker_vxlan_network(sock, nid, h, vni, PORT, subnet)
             vx = json.loads(h.ns.run("ip", "-d", "-j", "link", "show", f"vx-{vni}").stdout)[0]
             assert vx["linkinfo"]["info_data"]["local"] == str(h.addr4) and vx["mtu"] == 1450
             address = f"{subnet.network_address + 10 + i}/24"
             eid = f"{i}" * 64
-            status, reply = plugin_call(sock, "NetworkDriver.CreateEndpoint",
-                                        {"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": address},
-                                         "Options": {}})
-            assert status == 200, reply
-            info = plugin_call(sock, "NetworkDriver.EndpointOperInfo", {"NetworkID": nid, "EndpointID": eid})[1]
-            src = info["Value"]["srcName"]
-            assert h.ns.ip_json("link", "show", "dev", src)[0]["mtu"] == 1450
-            ctr = netns()  # what dockerd does with the sandbox end: move it in, address it, up
-            h.ns.ip("link", "set", src, "netns", ctr.path, "name", "eth0")
-            ctr.ip("addr", "add", address, "dev", "eth0")
-            ctr.ip("link", "set", "eth0", "up")
-            containers.append((h, sock, eid, ctr, address.split("/")[0], reply["Interface"]["MacAddress"]))
+            ctr = netns()
+            mac = docker_endpoint(sock, nid, eid, h, address, ctr)
+            assert ctr.ip_json("link", "show", "dev", "eth0")[0]["mtu"] == 1450
+            containers.append((h, sock, eid, ctr, address.split("/")[0], mac))
         endpoints = distribute(u, vni, [h0, h1])
         assert sorted(e["mac"] for e in endpoints) == sorted(c[5] for c in containers)
         (_, _, _, c0, ip0, _), (_, _, _, c1, ip1, _) = containers

@@ -118,16 +118,17 @@ class SimHost:
     cni: CniTool
     drivers: list[subprocess.Popen] = dataclasses.field(default_factory=list, repr=False)
 
-    def serve(self, data_dir: Path) -> Path:
+    def serve(self, data_dir: Path, *extra: str) -> Path:
         """`cni-bridge serve` (the Docker driver) on this host, state under its run dir, leases
-        in `data_dir`; returns its socket once it answers. Stopped by Underlay.delete."""
+        in `data_dir` (or the store `extra` options name, e.g. `--ipam-store etcd ...`); returns
+        its socket once it answers. Stopped by Underlay.delete."""
         sock = self.run_dir / "plugins" / "pybridge.sock"
         log = self.run_dir / "serve.log"
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns.name, "env", f"PYBRIDGE_RUN_DIR={self.run_dir}",
              str(Path(sys.executable).with_name("cni-bridge")), "serve", "--socket", str(sock), "--state-dir",
              str(self.run_dir / "state"), "--ipam-data-dir", str(data_dir), "--workers", "1",
-             "--log-file", str(log), "--cni-fastpath", "off"],
+             "--log-file", str(log), "--cni-fastpath", "off", *extra],
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.drivers.append(proc)
         deadline = time.monotonic() + 30
