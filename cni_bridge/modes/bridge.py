@@ -30,7 +30,7 @@ from cni_bridge.modes.common import (
     require_free_ifname,
     with_default_routes,
 )
-from cni_bridge.overlay import distribute, registry
+from cni_bridge.overlay import registry
 
 
 def masquerade(spec: NetworkSpec, addressing: Addressing | None = None, *,
@@ -215,6 +215,7 @@ def record_vxlan(spec: NetworkSpec, att: Attachment, mac: str, addressing: Addre
     step("vxlan-registry")
     store = registry.etcd_store(spec)
     if store is not None:
+        from cni_bridge.overlay import distribute  # lazy: only vxlan networks on an etcd store (threading)
         undo.push(lambda: distribute.publish(store, spec.vxlan.vni, str(spec.vxlan.local), att.host_ifname, None))
         distribute.publish(store, spec.vxlan.vni, str(spec.vxlan.local), att.host_ifname, entry)
         step("vxlan-published")
@@ -226,6 +227,7 @@ def withdraw_vxlan(spec: NetworkSpec, att: Attachment) -> None:
     step("vxlan-registry-removed")
     store = registry.etcd_store(spec)
     if store is not None:
+        from cni_bridge.overlay import distribute  # lazy: as in record_vxlan
         distribute.publish(store, spec.vxlan.vni, str(spec.vxlan.local), att.host_ifname, None)
 
 

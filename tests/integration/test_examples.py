@@ -2,7 +2,7 @@
 DEL through the CNI driver in a test namespace (that every example parses: tests/unit/test_examples.py).
 
 Written generically: a new example file is picked up without touching this test. Names, bridges,
-subnets, dataDir and uplink NICs are rewritten to this session's unique ones, so the real cni0,
+subnets, dataDir and uplink NICs are rewritten to this pytest run's unique ones, so the real cni0,
 eth0/eth1 or the example's subnets are never touched.
 """
 
@@ -26,7 +26,7 @@ from tests.support.subnets import unique_subnet
 
 
 def _rewrite(doc: dict[str, Any], data_dir: Path, uplink: str | None) -> dict[str, Any]:
-    """Same example, this session's names: network, bridge, subnets (per family), dataDir, uplink."""
+    """Same example, this pytest run's names: network, bridge, subnets (per family), dataDir, uplink."""
     doc = copy.deepcopy(doc)
     doc["name"] = unique_name("net")
     main = next(p for p in plugins_of(doc) if p["type"] == "pybridge")

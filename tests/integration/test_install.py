@@ -35,7 +35,7 @@ def test_missing_prerequisites_are_named(tmp_path: Path) -> None:
 
 
 def _conf(root: Path) -> dict:
-    """The installed example with this session's names (never the real pybr0 / 10.89.0.0/24)."""
+    """The installed example with this pytest run's names (never the real pybr0 / 10.89.0.0/24)."""
     conf = json.loads((root / "net.d" / "90-pybridge.conflist").read_text())
     conf["name"] = unique_name("net")
     main = conf["plugins"][0]

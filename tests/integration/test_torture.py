@@ -475,7 +475,7 @@ def cni_world(netns: Callable[..., Netns], tmp_path: Path) -> Iterator[Callable[
 
 
 def assert_host_unchanged(before: hostsnap.HostSnapshot, bridges: list[str] = ()) -> None:
-    """Nothing of this session changed, apart from `bridges` (their links, addresses, routes)."""
+    """Nothing outside this test changed, apart from `bridges` (their links, addresses, routes)."""
     after = hostsnap.snapshot()
     hostsnap.assert_unchanged(before, after, only=hostsnap.mine(), ignore=[re.escape(b) for b in bridges],
                               sections=("links", "addresses", "routes"))

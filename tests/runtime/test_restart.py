@@ -61,7 +61,7 @@ def engine_snapshot(dk: Scenario) -> hostsnap.HostSnapshot:
 
 def engine_diff(dk: Scenario, before: hostsnap.HostSnapshot) -> list[str]:
     """In dockerd's own namespace everything counts; with a dockerd in the host namespace only
-    what carries this session's names (and the driver's pbc<hex> container ends)."""
+    what carries this pytest run's names (and the driver's pbc<hex> container ends)."""
     only = None if dk.engine.netns else hostsnap.mine(dk.driver.state_dir, dk.driver.ipam_dir) + [r"\bpbc[0-9a-f]{11}\b"]
     return hostsnap.diff(before, engine_snapshot(dk), ignore=[LEASE_HINTS], only=only)
 

@@ -3,7 +3,7 @@ test modules share lives here or in a conftest fixture).
 
 * `cnitool`   - a CNI runtime driver with libcni semantics (also a CLI)
 * `host`      - running commands (`run`, `ip_json`), `is_root`, `wait_for`
-* `session`   - this session's prefix and registry: `unique_name`, `register_data_dir`
+* `session`   - this pytest run's prefix and registry: `unique_name`, `register_data_dir`
 * `subnets`   - `unique_subnet` (no overlap with the host's routes or other live sessions)
 * `netns`     - `Netns` / `create_netns`: namespaces a test owns
 * `topology`  - `Uplink` / `create_uplink`: the NIC stand-in with an "outside" namespace

@@ -278,7 +278,7 @@ def snapshot(
 
 
 def mine(*extra: str | os.PathLike) -> list[str]:
-    """Regexes for `diff(only=...)`: this session's prefix and subnets, plus `extra` literal
+    """Regexes for `diff(only=...)`: this pytest run's prefix and subnets, plus `extra` literal
     strings (e.g. a dataDir path). Lines of a prefixed bridge's ports carry `[<bridge>]`."""
     return session().owned_patterns() + [re.escape(str(x)) for x in extra]
 

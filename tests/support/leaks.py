@@ -227,7 +227,7 @@ def find_leaks(
     baseline_nft: set[tuple[str, str]] | None = None,
     names: dict[str, str] | None = None,
 ) -> list[Leak]:
-    """What the session with `prefix` left behind (default: this session, all its records).
+    """What the session with `prefix` left behind (default: this pytest run, all its records).
 
     Looks at: namespaces and root links whose name has the prefix, links enslaved to such a
     bridge (plugin-named veths), nft tables with the prefix in their name, `pybridge*` nft tables
@@ -284,10 +284,10 @@ def find_leaks(
         mine = bool(owned.search(body))
         theirs = bool(foreign_re and foreign_re.search(body))
         if new and not theirs and (mine or not foreign):
-            leaks.append(Leak("nft-table", f"{family} {table}", "created during this session",
+            leaks.append(Leak("nft-table", f"{family} {table}", "created during this pytest run",
                               remove=_remove_nft_table(family, table)))
         elif new and not mine and foreign and not theirs:
-            leaks.append(Leak("nft-table", f"{family} {table}", "created during this session",
+            leaks.append(Leak("nft-table", f"{family} {table}", "created during this pytest run",
                               fatal=False))
         elif mine:
             lines = [ln.strip() for ln in body.splitlines() if owned.search(ln)]
